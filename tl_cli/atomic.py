@@ -1,0 +1,99 @@
+"""Atomic writes: a reader sees the old file or the new one, never half of one.
+
+Write to a temporary file in the destination folder (same filesystem, so the rename is atomic),
+flush, fsync, then `os.replace`. Temporary names start with `.tmp-` so a later run can find and
+remove leftovers of a killed process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import WorkspaceError
+
+TMP_PREFIX = ".tmp-"
+
+
+def _raise_os(exc: OSError, path: Path) -> None:
+    if exc.errno == errno.ENOSPC:
+        raise WorkspaceError(f"disk full while writing {path}", hint="free some space and run again") from exc
+    if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+        raise WorkspaceError(
+            f"cannot write {path}: {exc.strerror}",
+            hint="choose a writable workspace with --workspace or TL_WORKSPACE",
+        ) from exc
+    raise exc
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it is fsynced and renamed onto `path`.
+
+    The caller writes the temporary file however it likes (h5py, safetensors, ...). On any
+    exception the temporary file is removed and `path` is untouched.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", suffix=suffix, dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        _raise_os(exc, path)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        _raise_os(exc, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not every filesystem allows opening a directory.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Atomically replace `path` with `data`."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Atomically replace `path` with `text` (UTF-8)."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write `obj` as indented JSON."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Delete `.tmp-*` files left in `folder` by a killed process; returns how many."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    n = 0
+    for p in folder.glob(TMP_PREFIX + "*"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+            n += 1
+    return n

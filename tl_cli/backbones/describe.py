@@ -1,0 +1,50 @@
+"""Summaries of backbones that need no weights: parameter and layer counts via the meta device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .registry import BackboneSpec, get_spec, list_backbones
+
+
+@dataclass(frozen=True)
+class BackboneSummary:
+    name: str
+    params: int
+    feature_dim: int
+    layers: int
+    input_size: int
+    has_pretrained: bool
+    weights_available: bool
+
+
+def meta_backbone(spec: BackboneSpec):
+    """The architecture on the meta device: shapes and counts without allocating weights."""
+    import torch
+
+    with torch.device("meta"):
+        return spec.build()
+
+
+def describe(name: str) -> BackboneSummary:
+    from ..layers import enumerate_layers
+
+    spec = get_spec(name)
+    net = meta_backbone(spec)
+    try:
+        available = spec.has_pretrained and spec.find_weights() is not None
+    except Exception:  # a broken optional install must not break the listing
+        available = False
+    return BackboneSummary(
+        name=spec.name,
+        params=sum(p.numel() for p in net.parameters()),
+        feature_dim=spec.feature_dim,
+        layers=len(enumerate_layers(net, spec.preprocess.input_size)),
+        input_size=spec.preprocess.input_size,
+        has_pretrained=spec.has_pretrained,
+        weights_available=available,
+    )
+
+
+def describe_all() -> list[BackboneSummary]:
+    return [describe(n) for n in list_backbones()]

@@ -1,0 +1,215 @@
+"""The backbone registry: `register_backbone`, `create_backbone`, `list_backbones`.
+
+A backbone is a pretrained CNN split into a body (image -> penultimate features, shape (B, D))
+and its original classifier (kept so the ImageNet predictions can be checked). Every spec
+carries the preprocessing its weights were trained with; nothing else in tl decides that.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from ..errors import ConfigError, UnknownBackbone, UnsafeFile, WeightsNotFound
+from ..preprocess import Preprocess
+
+if TYPE_CHECKING:  # torch is imported lazily so `tl --help` stays fast
+    import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything tl knows about one backbone.
+
+    Attributes:
+        name: registry key, e.g. "resnet50".
+        family: "lenet", "efficientnet_lite", "torchvision".
+        preprocess: the input recipe its weights expect.
+        feature_dim: width of the penultimate features.
+        build: `build()` -> the architecture with random weights (a `Backbone` module).
+        weights_source: short human description of where pretrained weights come from.
+        find_weights: returns the path of the pretrained weights file on this machine, or None.
+        how_to_get_weights: one line telling the user how to make weights available.
+        has_pretrained: False for backbones with no pretrained weights at all (LeNet-5).
+    """
+
+    name: str
+    family: str
+    preprocess: Preprocess
+    feature_dim: int
+    build: Callable[[], "nn.Module"]
+    weights_source: str = ""
+    find_weights: Callable[[], Path | None] = lambda: None
+    how_to_get_weights: str = ""
+    has_pretrained: bool = True
+    description: str = ""
+    load_state_dict: Callable[["nn.Module", dict], None] | None = None
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    """Add a spec to the registry. Raises ValueError on a duplicate name."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"backbone {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_backbones() -> list[str]:
+    """Registered backbone names, in registration order."""
+    _ensure_loaded()
+    return list(_REGISTRY)
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """The spec for `name`; an unknown name raises UnknownBackbone naming the closest ones."""
+    _ensure_loaded()
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if os.sep in name or name.endswith((".pt", ".pth", ".onnx", ".safetensors")):
+        raise UnknownBackbone(
+            f"backbone {name!r} looks like a file path, not a backbone name",
+            hint="pass weights files with --weights FILE and a registered name with --backbone",
+        )
+    close = difflib.get_close_matches(name.lower(), list(_REGISTRY), n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else "run `tl backbones` to list them"
+    raise UnknownBackbone(f"unknown backbone {name!r}", hint=hint)
+
+
+def _ensure_loaded() -> None:
+    # Importing the package registers the built-in backbones.
+    from . import builtin  # noqa: F401
+
+
+@dataclass(frozen=True)
+class WeightsChoice:
+    """Which weights a backbone is built with: the pretrained file, a user file, or random."""
+
+    path: Path | None
+    pretrained: bool
+
+    @property
+    def identity(self) -> str:
+        """A short id of the weights for cache keys: file digest, or 'random' (seeded init)."""
+        return "random-seed0" if self.path is None else file_digest(self.path)
+
+
+def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike | None = None, pretrained: bool = True) -> WeightsChoice:
+    """Decide which weights to use, failing clearly when pretrained ones are missing.
+
+    Args:
+        spec: the backbone.
+        weights: an explicit weights file (state dict), overriding the default source.
+        pretrained: False asks for the seeded random initialisation explicitly.
+
+    Raises:
+        WeightsNotFound: pretrained weights were asked for and are not on this machine.
+    """
+    if weights is not None:
+        p = Path(weights).expanduser()
+        if not p.is_file():
+            raise WeightsNotFound(f"weights file not found: {p}")
+        return WeightsChoice(p.resolve(), True)
+    if not pretrained or not spec.has_pretrained:
+        return WeightsChoice(None, False)
+    p = spec.find_weights()
+    if p is None or not p.is_file():
+        raise WeightsNotFound(
+            f"pretrained weights for {spec.name} are not on this machine",
+            hint=f"{spec.how_to_get_weights}; or pass --weights FILE, or --no-pretrained to start from random weights",
+        )
+    return WeightsChoice(p, True)
+
+
+@lru_cache(maxsize=32)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    """sha256 (16 hex chars) of a file, memoised on (path, size, mtime)."""
+    st = path.stat()
+    return _digest(str(path), st.st_size, st.st_mtime_ns)
+
+
+def load_state_dict_file(path: Path) -> dict:
+    """Load a state dict without executing code: safetensors, or torch.load(weights_only=True).
+
+    Raises:
+        UnsafeFile: the file is a pickle that needs arbitrary code to load.
+    """
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError or RuntimeError for refused globals
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "Unpickl" in type(exc).__name__:
+            raise UnsafeFile(
+                f"{path}: refusing to load: the file holds Python objects that need code to run",
+                hint="only tensors (a state dict) or .safetensors files are accepted",
+            ) from exc
+        raise WeightsNotFound(f"{path}: not a readable weights file ({exc.__class__.__name__})") from exc
+    for key in ("state_dict", "model"):  # common checkpoint wrappers
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise WeightsNotFound(f"{path}: expected a state dict, found {type(obj).__name__}")
+    return obj
+
+
+def create_backbone(name: str, weights: str | os.PathLike | None = None, pretrained: bool = True) -> tuple["nn.Module", WeightsChoice]:
+    """Build a backbone with its weights loaded, in eval mode.
+
+    Args:
+        name: a registered backbone name (see `list_backbones()`).
+        weights: optional state-dict file to load instead of the default pretrained weights.
+        pretrained: False builds the seeded random initialisation.
+
+    Returns:
+        (module, weights_choice). `module.forward_features(x)` gives (B, feature_dim) features,
+        `module(x)` the original classifier's logits.
+
+    Example:
+        >>> net, w = create_backbone("lenet5", pretrained=False)
+        >>> net.forward_features(torch.zeros(1, 3, 32, 32)).shape
+        torch.Size([1, 84])
+    """
+    import torch
+
+    spec = get_spec(name)
+    choice = resolve_weights(spec, weights, pretrained)
+    # Seeded so that "random" weights are the same every time (caches stay valid) and so that
+    # building never disturbs the caller's random state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = spec.build()
+    if choice.path is not None:
+        state = load_state_dict_file(choice.path)
+        loader = spec.load_state_dict or _strict_load
+        try:
+            loader(net, state)
+        except RuntimeError as exc:
+            raise WeightsNotFound(
+                f"{choice.path}: does not match the {name} architecture",
+                hint=str(exc).splitlines()[0][:200],
+            ) from exc
+    return net.eval(), choice
+
+
+def _strict_load(net, state: dict) -> None:
+    net.load_state_dict(state, strict=True)

@@ -1,0 +1,69 @@
+"""The Typer app, the command decorator that maps errors to one line, and shared output."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="tl",
+    help="Transfer learning on images: point tl at a folder of class sub-folders, get a classifier.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+out = Console(highlight=False, soft_wrap=True)  # results: stdout
+err = Console(stderr=True, highlight=False)  # messages, progress: stderr
+
+
+def debug() -> bool:
+    return os.environ.get("TL_DEBUG", "") not in ("", "0")
+
+
+def report_error(exc: BaseException) -> int:
+    """Print one line (plus a hint) for an exception and return the exit code."""
+    from ..errors import TLError
+
+    if isinstance(exc, TLError):
+        err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
+        if exc.hint:
+            err.print(f"[dim]hint:[/] {exc.hint}")
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        err.print("[yellow]interrupted[/]: finished work was kept; run the command again to continue")
+        return 130
+    err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}")
+    err.print("[dim]hint:[/] run again with TL_DEBUG=1 for the traceback, and report it")
+    return 1
+
+
+def command(*args, **kwargs):
+    """`app.command` that turns library errors into one clear line and a non-zero exit."""
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*a, **kw):
+            try:
+                return fn(*a, **kw)
+            except (typer.Exit, typer.Abort, SystemExit):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - this is the one place errors are mapped
+                if debug():
+                    raise
+                raise typer.Exit(report_error(exc)) from None
+
+        return app.command(*args, **kwargs)(wrapper)
+
+    return deco
+
+
+def workspace(path):
+    from ..workspace import Workspace
+
+    return Workspace.open(path)

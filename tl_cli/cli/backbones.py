@@ -1,0 +1,61 @@
+"""`tl backbones` and `tl layers`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from ..backbones.builtin import DEFAULT_BACKBONE
+from .app import command, out
+from .options import BackboneOpt
+
+
+@command("backbones", epilog="Example:  tl backbones")
+def backbones_cmd() -> None:
+    """List the registered backbones, their size, and whether their weights are on this machine."""
+    from rich.table import Table
+
+    from ..backbones.describe import describe_all
+
+    t = Table(title="backbones (default: " + DEFAULT_BACKBONE + ")", title_justify="left")
+    for col in ("name", "params", "features", "layers", "input", "weights here"):
+        t.add_column(col, justify="right" if col in ("params", "features", "layers", "input") else "left")
+    for d in describe_all():
+        t.add_row(d.name, f"{d.params / 1e6:.1f}M", str(d.feature_dim), str(d.layers), str(d.input_size),
+                  "[green]yes[/]" if d.weights_available else ("[dim]none exist[/]" if not d.has_pretrained else "[red]no[/]"))
+    out.print(t)
+
+
+@command("layers", epilog="Example:  tl layers --backbone vgg16 --freeze 10")
+def layers_cmd(
+    backbone: BackboneOpt = DEFAULT_BACKBONE,
+    freeze: Annotated[Optional[int], typer.Option("--freeze", help="Show which layers `--freeze N` keeps fixed.")] = None,
+) -> None:
+    """The numbered layer table that `--freeze N` counts (needs no pretrained weights)."""
+    from rich.table import Table
+
+    from ..backbones import get_spec
+    from ..backbones.describe import meta_backbone
+    from ..layers import check_freeze, enumerate_layers
+
+    spec = get_spec(backbone)
+    layers = enumerate_layers(meta_backbone(spec), spec.preprocess.input_size)
+    if freeze is not None:
+        check_freeze(freeze, len(layers))
+    t = Table(title=f"{backbone}: {len(layers)} layers (input {spec.preprocess.input_size}px)", title_justify="left")
+    for col in ("#", "name", "type", "params", "output", "state"):
+        t.add_column(col, justify="right" if col in ("#", "params") else "left")
+    frozen_params = 0
+    total = 0
+    for layer in layers:
+        is_frozen = freeze is not None and layer.index <= freeze
+        total += layer.params
+        frozen_params += layer.params if is_frozen else 0
+        state = "" if freeze is None else ("[cyan]frozen[/]" if is_frozen else "[green]trained[/]")
+        name = layer.name.removeprefix("net.") + (" (new head)" if layer.index == len(layers) else "")
+        t.add_row(str(layer.index), name, layer.kind, f"{layer.params:,}", "x".join(map(str, layer.output_shape)), state)
+    out.print(t)
+    if freeze is not None:
+        out.print(f"--freeze {freeze}: {freeze} layers frozen ({frozen_params:,} parameters), "
+                  f"{len(layers) - freeze} trained ({total - frozen_params:,} parameters, head sized for ImageNet here)")

@@ -1,0 +1,85 @@
+"""`tl extract`: the small-data route."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..backbones.builtin import DEFAULT_BACKBONE
+from .app import command, err, out, workspace
+from .options import (BackboneOpt, BatchSizeOpt, DeviceOpt, PretrainedOpt, StrictOpt, ValFractionOpt, WeightsOpt,
+                      WorkersOpt, WorkspaceOpt)
+
+
+@command(
+    "extract",
+    epilog="Example:  tl extract ./photos   then   tl predict new.jpg",
+)
+def extract_cmd(
+    data_dir: Annotated[Path, typer.Argument(help="Folder of class sub-folders (or train/ and val/ folders of them).")],
+    backbone: BackboneOpt = DEFAULT_BACKBONE,
+    weights: WeightsOpt = None,
+    pretrained: PretrainedOpt = True,
+    val_fraction: ValFractionOpt = 0.2,
+    batch_size: BatchSizeOpt = 32,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = "auto",
+    strict: StrictOpt = False,
+    balanced: Annotated[bool, typer.Option("--balanced", help="Weight classes inversely to their frequency.")] = False,
+    no_train: Annotated[bool, typer.Option("--no-train", help="Only fill the feature cache.")] = False,
+    ws_path: WorkspaceOpt = None,
+) -> None:
+    """Small data: cache the frozen backbone's features in HDF5 and train a softmax head on them.
+
+    Re-running on the same folder reuses every cached feature; new images are the only ones
+    run through the network.
+    """
+    from ..extract import ExtractConfig
+    from ..head import HeadConfig
+    from ..progress import RichReporter
+    from ..small_data import train_small_data
+
+    cfg = ExtractConfig(
+        backbone=backbone, weights=str(weights) if weights else None, pretrained=pretrained,
+        val_fraction=val_fraction, batch_size=batch_size, workers=workers, device=device, strict=strict,
+    )
+    ws = workspace(ws_path)
+    res = train_small_data(data_dir, cfg, HeadConfig(balanced=balanced), ws, RichReporter(err), train=not no_train)
+    render_summary(res)
+
+
+def render_summary(res) -> None:
+    from rich.table import Table
+
+    ex = res.extract
+    ds = ex.dataset
+    t = Table(title=f"tl extract: {ds.root}", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    n_train = int((ex.splits == "train").sum())
+    n_val = int((ex.splits == "val").sum())
+    t.add_row("classes", f"{len(ds.classes)}: " + ", ".join(f"{c} ({n})" for c, n in ds.counts().items()))
+    t.add_row("images", f"{len(ds.samples) + len(ds.skipped)} found, {len(ex.failed)} skipped, "
+                        f"{ex.n_extracted} extracted, {ex.n_cached} from cache")
+    t.add_row("split", f"{n_train} train / {n_val} val ({ds.layout})")
+    t.add_row("backbone", f"{ex.backbone}  ({ex.features.shape[1]}-d features, cache {ex.cache_dir})")
+    if ex.n_extracted:
+        t.add_row("speed", f"{ex.images_per_second:.1f} images/s ({ex.extract_seconds:.1f} s)")
+    if res.head is not None:
+        h = res.head
+        acc = f"{h.val_accuracy:.4f}" if h.val_accuracy is not None else "n/a (no validation images)"
+        t.add_row("val accuracy", acc)
+        t.add_row("train accuracy", f"{h.train_accuracy:.4f}  (L2 {h.l2:g})")
+        t.add_row("run", str(res.run_dir))
+    t.add_row("time", f"{ex.seconds:.1f} s total")
+    out.print(t)
+    for note in ex.notes:
+        err.print(f"[yellow]note:[/] {note}")
+    if ex.failed:
+        err.print(f"[yellow]skipped {len(ex.failed)} unreadable file(s):[/]")
+        for rel, why in ex.failed[:20]:
+            err.print(f"  {rel}: {why}")
+        if len(ex.failed) > 20:
+            err.print(f"  ... and {len(ex.failed) - 20} more")

@@ -1,0 +1,33 @@
+"""Typed option aliases, defined once and shared by every command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+WorkspaceOpt = Annotated[
+    Optional[Path],
+    typer.Option("--workspace", "-w", envvar="TL_WORKSPACE", help="Where caches and runs live (default ./.tl).",
+                 show_default=False),
+]
+BackboneOpt = Annotated[str, typer.Option("--backbone", "-b", help="Backbone name (see `tl backbones`).")]
+WeightsOpt = Annotated[
+    Optional[Path], typer.Option("--weights", help="State-dict file (.pth/.safetensors) to use instead of the default weights.")
+]
+PretrainedOpt = Annotated[
+    bool, typer.Option("--pretrained/--no-pretrained", help="--no-pretrained starts from random weights, explicitly.")
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu, cuda, cuda:N.")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")]
+WorkersOpt = Annotated[
+    Optional[int], typer.Option("--workers", min=0, help="Image-decoding processes (default: half the cores).")
+]
+ValFractionOpt = Annotated[
+    float, typer.Option("--val-fraction", min=0.0, max=0.95, help="Validation share when there is no val/ folder.")
+]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable image instead of skipping it.")]
+ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help="Run folder to use (default: the latest run).")]
+FormatOpt = Annotated[str, typer.Option("--format", "-f", help="Output format: table, json or csv.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (CPU runs are reproducible).")]

@@ -1,0 +1,186 @@
+"""Finding images in a dataset folder, and the stable train/validation split.
+
+Layouts:
+    DATA/class_a/*.jpg, DATA/class_b/*.jpg          -> split by hashing file names
+    DATA/train/class_a/..., DATA/val/class_a/...    -> used as given
+Files are recognised as images by their first bytes, not their extension. Hidden files and
+folders are skipped; symlinked folders are followed once (loops terminate).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DataError
+
+# Magic numbers of the formats Pillow decodes that photos come in.
+_MAGIC = (
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"BM", "bmp"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
+VAL_NAMES = ("val", "valid", "validation")
+
+
+def sniff_image(path: Path) -> str | None:
+    """The image format from the file's first bytes, or None if it is not an image we read."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return None
+    for magic, fmt in _MAGIC:
+        if head.startswith(magic):
+            return fmt
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image: path relative to the dataset root (POSIX form), class index, split."""
+
+    relpath: str
+    label: int
+    split: str  # "train" or "val"
+
+
+@dataclass
+class Dataset:
+    """What `scan_dataset` found."""
+
+    root: Path
+    classes: list[str]
+    samples: list[Sample]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (relpath, reason)
+    layout: str = "folders"  # or "train/val"
+
+    def split(self, name: str) -> list[Sample]:
+        return [s for s in self.samples if s.split == name]
+
+    def counts(self) -> dict[str, int]:
+        out = {c: 0 for c in self.classes}
+        for s in self.samples:
+            out[self.classes[s.label]] += 1
+        return out
+
+    def abspath(self, s: Sample) -> Path:
+        return self.root / s.relpath
+
+
+def is_val(relpath_in_class: str, val_fraction: float) -> bool:
+    """Stable split: a file goes to validation iff the hash of its name falls below the fraction.
+
+    Depends only on the file's path inside its class folder, so adding or removing other images
+    never moves an image between splits, and the split is the same on every machine.
+    """
+    h = int.from_bytes(hashlib.sha1(relpath_in_class.encode("utf-8")).digest()[:8], "big")
+    return h / 2**64 < val_fraction
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name.startswith("__MACOSX")
+
+
+def _walk_files(folder: Path) -> list[Path]:
+    """All non-hidden files under `folder`, sorted, following symlinked folders once."""
+    out: list[Path] = []
+    visited: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        st = os.stat(dirpath)
+        key = (st.st_dev, st.st_ino)
+        if key in visited:  # symlink loop or a second link to the same folder
+            dirnames[:] = []
+            continue
+        visited.add(key)
+        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+        for f in sorted(filenames):
+            if not _hidden(f):
+                out.append(Path(dirpath) / f)
+    return out
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.is_dir() and not _hidden(p.name)), key=lambda p: p.name)
+
+
+def scan_dataset(root: str | os.PathLike, val_fraction: float = 0.2, min_classes: int = 2) -> Dataset:
+    """Discover classes and images under `root`.
+
+    Args:
+        root: a folder of class sub-folders, or with `train/` and `val/` folders of them.
+        val_fraction: share of images (by name hash) used for validation without a val/ folder.
+        min_classes: fewer classes than this is an error (a classifier needs two).
+
+    Raises:
+        DataError: missing folder, no class folders, an empty class, too few classes, no images.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(f"dataset folder not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"not a folder: {root}", hint="pass a folder of class sub-folders")
+    root = root.resolve()
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    subdirs = {p.name.lower(): p for p in _class_dirs(root)}
+    val_dir = next((subdirs[n] for n in VAL_NAMES if n in subdirs), None)
+    if "train" in subdirs and val_dir is not None:
+        split_roots = [("train", subdirs["train"]), ("val", val_dir)]
+        layout = "train/val"
+    else:
+        split_roots = [(None, root)]
+        layout = "folders"
+
+    classes = sorted({p.name for _, base in split_roots for p in _class_dirs(base)})
+    if not classes:
+        raise DataError(
+            f"no class folders in {root}",
+            hint="put images in one sub-folder per class, e.g. DATA/cats/*.jpg, DATA/dogs/*.jpg",
+        )
+    index = {c: i for i, c in enumerate(classes)}
+    samples: list[Sample] = []
+    skipped: list[tuple[str, str]] = []
+    per_class = {c: 0 for c in classes}
+    for split, base in split_roots:
+        for cdir in _class_dirs(base):
+            for f in _walk_files(cdir):
+                rel = f.relative_to(root).as_posix()
+                fmt = sniff_image(f)
+                if fmt is None:
+                    if f.suffix.lower() in IMAGE_SUFFIXES:
+                        reason = "empty file" if _size(f) == 0 else "not an image (unknown content)"
+                        skipped.append((rel, reason))
+                    continue  # non-image files (notes, .json) are ignored silently
+                in_class = f.relative_to(cdir).as_posix()
+                s = split or ("val" if is_val(in_class, val_fraction) else "train")
+                samples.append(Sample(rel, index[cdir.name], s))
+                per_class[cdir.name] += 1
+    empty = [c for c, n in per_class.items() if n == 0]
+    if empty:
+        raise DataError(
+            f"class folder{'s' if len(empty) > 1 else ''} with no images: {', '.join(empty)}",
+            hint="add images or remove the folder",
+        )
+    if len(classes) < min_classes:
+        raise DataError(
+            f"only one class ({classes[0]}) in {root}: a classifier needs at least two",
+            hint="add a sub-folder of images for each other class",
+        )
+    return Dataset(root, classes, samples, skipped, layout)
+
+
+def _size(p: Path) -> int:
+    try:
+        return p.stat().st_size
+    except OSError:
+        return -1

@@ -1,0 +1,20 @@
+"""Choosing the device and the settings that make each one fast."""
+
+from __future__ import annotations
+
+from .errors import ConfigError
+
+
+def resolve_device(name: str = "auto"):
+    """"auto" -> CUDA when present, else CPU. Explicit "cuda" without a GPU is an error."""
+    import torch
+
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {name!r}", hint="use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is available", hint="use --device cpu")
+    return dev

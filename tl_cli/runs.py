@@ -1,0 +1,111 @@
+"""A run folder: a trained model plus everything needed to use and trust it.
+
+    runs/<YYYYmmdd-HHMMSS>-<route>-<dataset>/
+        model.safetensors   tensors only (head, or the whole network for fine-tuned runs)
+        meta.json           classes, backbone, weights digest, preprocessing, config, metrics,
+                            versions; written last, so its presence marks a complete run
+Loading never executes code: safetensors and JSON only.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .atomic import atomic_path, write_json
+from .errors import RunError
+
+META = "meta.json"
+WEIGHTS = "model.safetensors"
+
+
+def versions() -> dict[str, str]:
+    import torch
+
+    from . import __version__
+
+    out = {"tl": __version__, "python": platform.python_version(), "torch": torch.__version__}
+    try:
+        import torchvision
+
+        out["torchvision"] = torchvision.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def new_run_dir(runs_root: Path, route: str, dataset_name: str) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset_name)[:40] or "data"
+    base = runs_root / f"{stamp}-{route}-{slug}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = Path(f"{base}-{n}")
+    path.mkdir(parents=True)
+    return path
+
+
+def save_tensors(path: Path, tensors: dict) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+
+
+def load_tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:
+        raise RunError(f"{path}: unreadable weights ({exc.__class__.__name__}: {exc})") from exc
+
+
+def save_run(run_dir: Path, tensors: dict, meta: dict[str, Any]) -> None:
+    """Write weights, then meta.json (last: its presence marks the run complete)."""
+    save_tensors(run_dir / WEIGHTS, tensors)
+    write_json(run_dir / META, {**meta, "versions": versions()})
+
+
+@dataclass(frozen=True)
+class Run:
+    dir: Path
+    meta: dict
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    def tensors(self) -> dict:
+        return load_tensors(self.dir / WEIGHTS)
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Read a run folder's metadata. Raises RunError if it is missing or incomplete."""
+    run_dir = Path(run_dir)
+    meta_path = run_dir / META
+    if not meta_path.is_file():
+        raise RunError(f"{run_dir} is not a complete tl run (no {META})", hint="pass a folder from .tl/runs")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as exc:
+        raise RunError(f"{meta_path}: not valid JSON") from exc
+    if not (run_dir / WEIGHTS).is_file():
+        raise RunError(f"{run_dir}: {WEIGHTS} is missing")
+    return Run(run_dir, meta)
+
+
+def list_runs(runs_root: Path) -> list[Run]:
+    out = []
+    for d in sorted(runs_root.glob("*")) if runs_root.is_dir() else []:
+        try:
+            out.append(load_run(d))
+        except RunError:
+            continue
+    return out
