@@ -1,8 +1,22 @@
-"""The `tl` command line: one module per command group, all registered on one Typer app."""
+"""The `tl` command line: one module per command group, all registered on one Typer app.
+
+Each import below registers that module's commands (one line per module, in the order
+`tl --help` lists them).
+"""
 
 from __future__ import annotations
 
-from . import backbones, extract, predict  # noqa: F401  (registers the commands)
+# ruff: noqa: F401
+from . import extract  # extract
+
+# finetune, retrain (issue 3)
+
+from . import predict  # predict, evaluate
+
+# export, info, runs, suggest (issues 3, 4)
+
+from . import backbones  # backbones, layers
+
 from .app import app
 
 
