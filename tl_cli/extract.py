@@ -147,6 +147,24 @@ class TorchEngine:
             return self.net.forward_features(x).float().cpu().numpy()
 
 
+def _drop_unreadable_classes(ds: Dataset, good_rel: list[str], failed: list[tuple[str, str]]):
+    """Drop (and list) classes none of whose images could be read; fewer than two left is an error."""
+    label_of = {s.relpath: s.label for s in ds.samples}
+    seen = {label_of[r] for r in good_rel}
+    missing = [c for i, c in enumerate(ds.classes) if i not in seen]
+    if not missing:
+        return ds, failed
+    reason = "class folder with no readable images"
+    ds = ds.drop_classes(missing, reason)
+    if len(ds.classes) < 2:
+        raise DataError(
+            f"no readable images in class folder{'s' if len(missing) > 1 else ''} {', '.join(missing)}: "
+            "fewer than two classes left",
+            hint="run with --strict to stop at the first unreadable image and see why",
+        )
+    return ds, failed + [(f"{c}/", reason) for c in missing]
+
+
 def extract_features(
     data_dir: str | os.PathLike,
     cfg: ExtractConfig = ExtractConfig(),
@@ -235,12 +253,10 @@ def extract_features(
         cache.consolidate(good)
         good_rel = [s.relpath for s in good]
         feats = cache.read(good_rel)
+    ds, failed = _drop_unreadable_classes(ds, good_rel, failed)
     by_rel = {s.relpath: s for s in ds.samples}
     labels = np.array([by_rel[r].label for r in good_rel], dtype=np.int64)
     splits = np.array([by_rel[r].split for r in good_rel])
-    missing = [c for i, c in enumerate(ds.classes) if not (labels == i).any()]
-    if missing:
-        raise DataError(f"no readable images in class folder{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
     ws.remember(last_dataset=ds.root)
     return ExtractResult(
         dataset=ds,
