@@ -74,7 +74,7 @@ class Dataset:
         return out
 
     def abspath(self, s: Sample) -> Path:
-        return self.root / s.relpath
+        return resolve_inside(self.root, s.relpath)
 
     def drop_classes(self, names: list[str], reason: str) -> "Dataset":
         """A copy without the classes `names` (each listed in `skipped` as "name/: reason")."""
@@ -86,6 +86,24 @@ class Dataset:
                    for s in self.samples if self.classes[s.label] in new_index]
         skipped = self.skipped + [(f"{c}/", reason) for c in names]
         return Dataset(self.root, keep, samples, skipped, self.layout)
+
+
+def is_safe_relpath(rel: str) -> bool:
+    """True for a relative POSIX path that stays inside the folder it is relative to.
+
+    Caches and runs store image paths relative to the dataset root; anything absolute, with a
+    `..` component or a NUL did not come from tl and is refused.
+    """
+    if not rel or "\0" in rel or rel.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in rel.split("/"))
+
+
+def resolve_inside(root: Path, rel: str) -> Path:
+    """`root / rel`, refusing a stored path that would point outside `root` (DataError)."""
+    if not is_safe_relpath(rel):
+        raise DataError(f"refusing a stored path outside the dataset folder: {rel!r}")
+    return root / rel
 
 
 def is_val(relpath_in_class: str, val_fraction: float) -> bool:
