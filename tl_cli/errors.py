@@ -54,3 +54,7 @@ class UnsafeFile(TLError):
 
 class WorkspaceError(TLError):
     """The workspace can't be written (read-only, disk full) or is busy."""
+
+
+class OutOfMemory(TLError):
+    """Out of memory even after halving the batch down to one image."""

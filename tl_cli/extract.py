@@ -17,6 +17,7 @@ import numpy as np
 from .backbones import DEFAULT_BACKBONE, get_spec, resolve_weights
 from .cache import FeatureCache, FileStat, dataset_fingerprint, stat_files
 from .data import Dataset, scan_dataset
+from .oom import HalvingForward
 from .errors import ConfigError, DataError, ImageError
 from .preprocess import Preprocess, load_tensor
 from .progress import Reporter
@@ -223,7 +224,8 @@ def extract_features(
             from .device import resolve_device
 
             device = resolve_device(cfg.device)
-            engine = TorchEngine(net, device)
+            # On OOM the batch is halved and extraction goes on from where it stopped.
+            engine = HalvingForward(TorchEngine(net, device))
             workers = default_workers() if cfg.workers is None else cfg.workers
             loader = make_loader(ds.root, [s.relpath for s in todo], pre, cfg.batch_size, workers, device.type == "cuda")
             reporter.start("extracting", len(todo))
@@ -249,6 +251,8 @@ def extract_features(
             finally:
                 reporter.stop()
             t_extract = time.perf_counter() - te
+            if engine.limit is not None:
+                notes.append(f"ran out of memory at batch size {cfg.batch_size}; continued with {engine.limit}")
         good = [s for s in stats if s.relpath not in bad_rel]
         cache.consolidate(good)
         good_rel = [s.relpath for s in good]
