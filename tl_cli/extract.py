@@ -7,6 +7,7 @@ extraction keeps what it finished, and the next run extracts only the rest.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -148,6 +149,13 @@ class TorchEngine:
             return self.net.forward_features(x).float().cpu().numpy()
 
 
+def _save_pending(cache: FeatureCache, stats: list[FileStat], feats: list[np.ndarray]) -> None:
+    """Best-effort write of the unsaved rows while an error or interrupt is on its way up."""
+    if stats:
+        with contextlib.suppress(Exception):  # e.g. disk full again: the original error matters more
+            cache.write_chunk(stats, np.concatenate(feats))
+
+
 def _drop_unreadable_classes(ds: Dataset, good_rel: list[str], failed: list[tuple[str, str]]):
     """Drop (and list) classes none of whose images could be read; fewer than two left is an error."""
     label_of = {s.relpath: s.label for s in ds.samples}
@@ -248,6 +256,10 @@ def extract_features(
                     elapsed = time.perf_counter() - te
                     reporter.advance(len(idx) + len(bad), img_s=f"{n_extracted / max(elapsed, 1e-9):.1f}/s")
                 cache.write_chunk(buf_stats, np.concatenate(buf_feats) if buf_feats else np.empty((0, spec.feature_dim)))
+            except BaseException:
+                # Ctrl-C, --strict, ...: keep the rows already computed so the next run starts after them.
+                _save_pending(cache, buf_stats, buf_feats)
+                raise
             finally:
                 reporter.stop()
             t_extract = time.perf_counter() - te
