@@ -29,7 +29,8 @@ def start_slow(data: Path, ws: Path, log: Path, chunk: int, delay: float = 0.3) 
            "SLOW_TL_DELAY": str(delay), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, str(SLOW_TL), "extract", str(data), "--backbone", "lenet5",
                              "--no-pretrained", "--workers", "0", "--batch-size", "4"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as in a terminal
 
 
 def wait_for(cond, proc: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -98,7 +99,7 @@ def test_ctrl_c_saves_finished_rows_and_the_next_run_resumes(grown, isolated_wor
     # Chunks bigger than the whole job: whatever is saved was saved by the Ctrl-C handling itself.
     proc = start_slow(data, isolated_workspace, log, chunk=10_000)
     wait_for(lambda: batches_done(log) >= 3, proc)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
