@@ -102,6 +102,16 @@ def png16(path: Path) -> Path:
     return path
 
 
+def transparent(path: Path) -> Path:
+    """RGBA: left half opaque blue, right half fully transparent (shows as white)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    a = np.zeros((32, 40, 4), dtype=np.uint8)
+    a[:, :20] = (20, 20, 230, 255)
+    a[:, 20:] = (0, 0, 0, 0)
+    Image.fromarray(a, "RGBA").save(path, "PNG")
+    return path
+
+
 def exif_rotated(path: Path) -> Path:
     """Stored landscape (red left half, blue right half) with EXIF orientation 6 (rotate 90 CW to view).
 

@@ -38,6 +38,7 @@ VALID_ODD = {
     "cmyk.jpg": bf.cmyk_jpeg,
     "deep16.png": bf.png16,
     "rotated.jpg": bf.exif_rotated,
+    "alpha.png": bf.transparent,
 }
 
 
@@ -129,6 +130,8 @@ def test_odd_but_valid_images_are_converted_correctly(odd_images):
     assert a16.max() > 255  # really 16-bit
     d = rgb("deep16.png").astype(float)
     assert np.abs(d[..., 0] - a16 * 255 / a16.max()).max() <= 1  # scaled, not clipped to white
+    t = rgb("alpha.png")
+    assert (t[:, :20] == (20, 20, 230)).all() and (t[:, 20:] == 255).all()  # transparent -> white, not black
     r = rgb("rotated.jpg").astype(float)
     assert r.shape[:2] == (48, 32)  # EXIF orientation applied: portrait
     top, bottom = r[:20].mean((0, 1)), r[-20:].mean((0, 1))
@@ -140,7 +143,7 @@ def test_odd_but_valid_images_are_extracted_not_skipped(data, untouched):
         writer(data / "green" / name)
     untouched(data)
     r = extract_features(data, LENET)
-    assert r.failed == [] and len(r.relpaths) == 23
+    assert r.failed == [] and len(r.relpaths) == 18 + len(VALID_ODD)
     net, _ = create_backbone("lenet5", pretrained=False)
     pre = get_spec("lenet5").preprocess
     rows = [r.relpaths.index(f"green/{n}") for n in VALID_ODD]
