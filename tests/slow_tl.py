@@ -39,7 +39,10 @@ _extract = small_data.extract_features
 
 
 def extract_in_small_chunks(data_dir, cfg, *args, **kwargs):
-    return _extract(data_dir, dataclasses.replace(cfg, chunk_rows=CHUNK), *args, **kwargs)
+    changes = {"chunk_rows": CHUNK}
+    if "engine" in {f.name for f in dataclasses.fields(cfg)}:
+        changes["engine"] = "torch"  # the slowed-down Python forward must be what runs
+    return _extract(data_dir, dataclasses.replace(cfg, **changes), *args, **kwargs)
 
 
 small_data.extract_features = extract_in_small_chunks
