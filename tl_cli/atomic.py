@@ -33,6 +33,9 @@ def raise_write_error(exc: OSError, path: Path) -> None:
     raise exc
 
 
+_raise_os = raise_write_error  # the name other modules were written against
+
+
 def _umask() -> int:
     # The only way to read the umask is to set it; set it straight back.
     mask = os.umask(0o022)
