@@ -277,3 +277,13 @@ def test_non_ascii_and_spaces_in_names(tmp_path):
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)[0]["path"].endswith("Ωmega [2].jpg")
     assert bf.tree_digest(root) == before
+
+
+def test_workspace_inside_the_dataset_is_refused_before_anything_is_written(data, untouched, monkeypatch, tmp_path):
+    untouched(data)
+    monkeypatch.chdir(data)  # `cd photos && tl extract .` would put .tl/ inside the photos
+    monkeypatch.delenv("TL_WORKSPACE")
+    r = tl("extract", ".", *LENET_ARGS)
+    assert r.exit_code == 2 and "is inside the dataset folder" in flat(r.output) and "hint:" in r.output
+    r = tl("extract", ".", *LENET_ARGS, "--workspace", tmp_path / "elsewhere")
+    assert r.exit_code == 0, r.output

@@ -197,10 +197,10 @@ def extract_features(
     t0 = time.perf_counter()
     reporter = reporter or Reporter()
     ws = workspace or Workspace.open()
-    ws.ensure()
     spec = get_spec(cfg.backbone)
     choice = resolve_weights(spec, cfg.weights, cfg.pretrained)
     ds = scan_dataset(data_dir, cfg.val_fraction)
+    ws.ensure(outside=ds.root)
     if cfg.strict and ds.skipped:
         rel, why = ds.skipped[0]
         raise ImageError(f"{rel}: {why}", hint="remove it, or drop --strict to skip unreadable images")
