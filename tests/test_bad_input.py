@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -287,3 +288,20 @@ def test_workspace_inside_the_dataset_is_refused_before_anything_is_written(data
     assert r.exit_code == 2 and "is inside the dataset folder" in flat(r.output) and "hint:" in r.output
     r = tl("extract", ".", *LENET_ARGS, "--workspace", tmp_path / "elsewhere")
     assert r.exit_code == 0, r.output
+
+
+def test_predict_reports_each_broken_file_and_still_predicts_the_rest(data, untouched, tmp_path):
+    assert tl("extract", data, *LENET_ARGS).exit_code == 0
+    inbox = tmp_path / "inbox"
+    for name, (writer, _) in BROKEN.items():
+        writer(inbox / name)
+    for name, writer in VALID_ODD.items():
+        writer(inbox / name)
+    untouched(inbox)
+    r = tl("predict", *sorted(inbox.iterdir()), "--format", "json")
+    assert r.exit_code == 1  # some files failed
+    got = {Path(p["path"]).name: p for p in json.loads(r.stdout)}
+    for name, (_, why) in BROKEN.items():
+        assert why in got[name]["error"] and not got[name]["labels"], name
+    for name in VALID_ODD:
+        assert "error" not in got[name] and got[name]["labels"], name

@@ -63,7 +63,7 @@ def open_rgb(path: str | Path, draft_size: int | None = None):
     `draft_size` lets the JPEG decoder downscale by 2/4/8 while decoding (much faster for large
     photos); it never goes below the requested size, so the later resize sees enough pixels.
     """
-    from PIL import Image, ImageOps
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
@@ -78,6 +78,10 @@ def open_rgb(path: str | Path, draft_size: int | None = None):
                 return _to_rgb(im)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"{path}: image too large (decompression bomb?): {exc}") from exc
+    except UnidentifiedImageError as exc:
+        # Same words as the dataset scan uses for these files.
+        empty = Path(path).is_file() and Path(path).stat().st_size == 0
+        raise ImageError(f"{path}: {'empty file' if empty else 'not an image (unknown content)'}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path}: cannot decode image: {exc}") from exc
 
