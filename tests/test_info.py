@@ -76,11 +76,17 @@ def test_info_of_an_extract_run(extract_run):
 
 def test_finetune_meta_layer_table_matches_the_real_model():
     ws = Workspace.open()
-    meta = {"route": "finetune", "freeze": 36, "epochs": 12, "best_epoch": 9, "backbone": "efficientnet_lite0",
-            "classes": ["cats", "dogs"], "metrics": {"val_accuracy": 0.975, "val_loss": 0.08, "history": [1, 2]}}
+    # the shape the finetune route writes (tl_cli/finetune.py), plus a non-scalar metric
+    meta = {"route": "finetune", "kind": "full", "freeze": 36, "layers": 50, "epochs": 12, "best_epoch": 9,
+            "stop_reason": "early_stopping", "backbone": "efficientnet_lite0", "classes": ["cats", "dogs"],
+            "config": {"finetune": {"freeze": 36, "max_epochs": 30}},
+            "metrics": {"val_accuracy": 0.975, "val_loss": 0.08, "history": [1, 2]}}
     d = fake_run(ws, "20260101-120000-finetune-catsdogs", meta)
     info = run_info(d)
     assert (info.summary.route, info.freeze, info.epochs, info.best_epoch) == ("finetune", 36, 12, 9)
+    assert info.stop_reason == "early_stopping"
+    out = tl("info", d).output
+    assert "12 (stopped: early_stopping)" in out and "0.9750" in out and "history.csv" in out
     assert info.metrics == {"val_accuracy": 0.975, "val_loss": 0.08}  # lists are not metrics
     assert "history.csv" in {p for p, _ in info.files}
     rows = info.layers

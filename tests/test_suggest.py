@@ -103,8 +103,21 @@ def test_cli_table_json_and_errors(image_folder, tmp_path):
     d = json.loads(r.stdout)
     assert d["route"] == "extract" and set(d["counts"]) == {"red", "green", "blue"}
     assert sum(v["train"] + v["val"] for v in d["counts"].values()) == 36
+    r = runner.invoke(app, ["suggest", str(image_folder), "--backbone", "nosuchnet"])
+    assert r.exit_code == 2 and "nosuchnet" in r.output
     r = runner.invoke(app, ["suggest", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "dataset folder not found" in r.output and "Traceback" not in r.output
+
+
+def test_cli_defaults_to_the_last_dataset(image_folder):
+    r = runner.invoke(app, ["suggest"])
+    assert r.exit_code == 2 and "no dataset given" in r.output
+    from tl_cli.workspace import Workspace
+
+    Workspace.open().remember(last_dataset=image_folder)
+    r = runner.invoke(app, ["suggest", "--backbone", "lenet5", "--format", "json"])
+    assert r.exit_code == 0, r.output
+    assert sum(v["train"] + v["val"] for v in json.loads(r.stdout)["counts"].values()) == 36
 
 
 def test_real_catsdogs(shared_data):

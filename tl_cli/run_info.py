@@ -61,6 +61,7 @@ class RunInfo:
     freeze: int | None  # as recorded (finetune/retrain); None for extract runs and older metas
     epochs: int | None
     best_epoch: int | None
+    stop_reason: str | None  # "epochs", "early_stopping", "time_budget" (fine-tuned runs)
     metrics: dict[str, Any]  # scalar metrics only
     n_train: int | None
     n_val: int | None
@@ -251,6 +252,7 @@ def run_info(run: str | os.PathLike | None = None, workspace: Workspace | None =
         freeze=freeze,
         epochs=_as_int(_find(meta, "epochs")),
         best_epoch=_as_int(_find(meta, "best_epoch")),
+        stop_reason=str(meta["stop_reason"]) if isinstance(meta.get("stop_reason"), str) else None,
         metrics=scalars,
         n_train=_as_int(ds.get("n_train")),
         n_val=_as_int(ds.get("n_val")),

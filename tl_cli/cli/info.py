@@ -59,11 +59,11 @@ def render_info(info) -> None:
     if s.route == "extract" and freeze is not None:
         freeze_s += " (the whole backbone; only the head was trained)"
     t.add_row("freeze", freeze_s)
-    t.add_row("epochs", _v(info.epochs))
+    t.add_row("epochs", _v(info.epochs) + (f" (stopped: {escape(info.stop_reason)})" if info.stop_reason else ""))
     t.add_row("best epoch", _v(info.best_epoch))
     t.add_row("data", f"{escape(_v(s.dataset))}  ({_v(info.n_train)} train / {_v(info.n_val)} val)")
     for k, v in info.metrics.items():
-        t.add_row(k.replace("_", " "), f"{v:.4f}" if isinstance(v, float) else escape(str(v)))
+        t.add_row(k.replace("_", " "), f"{v:.4f}" if isinstance(v, float) else escape(_v(v)))
     t.add_row("created", s.created)
     t.add_row("folder", escape(s.dir))
     t.add_row("files", escape(", ".join(f"{p} ({_size(n)})" for p, n in info.files)))
