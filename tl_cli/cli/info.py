@@ -9,16 +9,9 @@ import typer
 from rich.markup import escape
 
 from .app import command, out, workspace
-from .options import FormatOpt, WorkspaceOpt
+from .options import SummaryFormatOpt, WorkspaceOpt, check_format
 
 DASH = "-"
-
-
-def _check_format(fmt: str) -> None:
-    from ..errors import ConfigError
-
-    if fmt not in ("table", "json"):
-        raise ConfigError(f"unknown --format {fmt!r}", hint="use table or json")
 
 
 def _v(x, fmt: str = "{}") -> str:
@@ -28,14 +21,14 @@ def _v(x, fmt: str = "{}") -> str:
 @command("info", epilog="Examples:  tl info   tl info 20260101-120000-extract-photos   tl info .tl/runs/X --format json")
 def info_cmd(
     run: Annotated[Optional[str], typer.Argument(help="Run folder, or a run name (or unique prefix) from `tl runs`; default the latest.")] = None,
-    fmt: FormatOpt = "table",
+    fmt: SummaryFormatOpt = "table",
     no_layers: Annotated[bool, typer.Option("--no-layers", help="Skip the layer table.")] = False,
     ws_path: WorkspaceOpt = None,
 ) -> None:
     """A run's backbone, classes, training (route, freeze, epochs), metrics, layers and files."""
     from ..run_info import run_info
 
-    _check_format(fmt)
+    check_format(fmt)
     info = run_info(run, workspace(ws_path), layers=not no_layers)
     if fmt == "json":
         out.print(json.dumps(info.to_dict(), indent=2), markup=False)
@@ -101,13 +94,13 @@ def _size(n: int) -> str:
 
 
 @command("runs", epilog="Example:  tl runs   tl runs --format json")
-def runs_cmd(fmt: FormatOpt = "table", ws_path: WorkspaceOpt = None) -> None:
+def runs_cmd(fmt: SummaryFormatOpt = "table", ws_path: WorkspaceOpt = None) -> None:
     """The workspace's runs, newest first, with route, backbone, classes and validation accuracy."""
     from rich.table import Table
 
     from ..run_info import workspace_runs
 
-    _check_format(fmt)
+    check_format(fmt)
     ws = workspace(ws_path)
     rows = workspace_runs(ws)
     if fmt == "json":

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from ..backbones import DEFAULT_BACKBONE
 from .app import command, out, workspace
-from .options import BackboneOpt, FormatOpt, ValFractionOpt, WorkspaceOpt
+from .options import BackboneOpt, SummaryFormatOpt, ValFractionOpt, WorkspaceOpt, check_format
 
 
 @command("suggest", epilog="Example:  tl suggest ./photos   tl suggest ./photos --backbone resnet50 --format json")
@@ -19,15 +19,13 @@ def suggest_cmd(
     data_dir: Annotated[Optional[Path], typer.Argument(help="Folder of class sub-folders (default: the last dataset used).")] = None,
     backbone: BackboneOpt = DEFAULT_BACKBONE,
     val_fraction: ValFractionOpt = 0.2,
-    fmt: FormatOpt = "table",
+    fmt: SummaryFormatOpt = "table",
     ws_path: WorkspaceOpt = None,
 ) -> None:
     """Count images per class and recommend extract, finetune --freeze N or retrain, saying why."""
-    from ..errors import ConfigError
     from ..suggest import suggest
 
-    if fmt not in ("table", "json"):
-        raise ConfigError(f"unknown --format {fmt!r}", hint="use table or json")
+    check_format(fmt)
     data = data_dir if data_dir is not None else workspace(ws_path).last_dataset()
     s = suggest(data, backbone, val_fraction)
     if fmt == "json":
