@@ -255,16 +255,18 @@ def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, repor
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     deadline = t0 + cfg.time_budget if cfg.time_budget else None
     skipped: set[str] = set()
+    longest = 0.0  # wall time of the slowest epoch so far, checkpoint and plot included
     while not st["finished"] and st["epoch"] < cfg.epochs:
-        longest = max((h["seconds"] for h in st["history"][resumed_from:]), default=0.0)
         if deadline and time.perf_counter() + longest > deadline:
             st["stop_reason"] = "time_budget"  # the next epoch would not fit: stop with the best so far
             break
+        t_epoch = time.perf_counter()
         row = _run_epoch(model, opt, loaders, loss_fn, device, cfg, st["epoch"], reporter, deadline, skipped)
         if row is None:
             st["stop_reason"] = "time_budget"  # ran out mid-epoch: that partial epoch is discarded
             break
         _end_epoch(run_dir, cfg, model, opt, loaders, st, row)
+        longest = max(longest, time.perf_counter() - t_epoch)
         reporter.log(format_row(row, improved=st["best"].get("epoch") == row["epoch"]))
     if not st["best"]:
         raise RunError(f"the time budget ({cfg.time_budget:g} s) ended before the first epoch did",
