@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -294,6 +295,9 @@ def test_evaluation_folder_is_replaced_whole(run, tmp_path):
     with atomic_dir(target) as tmp:
         (tmp / "a.txt").write_text("new")
     assert [p.name for p in target.iterdir()] == ["a.txt"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0700
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
 
 

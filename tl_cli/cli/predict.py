@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -147,9 +148,10 @@ def _print_evaluation(ev) -> None:
         out.print(cm)
     wrong = ev.misclassified()
     if wrong:
-        w = Table(title=f"most confident mistakes ({min(10, len(wrong))} of {len(wrong)})", title_justify="left")
+        w = Table(title=f"most confident mistakes ({min(10, len(wrong))} of {len(wrong)}; paths in {ev.root})",
+                  title_justify="left")
         for col in ("image", "true", "predicted", "confidence"):
             w.add_column(col, justify="right" if col == "confidence" else "left", overflow="fold")
         for x in wrong[:10]:
-            w.add_row(x.path, x.true, x.predicted, f"{x.confidence:.3f}")
+            w.add_row(os.path.relpath(x.path, ev.root), x.true, x.predicted, f"{x.confidence:.3f}")
         out.print(w)
