@@ -14,15 +14,18 @@ from conftest import make_folder
 from tl_cli.runs import Run, load_run
 
 
-def tiny_run(data: Path, workspace: Path) -> Run:
-    """Train a LeNet-5 head on `data` (written if missing) in `workspace`; return the run."""
+def tiny_run(data: Path, workspace: Path, val_fraction: float = 0.35) -> Run:
+    """Train a LeNet-5 head on `data` (written if missing) in `workspace`; return the run.
+
+    The validation share is not the default 0.2, so tests see whether `--split val` reads the run's.
+    """
     from tl_cli.extract import ExtractConfig
     from tl_cli.small_data import train_small_data
     from tl_cli.workspace import Workspace
 
     if not data.exists():
         make_folder(data)
-    cfg = ExtractConfig(backbone="lenet5", pretrained=False, workers=0)
+    cfg = ExtractConfig(backbone="lenet5", pretrained=False, workers=0, val_fraction=val_fraction)
     res = train_small_data(data, cfg, workspace=Workspace.open(workspace))
     return load_run(res.run_dir)
 

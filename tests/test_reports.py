@@ -258,6 +258,9 @@ def test_onnx_export_cli_and_predict_on_it(run, tmp_path):
     r = tl("evaluate", tmp_path / "data", "--model", onnx_file, "--format", "json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["accuracy"] == json.loads(tl("evaluate", tmp_path / "data", "--format", "json").stdout)["accuracy"]
+    # --split val on the export selects the run's validation images (val_fraction carried in its JSON)
+    r = tl("evaluate", tmp_path / "data", "--model", onnx_file, "--split", "val", "--format", "json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["n"] == run.meta["dataset"]["n_val"]
 
 
 def test_failed_check_leaves_nothing(run, tmp_path, monkeypatch):

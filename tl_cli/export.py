@@ -233,6 +233,7 @@ def describe_export(run: Run, cfg: ExportConfig, output: Path, pre: Preprocess, 
         },
         "output": {"name": OUTPUT, "shape": ["batch", len(run.classes)], "meaning": "logits; softmax gives probabilities in the order of classes"},
         "run": str(run.dir),
+        "trained": {k: run.meta.get(k, {}) for k in ("dataset", "config", "metrics")},
         "config": cfg.to_dict(),
         "check": {"max_abs_diff": diff, "n_samples": n, "inputs": source},
         "versions": versions(),
@@ -265,6 +266,7 @@ class OnnxPredictor(BasePredictor):
             raise ExportError(f"{meta_path}: unreadable export description ({exc})") from exc
         self.path = path
         self.source = str(path)
+        self.train_meta = self.meta.get("trained", {})
         self.session = onnx_session(path)
 
     def _probs(self, x):

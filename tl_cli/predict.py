@@ -79,6 +79,7 @@ class BasePredictor:
     classes: list[str]
     preprocess: Preprocess
     source: str  # what was loaded, for messages
+    train_meta: dict  # the run's meta.json (dataset, config) as far as known: how it was trained
     pin_memory = False
 
     def _probs(self, x):  # (B, 3, S, S) float32 tensor -> (B, C) float32 tensor of probabilities
@@ -154,6 +155,7 @@ class Predictor(BasePredictor):
 
         self.run = run
         self.source = str(run.dir)
+        self.train_meta = run.meta
         self.classes = run.classes
         self.preprocess = Preprocess.from_dict(run.meta["preprocess"])  # never current defaults
         self.device = resolve_device(device)

@@ -111,8 +111,8 @@ def evaluate_cmd(
     _check_format(fmt)
     predictor = load_predictor(model, workspace(ws_path), device=device)
     err.print(f"[dim]model: {predictor.source}[/]")
-    meta = getattr(getattr(predictor, "run", None), "meta", {})
-    ev = evaluate(predictor, data_dir, split=split, val_fraction=run_val_fraction(meta), batch_size=batch_size)
+    ev = evaluate(predictor, data_dir, split=split, val_fraction=run_val_fraction(predictor.train_meta),
+                  batch_size=batch_size)
     folder = write_evaluation(ev, output or default_output_dir(predictor, ev))
     for rel, why in ev.failed:
         err.print(f"[yellow]skipped[/] {rel}: {why}", markup=True, highlight=False)
