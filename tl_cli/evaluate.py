@@ -24,6 +24,7 @@ import numpy as np
 from .data import scan_dataset
 from .errors import ConfigError, DataError
 from .predict import BasePredictor
+from .progress import Reporter
 
 SPLITS = ("all", "val", "train")
 
@@ -104,7 +105,7 @@ def run_val_fraction(meta: dict) -> float:
 
 
 def evaluate(predictor: BasePredictor, data_dir: str | os.PathLike, split: str = "all", val_fraction: float = 0.2,
-             batch_size: int = 32) -> Evaluation:
+             batch_size: int = 32, workers: int | None = 0, reporter: Reporter | None = None) -> Evaluation:
     """Predict every image of a labelled folder (or of its val/train split) and score it.
 
     Args:
@@ -133,7 +134,7 @@ def evaluate(predictor: BasePredictor, data_dir: str | os.PathLike, split: str =
         raise DataError(f"no images in the {split!r} split of {ds.root}")
     model_index = {c: i for i, c in enumerate(predictor.classes)}
     y_all = np.array([model_index[ds.classes[s.label]] for s in samples], dtype=np.int64)
-    probs, kept, bad = predictor.probabilities([ds.abspath(s) for s in samples], batch_size)
+    probs, kept, bad = predictor.probabilities([ds.abspath(s) for s in samples], batch_size, workers, reporter)
     probs = probs.numpy().astype(np.float64)
     y_true = y_all[kept]
     metrics = classification_metrics(y_true, probs.argmax(1) if len(probs) else y_true, predictor.classes)

@@ -17,6 +17,7 @@ from typing import Iterator
 from .data import IMAGE_SUFFIXES, _walk_files, sniff_image
 from .errors import ConfigError
 from .preprocess import Preprocess
+from .progress import Reporter
 from .runs import Run, load_run
 from .workspace import Workspace
 
@@ -85,29 +86,38 @@ class BasePredictor:
     def _probs(self, x):  # (B, 3, S, S) float32 tensor -> (B, C) float32 tensor of probabilities
         raise NotImplementedError
 
-    def _batches(self, paths: list[str | Path], batch_size: int, workers: int):
+    def _batches(self, paths: list[str | Path], batch_size: int, workers: int | None, reporter: Reporter | None):
         """Yield (probs or None, indices of readable files, [(index, error)]) per batch."""
-        from .extract import make_loader
+        from .extract import default_workers, make_loader
 
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+        if workers is None:  # decoding processes pay off only beyond one batch (each costs ~1 s to start)
+            workers = default_workers() if len(paths) > batch_size else 0
+        reporter = reporter or Reporter()
         # Root "/" with absolute paths: the loader joins root / path, which keeps them as given.
         loader = make_loader(Path("/"), [os.path.abspath(p) for p in paths], self.preprocess, batch_size, workers,
                              self.pin_memory)
-        for x, idx, bad in loader:
-            yield (self._probs(x) if x is not None else None), idx, bad
+        reporter.start("predicting", len(paths))
+        try:
+            for x, idx, bad in loader:
+                yield (self._probs(x) if x is not None else None), idx, bad
+                reporter.advance(len(idx) + len(bad))
+        finally:
+            reporter.stop()
 
     def predict_batches(self, paths: list[str | Path], topk: int = 1, batch_size: int = 32,
-                        workers: int = 0) -> Iterator[Prediction]:
+                        workers: int | None = 0, reporter: Reporter | None = None) -> Iterator[Prediction]:
         """Classify files batch by batch, yielding one Prediction per file in input order.
 
         Unreadable files come back with `error` set; they never stop the batch.
+        `workers=None` picks decoding processes automatically.
         """
         if topk < 1:
             raise ConfigError(f"--topk must be >= 1, got {topk}")
         k = min(topk, len(self.classes))
         paths = [str(p) for p in paths]
-        for probs, idx, bad in self._batches(paths, batch_size, workers):
+        for probs, idx, bad in self._batches(paths, batch_size, workers, reporter):
             done: dict[int, Prediction] = {i: Prediction(paths[i], error=err) for i, err in bad}
             if probs is not None:
                 top = probs.topk(k, dim=1)
@@ -116,21 +126,23 @@ class BasePredictor:
                                          top.values[row].tolist())
             yield from (done[i] for i in sorted(done))
 
-    def predict(self, paths: list[str | Path], topk: int = 1, batch_size: int = 32, workers: int = 0) -> list[Prediction]:
+    def predict(self, paths: list[str | Path], topk: int = 1, batch_size: int = 32, workers: int | None = 0,
+                reporter: Reporter | None = None) -> list[Prediction]:
         """Classify files; see `predict_batches`.
 
         Example:
             >>> load_predictor().predict(["cat.jpg"], topk=2)[0].labels
             ['cat', 'dog']
         """
-        return list(self.predict_batches(paths, topk, batch_size, workers))
+        return list(self.predict_batches(paths, topk, batch_size, workers, reporter))
 
-    def probabilities(self, paths: list[str | Path], batch_size: int = 32):
+    def probabilities(self, paths: list[str | Path], batch_size: int = 32, workers: int | None = 0,
+                      reporter: Reporter | None = None):
         """(N, C) probabilities of the readable files, their indices, and [(index, error)] of the others."""
         import torch
 
         probs, kept, failed = [], [], []
-        for p, idx, bad in self._batches(list(paths), batch_size, 0):
+        for p, idx, bad in self._batches(list(paths), batch_size, workers, reporter):
             failed.extend(bad)
             if p is not None:
                 probs.append(p)

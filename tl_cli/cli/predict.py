@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from .app import command, err, out, workspace
-from .options import BatchSizeOpt, DeviceOpt, FormatOpt, ModelOpt, WorkspaceOpt
+from .options import BatchSizeOpt, DeviceOpt, FormatOpt, WorkersOpt, WorkspaceOpt
 
 FORMATS = ("table", "json", "csv")
 
@@ -33,18 +33,20 @@ def predict_cmd(
     fmt: FormatOpt = "table",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write results to this file (table -> csv).")] = None,
     batch_size: BatchSizeOpt = 32,
+    workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     ws_path: WorkspaceOpt = None,
 ) -> None:
     """Classify images with the latest run (or --model). Exit status 1 if any image failed."""
     from ..atomic import write_text
     from ..predict import expand_inputs, load_predictor
+    from ..progress import RichReporter
 
     _check_format(fmt)
     files, missing = expand_inputs(paths)
     predictor = load_predictor(model, workspace(ws_path), device=device)
     err.print(f"[dim]model: {predictor.source}[/]")
-    preds = missing + (predictor.predict(files, topk=topk, batch_size=batch_size) if files else [])
+    preds = missing + (predictor.predict(files, topk, batch_size, workers, RichReporter(err)) if files else [])
     if output:
         write_text(output, format_predictions(preds, "csv" if fmt == "table" else fmt))
         err.print(f"wrote {len(preds)} predictions to {output}")
@@ -100,6 +102,7 @@ def evaluate_cmd(
     split: Annotated[str, typer.Option("--split", help="all images of the folder, or only the val or train split the run used.")] = "all",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for the files (default <run>/evaluations/<date>-<data>-<split>).")] = None,
     batch_size: BatchSizeOpt = 32,
+    workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     ws_path: WorkspaceOpt = None,
 ) -> None:
@@ -107,12 +110,13 @@ def evaluate_cmd(
     on a labelled folder; writes metrics.json, confusion.csv/.png, misclassified.csv, report.html."""
     from ..evaluate import default_output_dir, evaluate, run_val_fraction, write_evaluation
     from ..predict import load_predictor
+    from ..progress import RichReporter
 
     _check_format(fmt)
     predictor = load_predictor(model, workspace(ws_path), device=device)
     err.print(f"[dim]model: {predictor.source}[/]")
-    ev = evaluate(predictor, data_dir, split=split, val_fraction=run_val_fraction(predictor.train_meta),
-                  batch_size=batch_size)
+    ev = evaluate(predictor, data_dir, split, run_val_fraction(predictor.train_meta), batch_size, workers,
+                  RichReporter(err))
     folder = write_evaluation(ev, output or default_output_dir(predictor, ev))
     for rel, why in ev.failed:
         err.print(f"[yellow]skipped[/] {rel}: {why}", markup=True, highlight=False)
