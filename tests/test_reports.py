@@ -321,3 +321,14 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
     assert a.shape[:2] == (1600, 1200)
     # Not a blank page: the confusion matrix (blues) and text make the picture vary a lot.
     assert a.std() > 20 and (a[..., 2] - a[..., 0] > 60).mean() > 0.01
+
+
+def test_empty_input_is_an_error_and_help_has_examples(run, tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = tl("predict", tmp_path / "empty")
+    assert r.exit_code == 2 and "no images in the given inputs" in r.output
+    r = tl("predict", "-", input="")
+    assert r.exit_code == 2
+    for cmd in ("predict", "evaluate", "export"):
+        r = tl(cmd, "--help")
+        assert r.exit_code == 0 and "Example" in r.output, cmd

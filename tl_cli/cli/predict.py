@@ -44,6 +44,10 @@ def predict_cmd(
 
     _check_format(fmt)
     files, missing = expand_inputs(paths)
+    if not files and not missing:
+        from ..errors import DataError
+
+        raise DataError("no images in the given inputs", hint="pass image files, folders of images, or globs")
     predictor = load_predictor(model, workspace(ws_path), device=device)
     err.print(f"[dim]model: {predictor.source}[/]")
     preds = missing + (predictor.predict(files, topk, batch_size, workers, RichReporter(err)) if files else [])
