@@ -17,6 +17,10 @@ from . import predict  # predict, evaluate
 
 from . import export  # export
 
+from . import suggest  # suggest
+
+from . import info  # info, runs
+
 from . import backbones  # backbones, layers
 
 from .app import app

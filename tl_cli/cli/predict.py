@@ -12,16 +12,9 @@ from typing import Annotated, Optional
 import typer
 
 from .app import command, err, out, workspace
-from .options import BatchSizeOpt, DeviceOpt, FormatOpt, WorkersOpt, WorkspaceOpt
+from .options import BatchSizeOpt, DeviceOpt, FormatOpt, WorkersOpt, WorkspaceOpt, check_format
 
 FORMATS = ("table", "json", "csv")
-
-
-def _check_format(fmt: str) -> None:
-    from ..errors import ConfigError
-
-    if fmt not in FORMATS:
-        raise ConfigError(f"unknown --format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
 
 
 @command("predict", epilog="Examples:  tl predict cat.jpg   tl predict photos/ --topk 3 --format csv   "
@@ -42,7 +35,7 @@ def predict_cmd(
     from ..predict import expand_inputs, load_predictor
     from ..progress import RichReporter
 
-    _check_format(fmt)
+    check_format(fmt, FORMATS)
     files, missing = expand_inputs(paths)
     if not files and not missing:
         from ..errors import DataError
@@ -116,7 +109,7 @@ def evaluate_cmd(
     from ..predict import load_predictor
     from ..progress import RichReporter
 
-    _check_format(fmt)
+    check_format(fmt, FORMATS)
     predictor = load_predictor(model, workspace(ws_path), device=device)
     err.print(f"[dim]model: {predictor.source}[/]")
     ev = evaluate(predictor, data_dir, split, run_val_fraction(predictor.train_meta), batch_size, workers,
