@@ -24,9 +24,10 @@ SLOW_TL = Path(__file__).with_name("slow_tl.py")
 runner = CliRunner()
 
 
-def start_slow(data: Path, ws: Path, log: Path, chunk: int, delay: float = 0.3) -> subprocess.Popen:
+def start_slow(data: Path, ws: Path, log: Path, chunk: int, delay: float = 0.3, hold: Path | None = None
+               ) -> subprocess.Popen:
     env = {**os.environ, "TL_WORKSPACE": str(ws), "SLOW_TL_LOG": str(log), "SLOW_TL_CHUNK": str(chunk),
-           "SLOW_TL_DELAY": str(delay), "OMP_NUM_THREADS": "1"}
+           "SLOW_TL_DELAY": str(delay), "OMP_NUM_THREADS": "1", "SLOW_TL_HOLD": str(hold or "")}
     return subprocess.Popen([sys.executable, str(SLOW_TL), "extract", str(data), "--backbone", "lenet5",
                              "--no-pretrained", "--workers", "0", "--batch-size", "4"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -128,9 +129,12 @@ def test_sigkill_keeps_written_chunks_and_the_next_run_resumes(grown, isolated_w
 def test_a_second_extract_on_the_same_workspace_stops_with_a_clear_message(grown, isolated_workspace, tmp_path):
     data, cache_dir, _, reference = grown
     log = tmp_path / "progress.log"
-    proc = start_slow(data, isolated_workspace, log, chunk=4, delay=0.2)
+    hold = tmp_path / "hold"  # keeps the first process mid-extraction until the second has tried
+    hold.touch()
+    proc = start_slow(data, isolated_workspace, log, chunk=4, delay=0.05, hold=hold)
     wait_for(lambda: batches_done(log) >= 1, proc)
     r = runner.invoke(app, ["extract", str(data), "--backbone", "lenet5", "--no-pretrained", "--workers", "0"])
+    hold.unlink()
     assert r.exit_code == 2 and r.output.startswith("error: the feature cache") and f"pid {proc.pid}" in r.output
     assert "Traceback" not in r.output
     _, err = proc.communicate(timeout=300)
