@@ -332,3 +332,12 @@ def test_empty_input_is_an_error_and_help_has_examples(run, tmp_path):
     for cmd in ("predict", "evaluate", "export"):
         r = tl(cmd, "--help")
         assert r.exit_code == 0 and "Example" in r.output, cmd
+
+
+def test_run_val_fraction_reads_every_meta_shape():
+    from tl_cli.evaluate import run_val_fraction
+
+    assert run_val_fraction({"val_fraction": 0.3, "config": {"extract": {"val_fraction": 0.1}}}) == 0.3  # fine-tuned
+    assert run_val_fraction({"dataset": {"val_fraction": 0.25}}) == 0.25
+    assert run_val_fraction({"config": {"extract": {"val_fraction": 0.15}, "head": {}}}) == 0.15  # tl extract
+    assert run_val_fraction({}) == 0.2

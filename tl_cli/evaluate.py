@@ -96,6 +96,8 @@ class Evaluation:
 
 def run_val_fraction(meta: dict) -> float:
     """The validation share a run was trained with (so `--split val` means the same images)."""
+    if "val_fraction" in meta:  # fine-tuned runs record it at the top
+        return float(meta["val_fraction"])
     if "val_fraction" in meta.get("dataset", {}):
         return float(meta["dataset"]["val_fraction"])
     for section in meta.get("config", {}).values():  # {"extract": {...}, "finetune": {...}, ...}
@@ -135,7 +137,7 @@ def evaluate(predictor: BasePredictor, data_dir: str | os.PathLike, split: str =
     model_index = {c: i for i, c in enumerate(predictor.classes)}
     y_all = np.array([model_index[ds.classes[s.label]] for s in samples], dtype=np.int64)
     probs, kept, bad = predictor.probabilities([ds.abspath(s) for s in samples], batch_size, workers, reporter)
-    probs = probs.numpy().astype(np.float64)
+    probs = np.asarray(probs, dtype=np.float64)
     y_true = y_all[kept]
     metrics = classification_metrics(y_true, probs.argmax(1) if len(probs) else y_true, predictor.classes)
     failed = list(ds.skipped) + [(samples[i].relpath, err) for i, err in bad]
