@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _tiny_run import head_run, tiny_run
+from _tiny_run import full_run, head_run, tiny_run
 from conftest import COLOURS, write_image
 from typer.testing import CliRunner
 
@@ -341,3 +341,21 @@ def test_run_val_fraction_reads_every_meta_shape():
     assert run_val_fraction({"dataset": {"val_fraction": 0.25}}) == 0.25
     assert run_val_fraction({"config": {"extract": {"val_fraction": 0.15}, "head": {}}}) == 0.15  # tl extract
     assert run_val_fraction({}) == 0.2
+
+
+def test_full_network_runs_export_and_predict(tmp_path):
+    """Runs that hold the whole network (fine-tuned) export and predict like head-only ones."""
+    pytest.importorskip("onnxruntime")
+    from conftest import make_folder
+
+    from tl_cli.export import ExportConfig, export_run
+
+    run = full_run(tmp_path / "run", ["blue", "green", "red"])
+    data = make_folder(tmp_path / "d", 3)
+    res = export_run(run, ExportConfig("onnx"), sample_paths=sorted(data.rglob("*.jpg")))
+    assert res.path == run.dir / "model.onnx" and res.max_abs_diff < 1e-4
+    files = sorted(data.rglob("*.jpg"))
+    a = load_predictor(run.dir).predict(files, topk=3)
+    b = load_predictor(res.path).predict(files, topk=3)
+    assert [p.labels for p in a] == [p.labels for p in b]
+    assert np.allclose([p.probs for p in a], [p.probs for p in b], atol=1e-5)
