@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import io
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -180,8 +181,6 @@ def write_evaluation(ev: Evaluation, out_dir: str | os.PathLike) -> Path:
     """Write the five files into `out_dir`, all at once: they appear together or not at all."""
     from .atomic import atomic_dir
     from .report import confusion_png, report_html
-
-    import json
 
     out_dir = Path(out_dir)
     wrong = ev.misclassified()
