@@ -335,7 +335,7 @@ def test_empty_input_is_an_error_and_help_has_examples(run, tmp_path):
 
 
 def test_run_val_fraction_reads_every_meta_shape():
-    from tl_cli.evaluate import run_val_fraction
+    from tl_cli.runs import val_fraction_of as run_val_fraction
 
     assert run_val_fraction({"val_fraction": 0.3, "config": {"extract": {"val_fraction": 0.1}}}) == 0.3  # fine-tuned
     assert run_val_fraction({"dataset": {"val_fraction": 0.25}}) == 0.25

@@ -95,25 +95,13 @@ class Evaluation:
         return sorted(out, key=lambda m: -m.confidence)
 
 
-def run_val_fraction(meta: dict) -> float:
-    """The validation share a run was trained with (so `--split val` means the same images)."""
-    if "val_fraction" in meta:  # fine-tuned runs record it at the top
-        return float(meta["val_fraction"])
-    if "val_fraction" in meta.get("dataset", {}):
-        return float(meta["dataset"]["val_fraction"])
-    for section in meta.get("config", {}).values():  # {"extract": {...}, "finetune": {...}, ...}
-        if isinstance(section, dict) and "val_fraction" in section:
-            return float(section["val_fraction"])
-    return 0.2
-
-
 def evaluate(predictor: BasePredictor, data_dir: str | os.PathLike, split: str = "all", val_fraction: float = 0.2,
              batch_size: int = 32, workers: int | None = 0, reporter: Reporter | None = None) -> Evaluation:
     """Predict every image of a labelled folder (or of its val/train split) and score it.
 
     Args:
         split: "all" images, or only the "val"/"train" split (same hashing, or folders, as training).
-        val_fraction: the split's share, as the model was trained with (see `run_val_fraction`).
+        val_fraction: the split's share, as the model was trained with (see `runs.val_fraction_of`).
 
     Raises:
         DataError: the folder has classes the model does not know (named), or the split is empty.
