@@ -108,10 +108,14 @@ def test_confusion_png_and_self_contained_report(run, tmp_path):
     from PIL import Image
 
     data = mislabelled_folder(tmp_path / "eval")
+    (data / "red" / "broken.png").write_bytes((data / "red" / "red_0.png").read_bytes()[:100])
     out = tmp_path / "evaluation"
     r = tl("evaluate", data, "--output", out)
     assert r.exit_code == 0, r.output
     assert "accuracy" in r.stdout and "most confident mistakes" in r.stdout
+    assert "skipped" in r.stderr and "red/broken.png" in r.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == 15 and m["n_failed"] == 1
     png = (out / "confusion.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     with Image.open(out / "confusion.png") as im:
@@ -124,6 +128,7 @@ def test_confusion_png_and_self_contained_report(run, tmp_path):
     assert "http://" not in page and "https://" not in page and "<script" not in page
     for c in run.classes:
         assert f"<td>{c}</td>" in page
+    assert "Unreadable files" in page and "red/broken.png" in page
 
 
 def test_evaluate_val_split_uses_the_runs_split(run):
