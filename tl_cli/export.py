@@ -63,7 +63,7 @@ class ExportResult:
     sidecar: Path
     max_abs_diff: float
     n_samples: int
-    sample_source: str  # "images from <root>", "given images" or "random"
+    sample_source: str  # "images from <root>", "given images" or "random inputs (...)"
     seconds: float
 
 
@@ -98,7 +98,8 @@ def sample_inputs(run: Run, pre: Preprocess, n: int, paths: list[Path] | None = 
     if tensors:
         return torch.stack(tensors), source
     g = torch.Generator().manual_seed(0)
-    return torch.randn(n, 3, pre.input_size, pre.input_size, generator=g), "random"
+    noise = torch.randn(n, 3, pre.input_size, pre.input_size, generator=g)
+    return noise, "random inputs (the run's images are not on this machine)"
 
 
 def _dataset_images(run: Run, n: int) -> list[Path]:
