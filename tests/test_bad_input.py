@@ -284,8 +284,9 @@ def test_workspace_inside_the_dataset_is_refused_before_anything_is_written(data
     untouched(data)
     monkeypatch.chdir(data)  # `cd photos && tl extract .` would put .tl/ inside the photos
     monkeypatch.delenv("TL_WORKSPACE")
-    r = tl("extract", ".", *LENET_ARGS)
-    assert r.exit_code == 2 and "is inside the dataset folder" in flat(r.output) and "hint:" in r.output
+    for cmd in (["extract", "."], ["finetune", ".", "--freeze", "1", "--epochs", "2"]):
+        r = tl(*cmd, *LENET_ARGS)
+        assert r.exit_code == 2 and "is inside the dataset folder" in flat(r.output) and "hint:" in r.output, cmd
     r = tl("extract", ".", *LENET_ARGS, "--workspace", tmp_path / "elsewhere")
     assert r.exit_code == 0, r.output
 

@@ -121,3 +121,70 @@ def test_separate_tl_extract_processes_give_identical_features(image_folder, tmp
     from_proc = extract_features(image_folder, LENET, Workspace.open(tmp_path / "ws_proc"))
     assert from_proc.n_extracted == 0 and from_proc.relpaths == in_proc.relpaths
     np.testing.assert_array_equal(from_proc.features, in_proc.features)
+
+
+# -- training --------------------------------------------------------------------------------
+def _ft_cfg(**kw):
+    from tl_cli.finetune_config import FinetuneConfig
+
+    # freeze=2 keeps LeNet's batch-norm layers in eval mode, so micro-batches change nothing.
+    base = dict(backbone="lenet5", pretrained=False, freeze=2, epochs=2, batch_size=8, workers=0, dropout=0.0,
+                patience=0, seed=0, device="cpu")
+    return FinetuneConfig(**{**base, **kw})
+
+
+def test_train_step_in_micro_batches_equals_the_whole_batch():
+    from tl_cli.backbones import create_backbone
+    from tl_cli.finetune import build_optimizer, train_step
+    from tl_cli.finetune_model import FinetuneModel
+
+    cfg = _ft_cfg()
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 3, (8,))
+    results = []
+    for micro in (None, 3):
+        torch.manual_seed(1)  # the new head's initialisation
+        model = FinetuneModel(create_backbone("lenet5", pretrained=False)[0], 3, cfg.freeze, 32, 0.0).train()
+        opt = build_optimizer(model, cfg)
+        loss, ok = train_step(model, opt, x, y, torch.nn.CrossEntropyLoss(label_smoothing=0.1), torch.device("cpu"),
+                              micro)
+        results.append((loss, ok, {k: v.clone() for k, v in model.state_dict().items()}))
+    (l0, c0, w0), (l1, c1, w1) = results
+    assert c0 == c1 and l0 == pytest.approx(l1, rel=1e-6)
+    for k in w0:
+        torch.testing.assert_close(w1[k], w0[k], rtol=1e-5, atol=1e-6)
+
+
+def test_finetune_with_simulated_oom_goes_on_in_micro_batches(image_folder, tmp_path, monkeypatch):
+    from tl_cli.finetune import start
+    from tl_cli.finetune_model import FinetuneModel
+    from tl_cli.progress import Reporter
+
+    normal = start(image_folder, _ft_cfg(), Workspace.open(tmp_path / "a"))
+    real_forward = FinetuneModel.forward
+    sizes = []
+
+    def forward_on_a_small_gpu(self, x):
+        if self.training:
+            sizes.append(x.shape[0])
+            if x.shape[0] > 3:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return real_forward(self, x)
+
+    class Log(Reporter):
+        lines: list[str] = []
+
+        def log(self, message: str) -> None:
+            self.lines.append(message)
+
+    monkeypatch.setattr(FinetuneModel, "forward", forward_on_a_small_gpu)
+    log = Log()
+    oom = start(image_folder, _ft_cfg(), Workspace.open(tmp_path / "b"), log)
+    assert sizes[:3] == [8, 4, 2] and max(sizes[3:]) == 2  # halved once, then kept
+    assert any("out of memory: training goes on in micro-batches of 2" in m for m in log.lines)
+    assert [h["epoch"] for h in oom.history] == [1, 2]
+    from tl_cli.runs import load_run
+
+    a, b = load_run(normal.run_dir).tensors(), load_run(oom.run_dir).tensors()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)

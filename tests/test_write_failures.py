@@ -64,13 +64,15 @@ def test_disk_full_while_writing_the_cache(image_folder, isolated_workspace, mon
 
 def test_disk_full_while_saving_the_run(image_folder, isolated_workspace, monkeypatch):
     first = train_small_data(image_folder, LENET)
+    import safetensors.numpy
     import safetensors.torch
 
     def partial_then_fail(tensors, filename, *a, **k):
         Path(filename).write_bytes(b"\x00" * 100)
         enospc()
 
-    monkeypatch.setattr(safetensors.torch, "save_file", partial_then_fail)
+    for module in (safetensors.torch, safetensors.numpy):  # whichever the run is saved with
+        monkeypatch.setattr(module, "save_file", partial_then_fail)
     with pytest.raises(WorkspaceError, match="disk full"):
         train_small_data(image_folder, LENET)
     assert complete_runs(isolated_workspace) == [first.run_dir]

@@ -95,3 +95,38 @@ class HalvingForward:
             if self.on_halve:
                 self.on_halve(self.limit)
         return _concat(parts)
+
+
+class HalvingStep:
+    """Retry a training step in smaller micro-batches after out-of-memory.
+
+    `step(micro)` must run one whole optimisation step, splitting its batch into pieces of `micro`
+    images (None = the whole batch) and accumulating their gradients, so the update does not
+    depend on `micro` (up to batch-norm statistics of layers still training). On OOM the step is
+    run again from scratch with half the micro-batch; the smaller size is kept for later steps.
+
+    Raises:
+        OutOfMemory: a micro-batch of one image does not fit.
+    """
+
+    def __init__(self, on_halve: Callable[[int], None] | None = None):
+        self.on_halve = on_halve
+        self.micro: int | None = None
+
+    def __call__(self, step: Callable[[int | None], Any], batch_size: int):
+        while True:
+            try:
+                return step(self.micro)
+            except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+                if not is_oom(exc):
+                    raise
+            free_memory()
+            size = min(self.micro or batch_size, batch_size)
+            if size <= 1:
+                raise OutOfMemory(
+                    "out of memory while training, even with one image at a time",
+                    hint="use --device cpu, a smaller backbone, or a larger --freeze",
+                )
+            self.micro = size // 2
+            if self.on_halve:
+                self.on_halve(self.micro)
