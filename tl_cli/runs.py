@@ -91,10 +91,23 @@ class Run:
 
     @property
     def val_fraction(self) -> float:
-        """The validation share the run was trained with (fine-tuned runs record it at the top)."""
-        if "val_fraction" in self.meta:
-            return float(self.meta["val_fraction"])
-        return float(self.meta.get("config", {}).get("extract", {}).get("val_fraction", 0.2))
+        """The validation share the run was trained with."""
+        return val_fraction_of(self.meta)
+
+
+def val_fraction_of(meta: dict) -> float:
+    """The validation share recorded in a run's meta (or an export's copy of it), default 0.2.
+
+    Fine-tuned runs record it at the top, `tl extract` runs in config["extract"].
+    """
+    if "val_fraction" in meta:
+        return float(meta["val_fraction"])
+    if "val_fraction" in meta.get("dataset", {}):
+        return float(meta["dataset"]["val_fraction"])
+    for section in meta.get("config", {}).values():  # {"extract": {...}, "head": {...}}
+        if isinstance(section, dict) and "val_fraction" in section:
+            return float(section["val_fraction"])
+    return 0.2
 
 
 def load_run(run_dir: str | Path) -> Run:

@@ -107,14 +107,15 @@ def evaluate_cmd(
 
     Writes metrics.json, confusion.csv/.png, misclassified.csv and report.html.
     """
-    from ..evaluate import default_output_dir, evaluate, run_val_fraction, write_evaluation
+    from ..evaluate import default_output_dir, evaluate, write_evaluation
+    from ..runs import val_fraction_of
     from ..predict import load_predictor
     from ..progress import RichReporter
 
     check_format(fmt, FORMATS)
     predictor = load_predictor(model, workspace(ws_path), device=device)
     err.print(f"[dim]model: {predictor.source}[/]")
-    ev = evaluate(predictor, data_dir, split, run_val_fraction(predictor.train_meta), batch_size, workers,
+    ev = evaluate(predictor, data_dir, split, val_fraction_of(predictor.train_meta), batch_size, workers,
                   RichReporter(err))
     folder = write_evaluation(ev, output or default_output_dir(predictor, ev))
     for rel, why in ev.failed:
