@@ -30,15 +30,17 @@ def report_error(exc: BaseException) -> int:
     """Print one line (plus a hint) for an exception and return the exit code."""
     from ..errors import TLError
 
+    rank = os.environ.get("RANK", "0")
+    where = f"rank {rank}: " if rank != "0" else ""  # under torchrun, say which process failed
     if isinstance(exc, TLError):
-        err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
+        err.print(f"[bold red]{where}error:[/] {exc.message}", markup=True, highlight=False)
         if exc.hint:
             err.print(f"[dim]hint:[/] {exc.hint}")
         return exc.exit_code
     if isinstance(exc, KeyboardInterrupt):
         err.print("[yellow]interrupted[/]: finished work was kept; run the command again to continue")
         return 130
-    err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}")
+    err.print(f"[bold red]{where}internal error:[/] {type(exc).__name__}: {exc}")
     err.print("[dim]hint:[/] run again with TL_DEBUG=1 for the traceback, and report it")
     return 1
 
