@@ -9,7 +9,7 @@ from __future__ import annotations
 # ruff: noqa: F401
 from . import extract  # extract
 
-# finetune, retrain (issue 3)
+from . import finetune  # finetune, retrain
 
 from . import predict  # predict, evaluate
 
