@@ -128,3 +128,152 @@ def test_error_lines_name_the_rank(image_folder, monkeypatch, tmp_path):
     assert res.exit_code == 2
     assert "rank 1: error: dataset folder not found" in res.output
     assert "Traceback" not in res.output
+
+
+# ----------------------------------------------------------------------------- DDP fine-tuning
+
+DDP_ARGS = ["-b", "lenet5", "--no-pretrained", "--freeze", "2", "--optimizer", "sgd", "--lr", "0.05",
+            "--head-lr", "0.05", "--no-augment", "--dropout", "0", "--epochs", "6", "--batch-size", "4",
+            "--workers", "0", "--patience", "0", "--seed", "3"]
+
+
+def ddp_reference_config():
+    """The same run as DDP_ARGS, for one process in this one."""
+    from tl_cli.finetune_config import FinetuneConfig
+
+    return FinetuneConfig(backbone="lenet5", pretrained=False, freeze=2, optimizer="sgd", lr=0.05, head_lr=0.05,
+                          augment=False, dropout=0.0, epochs=6, batch_size=4, workers=0, patience=0, seed=3)
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (Linux /proc): torchrun starts each rank in its own session."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def run_dir_of(ws: Path) -> Path:
+    return Path(Workspace.open(ws).state()["training_run"])
+
+
+def assert_close_tensors(a: dict, b: dict, atol: float) -> None:
+    import torch
+
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].double(), b[k].double(), rtol=0, atol=atol), (k, (a[k].double() - b[k].double()).abs().max())
+
+
+@pytest.fixture
+def ddp_data(tmp_path) -> Path:
+    """36 images: 26 train (a multiple of the 2 ranks, so no rank repeats an image) and 10 val."""
+    return make_folder(tmp_path / "ddp_data", n_per_class=12)
+
+
+@pytest.fixture
+def ddp_two_process_run(ddp_data, tmp_path) -> Path:
+    """An uninterrupted `torchrun --nproc-per-node 2 -m tl_cli finetune` (global batch 4 = 2 x 2)."""
+    ws = tmp_path / "ddp"
+    p = torchrun(["finetune", str(ddp_data), *DDP_ARGS], ws)
+    assert p.returncode == 0, p.stderr
+    assert "cpu x 2 processes" in p.stderr
+    assert p.stdout.count("tl finetune:") == 1  # one summary, rank 0's
+    assert len(list((ws / "runs").iterdir())) == 1  # one run folder, written by rank 0
+    return run_dir_of(ws)
+
+
+def test_ddp_finetune_equals_one_process_with_the_same_global_batch(ddp_data, ddp_two_process_run, tmp_path):
+    """2 gloo ranks with 2 images each per step train the same weights as 1 process with 4 (SGD, seed 3)."""
+    import torch
+
+    from tl_cli.checkpoint import load_checkpoint
+    from tl_cli.finetune import start
+    from tl_cli.runs import load_run
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = start(ddp_data, ddp_reference_config(), Workspace.open(tmp_path / "one"))
+    finally:
+        torch.set_num_threads(threads)
+    two = ddp_two_process_run
+    ckpt_one, ckpt_two = load_checkpoint(one.run_dir), load_checkpoint(two)
+    assert_close_tensors(ckpt_one["model"], ckpt_two["model"], atol=1e-6)  # after the last of 6 epochs
+    assert_close_tensors(load_run(one.run_dir).tensors(), load_run(two).tensors(), atol=1e-6)  # the kept model
+    from tl_cli.backbones import create_backbone
+
+    init = {k: v for k, v in create_backbone("lenet5", pretrained=False)[0].state_dict().items() if k.endswith("fc1.weight")}
+    assert len(init) == 1
+    assert (ckpt_two["model"]["net.fc1.weight"] - next(iter(init.values()))).abs().max() > 1e-3  # trained layers moved
+    for h1, h2 in zip(one.history, ckpt_two["history"], strict=True):  # metrics reduced over both ranks
+        for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+            assert h1[k] == pytest.approx(h2[k], abs=1e-6), (h1["epoch"], k)
+    assert ckpt_two["best"]["epoch"] == one.best_epoch
+    assert len(ckpt_two["rng_ranks"]) == 2  # each rank's random streams, for an exact resume
+
+
+def test_ddp_resume_after_a_kill_equals_the_uninterrupted_run(ddp_data, ddp_two_process_run, tmp_path):
+    """torchrun and its ranks killed (SIGKILL) after an epoch, then `torchrun ... --resume`."""
+    import signal
+    import time
+
+    import torch
+
+    from tl_cli.checkpoint import load_checkpoint
+    from tl_cli.runs import load_run
+
+    ws = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", TL_WORKSPACE=str(ws), TL_DIST_TIMEOUT_MIN="2")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
+           "-m", "tl_cli", "finetune", str(ddp_data), *DDP_ARGS]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed_after = None
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        run = Workspace.open(ws).state().get("training_run")
+        history = Path(run) / "history.csv" if run else None
+        if history and history.exists() and len(history.read_text().splitlines()) >= 2:  # epoch 1 checkpointed
+            for pid in [*children(proc.pid), proc.pid]:  # both ranks and torchrun, as a lost machine would
+                os.kill(pid, signal.SIGKILL)
+            killed_after = load_checkpoint(Path(run))["epoch"]
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert killed_after is not None and killed_after < 6, "the run ended before it could be killed"
+    run = run_dir_of(ws)
+    assert not (run / "meta.json").exists()
+
+    p = torchrun(["finetune", "--resume"], ws)
+    assert p.returncode == 0, p.stderr
+    assert f"resuming after epoch {killed_after}" in p.stderr
+    ref = ddp_two_process_run
+    for a, b in ((load_checkpoint(run)["model"], load_checkpoint(ref)["model"]),
+                 (load_run(run).tensors(), load_run(ref).tensors())):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_global_batch_must_split_evenly_over_ranks():
+    from tl_cli.ddp import local_batch_size
+
+    assert local_batch_size(8, DistInfo(rank=1, world_size=4)) == 2
+    with pytest.raises(ConfigError, match="multiple of the 3 processes"):
+        local_batch_size(8, DistInfo(rank=0, world_size=3))
+
+
+def test_sync_bn_needs_cuda(ddp_data):
+    from tl_cli.finetune import start
+    from tl_cli.finetune_config import FinetuneConfig
+
+    cfg = FinetuneConfig(backbone="lenet5", pretrained=False, freeze=0, epochs=2, workers=0, device="cpu", sync_bn=True)
+    ws = Workspace.open()
+    with pytest.raises(ConfigError, match="--sync-bn needs CUDA"):
+        start(ddp_data, cfg, ws)
+    assert not ws.runs.exists()  # refused before a run folder was made

@@ -55,22 +55,20 @@ def check_sync_bn(sync_bn: bool, device) -> None:
                           hint="drop --sync-bn on CPU (each process then normalises with its own batch)")
 
 
-def wrap(model, device, sync_bn: bool = False):
+def wrap(model, device):
     """The module to train with: DistributedDataParallel around `model` under torchrun, else `model`.
 
     The optimizer, checkpoints and evaluation keep using `model` itself (DDP shares its parameter
     tensors); only the training forward goes through the wrapper, which averages the gradients
     over the ranks during backward. DDP also copies rank 0's weights and buffers to every rank at
     construction, so all ranks start from the same model even if their initialisation differed.
+    Evaluation must not go through the wrapper: its forward synchronises buffers, a collective
+    that would deadlock when ranks evaluate different numbers of batches.
     """
-    check_sync_bn(sync_bn, device)
     if not active():
         return model
-    import torch
     from torch.nn.parallel import DistributedDataParallel
 
-    if sync_bn:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids, output_device=device.index if ids else None)
 

@@ -10,7 +10,9 @@ Conventions every distributed code path in tl follows:
     - every rank reads the dataset itself, so the data must be at the same path on every node
       (a shared filesystem or identical copies);
     - rank r uses cuda:LOCAL_RANK on a GPU machine (choose GPUs with CUDA_VISIBLE_DEVICES),
-      NCCL between GPUs, gloo between CPU processes.
+      NCCL between GPUs, gloo between CPU processes;
+    - every decision that ends a loop (deadline, unreadable batch) is agreed on by all ranks,
+      or the ranks would wait for each other forever.
 """
 
 from __future__ import annotations
@@ -104,10 +106,13 @@ def rank_device(name: str = "auto"):
     return torch.device("cuda", info.local_rank)
 
 
-def init(device_type: str = "cpu") -> DistInfo:
-    """Join the process group when launched by torchrun; NCCL on CUDA, gloo on CPU. Idempotent.
+def init(device_type: str = "auto") -> DistInfo:
+    """Join the process group when launched by torchrun. Idempotent.
 
-    The timeout of every collective comes from TL_DIST_TIMEOUT_MIN (default 30 minutes).
+    On a machine with CUDA (and `device_type` not "cpu") the group gets two backends, NCCL for
+    CUDA tensors (gradients) and gloo for CPU ones (small objects, metrics), and this process is
+    bound to cuda:LOCAL_RANK; elsewhere gloo alone. The timeout of every collective comes from
+    TL_DIST_TIMEOUT_MIN (default 30 minutes).
     """
     info = env_info()
     if not info.enabled:
@@ -116,9 +121,11 @@ def init(device_type: str = "cpu") -> DistInfo:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        backend = "nccl" if device_type == "cuda" and torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(info.local_rank)
+        backend = "gloo"
+        if device_type != "cpu" and torch.cuda.is_available():
+            backend = "cpu:gloo,cuda:nccl"
+            if info.local_rank < torch.cuda.device_count():
+                torch.cuda.set_device(info.local_rank)
         dist.init_process_group(backend=backend, timeout=timeout())
     return info
 
