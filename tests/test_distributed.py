@@ -170,16 +170,17 @@ def assert_close_tensors(a: dict, b: dict, atol: float) -> None:
         assert torch.allclose(a[k].double(), b[k].double(), rtol=0, atol=atol), (k, (a[k].double() - b[k].double()).abs().max())
 
 
-@pytest.fixture
-def ddp_data(tmp_path) -> Path:
+@pytest.fixture(scope="module")
+def ddp_data(tmp_path_factory) -> Path:
     """36 images: 26 train (a multiple of the 2 ranks, so no rank repeats an image) and 10 val."""
-    return make_folder(tmp_path / "ddp_data", n_per_class=12)
+    return make_folder(tmp_path_factory.mktemp("ddp") / "ddp_data", n_per_class=12)
 
 
-@pytest.fixture
-def ddp_two_process_run(ddp_data, tmp_path) -> Path:
-    """An uninterrupted `torchrun --nproc-per-node 2 -m tl_cli finetune` (global batch 4 = 2 x 2)."""
-    ws = tmp_path / "ddp"
+@pytest.fixture(scope="module")
+def ddp_two_process_run(ddp_data) -> Path:
+    """An uninterrupted `torchrun --nproc-per-node 2 -m tl_cli finetune` (global batch 4 = 2 x 2), shared
+    by the tests below (they only read it)."""
+    ws = ddp_data.parent / "ws"
     p = torchrun(["finetune", str(ddp_data), *DDP_ARGS], ws)
     assert p.returncode == 0, p.stderr
     assert "cpu x 2 processes" in p.stderr
