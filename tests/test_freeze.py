@@ -107,3 +107,19 @@ def test_resume_overrides_only_resource_settings():
     assert cfg.with_resume_overrides({"freeze": 3}).freeze == 3  # same value: fine
     with pytest.raises(ConfigError, match="lr"):
         cfg.with_resume_overrides({"lr": 1.0})
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet18", "efficientnet_lite0"])
+def test_finetune_numbers_layers_like_tl_layers(name):
+    from tl_cli.backbones import get_spec
+    from tl_cli.backbones.describe import meta_backbone
+    from tl_cli.layers import enumerate_layers
+
+    spec = get_spec(name)
+    shown = enumerate_layers(meta_backbone(spec), spec.preprocess.input_size)  # what `tl layers` prints
+    net, _ = create_backbone(name, pretrained=False)
+    model = FinetuneModel(net, 3, 1, spec.preprocess.input_size)
+    assert len(model.layers) == len(shown)
+    assert [(l.index, l.name, l.kind, l.params) for l in model.layers[:-1]] == \
+        [(l.index, l.name, l.kind, l.params) for l in shown[:-1]]
+    assert model.layers[-1].kind == "Linear" and model.layers[-1].output_shape == (3,)  # the new head

@@ -178,7 +178,7 @@ def start(data_dir: str | os.PathLike, cfg: FinetuneConfig, workspace: Workspace
     if info.is_main:  # under torchrun rank 0 alone makes the run folder and sends it to the others
         ws.ensure()
         ds = scan_dataset(data_dir, cfg.val_fraction)
-        get_spec(cfg.backbone)  # an unknown name fails before a run folder exists
+        _check_freeze(cfg)  # an unknown backbone or a too-large --freeze fails before a run folder exists
         run_dir = new_run_dir(ws.runs, cfg.route, ds.root.name)
         cfg.save(run_dir)
         write_json(run_dir / SOURCE, {"data_dir": str(ds.root), "classes": ds.classes, "layout": ds.layout})
@@ -186,6 +186,14 @@ def start(data_dir: str | os.PathLike, cfg: FinetuneConfig, workspace: Workspace
         prepared = (run_dir, ds)
     run_dir, ds = distributed.broadcast_object(prepared)
     return _train(run_dir, cfg, ds, ws, reporter or Reporter(), None, t0)
+
+
+def _check_freeze(cfg: FinetuneConfig) -> None:
+    from .backbones.describe import meta_backbone
+    from .layers import check_freeze, count_layers
+
+    spec = get_spec(cfg.backbone)
+    check_freeze(cfg.freeze, count_layers(meta_backbone(spec), spec.preprocess.input_size))
 
 
 def resume(run_dir: str | os.PathLike | None = None, overrides: dict | None = None, data_dir: str | os.PathLike | None = None,

@@ -85,6 +85,13 @@ class Run:
     def tensors(self) -> dict:
         return load_tensors(self.dir / WEIGHTS)
 
+    @property
+    def val_fraction(self) -> float:
+        """The validation share the run was trained with (fine-tuned runs record it at the top)."""
+        if "val_fraction" in self.meta:
+            return float(self.meta["val_fraction"])
+        return float(self.meta.get("config", {}).get("extract", {}).get("val_fraction", 0.2))
+
 
 def load_run(run_dir: str | Path) -> Run:
     """Read a run folder's metadata. Raises RunError if it is missing or incomplete."""

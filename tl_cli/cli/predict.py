@@ -104,7 +104,7 @@ def evaluate_cmd(
     _check_format(fmt)
     predictor = Predictor.from_workspace(str(model) if model else None, workspace(ws_path), device=device)
     err.print(f"[dim]model: {predictor.run.dir}[/]")
-    ev = evaluate(predictor, data_dir, split=split, val_fraction=predictor.run.meta.get("config", {}).get("extract", {}).get("val_fraction", 0.2))
+    ev = evaluate(predictor, data_dir, split=split, val_fraction=predictor.run.val_fraction)
     m = ev.metrics
     if fmt == "json":
         out.print(json.dumps(m, indent=2), markup=False)
