@@ -278,3 +278,43 @@ def test_sync_bn_needs_cuda(ddp_data):
     with pytest.raises(ConfigError, match="--sync-bn needs CUDA"):
         start(ddp_data, cfg, ws)
     assert not ws.runs.exists()  # refused before a run folder was made
+
+
+def test_ranks_steps_together_are_the_one_process_steps(ddp_data):
+    """The sampler property behind DDP == one process: step k of 2 ranks (2 images each) holds the
+    images of step k of one process (4 images), and the order changes with the epoch."""
+    from tl_cli.backbones import get_spec
+    from tl_cli.data import scan_dataset
+    from tl_cli.train_data import make_loaders
+
+    ds = scan_dataset(ddp_data)
+    pre = get_spec("lenet5").preprocess
+    one = make_loaders(ds, pre, 4, 0, False, 3, dist=DistInfo())
+    ranks = [make_loaders(ds, pre, 4, 0, False, 3, dist=DistInfo(rank=r, world_size=2)) for r in range(2)]
+
+    def steps(sampler, size):
+        order = list(sampler)
+        return [order[i:i + size] for i in range(0, len(order), size)]
+
+    orders = []
+    for epoch in (0, 1):
+        for loaders in (one, *ranks):
+            loaders.sampler.set_epoch(epoch)
+        together = [sorted(a + b) for a, b in zip(steps(ranks[0].sampler, 2), steps(ranks[1].sampler, 2), strict=True)]
+        assert together == [sorted(s) for s in steps(one.sampler, 4)]
+        orders.append(list(one.sampler))
+    assert orders[0] != orders[1] and sorted(orders[0]) == list(range(26))
+
+
+def test_every_epoch_reshuffles(ddp_data, monkeypatch):
+    from torch.utils.data.distributed import DistributedSampler
+
+    from tl_cli.finetune import start
+    from tl_cli.finetune_config import FinetuneConfig
+
+    seen = []
+    original = DistributedSampler.set_epoch
+    monkeypatch.setattr(DistributedSampler, "set_epoch", lambda self, e: (seen.append(e), original(self, e)))
+    start(ddp_data, FinetuneConfig(backbone="lenet5", pretrained=False, freeze=2, epochs=3, workers=0, patience=0),
+          Workspace.open())
+    assert seen == [0, 1, 2]
