@@ -54,3 +54,7 @@ class UnsafeFile(TLError):
 
 class WorkspaceError(TLError):
     """The workspace can't be written (read-only, disk full) or is busy."""
+
+
+class ExportError(TLError):
+    """An export could not be written, or does not reproduce PyTorch's outputs."""
