@@ -15,7 +15,8 @@ from .options import (BackboneOpt, BatchSizeOpt, DeviceOpt, PretrainedOpt, Stric
 
 @command(
     "extract",
-    epilog="Example:  tl extract ./photos   then   tl predict new.jpg",
+    epilog="Example:  tl extract ./photos   then   tl predict new.jpg\n\n"
+           "Several GPUs:  torchrun --standalone --nproc-per-node 4 -m tl_cli extract ./photos",
 )
 def extract_cmd(
     data_dir: Annotated[Path, typer.Argument(help="Folder of class sub-folders (or train/ and val/ folders of them).")],
