@@ -263,12 +263,19 @@ def test_ddp_resume_after_a_kill_equals_the_uninterrupted_run(ddp_data, ddp_two_
             assert torch.equal(a[k], b[k]), k
 
 
-def test_global_batch_must_split_evenly_over_ranks():
+def test_global_batch_must_split_evenly_over_ranks(ddp_data, monkeypatch):
     from tl_cli.ddp import local_batch_size
+    from tl_cli.finetune import start
+    from tl_cli.finetune_config import FinetuneConfig
 
     assert local_batch_size(8, DistInfo(rank=1, world_size=4)) == 2
     with pytest.raises(ConfigError, match="multiple of the 3 processes"):
         local_batch_size(8, DistInfo(rank=0, world_size=3))
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun would; refused before any process group or run folder
+    ws = Workspace.open()
+    with pytest.raises(ConfigError, match="--batch-size 5 is the global batch"):
+        start(ddp_data, FinetuneConfig(backbone="lenet5", pretrained=False, batch_size=5), ws)
+    assert not ws.runs.exists()
 
 
 def test_sync_bn_needs_cuda(ddp_data):

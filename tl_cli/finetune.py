@@ -173,6 +173,7 @@ def start(data_dir: str | os.PathLike, cfg: FinetuneConfig, workspace: Workspace
     t0 = time.perf_counter()
     ws = workspace or Workspace.open()
     ddp.check_sync_bn(cfg.sync_bn, distributed.rank_device(cfg.device))
+    ddp.local_batch_size(cfg.batch_size)  # a global batch that does not split fails before a run folder exists
     info = distributed.init(cfg.device)
     prepared = None
     if info.is_main:  # under torchrun rank 0 alone makes the run folder and sends it to the others
