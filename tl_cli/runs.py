@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_path, write_json
+from .atomic import atomic_path, raise_write_error, write_json
 from .errors import RunError
 
 META = "meta.json"
@@ -43,12 +43,16 @@ def new_run_dir(runs_root: Path, route: str, dataset_name: str) -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset_name)[:40] or "data"
     base = runs_root / f"{stamp}-{route}-{slug}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = Path(f"{base}-{n}")
-    path.mkdir(parents=True)
-    return path
+    for n in range(1, 1000):
+        path = base if n == 1 else Path(f"{base}-{n}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:  # another run started in the same second
+            continue
+        except OSError as exc:
+            raise_write_error(exc, path)
+    raise RunError(f"too many runs named {base.name}")
 
 
 def save_tensors(path: Path, tensors: dict) -> None:

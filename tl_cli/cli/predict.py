@@ -103,12 +103,14 @@ def evaluate_cmd(
     device: DeviceOpt = "auto",
     ws_path: WorkspaceOpt = None,
 ) -> None:
-    """Accuracy, per-class precision/recall/F1, confusion matrix and misclassified images of a model
-    on a labelled folder; writes metrics.json, confusion.csv/.png, misclassified.csv, report.html."""
+    """Score a run on a labelled folder: accuracy, per-class F1, confusion matrix, mistakes.
+
+    Writes metrics.json, confusion.csv/.png, misclassified.csv and report.html.
+    """
     from ..evaluate import default_output_dir, evaluate, write_evaluation
-    from ..runs import val_fraction_of
     from ..predict import load_predictor
     from ..progress import RichReporter
+    from ..runs import val_fraction_of
 
     check_format(fmt, FORMATS)
     predictor = load_predictor(model, workspace(ws_path), device=device)
