@@ -188,3 +188,26 @@ def test_cache_with_wrong_shapes_is_reported_and_rebuilt(image_folder):
         f.create_dataset("size", data=np.zeros(3, dtype=np.int64))
     r = extract_features(image_folder, LENET)
     assert any("different lengths" in n for n in r.notes) and r.n_extracted == 36
+
+
+def test_concurrent_state_updates_keep_every_key(isolated_workspace, monkeypatch):
+    """Two processes finishing at once (say `tl extract` and `tl finetune`) both update state.json."""
+    import threading
+
+    import tl_cli.workspace as workspace_module
+
+    ws = Workspace.open()
+    ws.ensure()
+    real_write = workspace_module.write_json
+
+    def slow_write(path, obj):  # widens the read-modify-write window to make a lost update certain
+        time.sleep(0.3)
+        real_write(path, obj)
+
+    monkeypatch.setattr(workspace_module, "write_json", slow_write)
+    threads = [threading.Thread(target=ws.remember, kwargs={key: key}) for key in ("latest_run", "last_dataset")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert ws.state() == {"latest_run": "latest_run", "last_dataset": "last_dataset"}
