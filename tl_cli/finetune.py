@@ -311,7 +311,7 @@ def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, repor
                  + (f" x {info.world_size} processes" if info.enabled else "") + (f"; resuming after epoch {resumed_from}" if ckpt else ""))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     deadline = t0 + cfg.time_budget if cfg.time_budget else None
-    skipped: set[str] = set()
+    skipped: set[str] = {f"{rel}: {why}" for rel, why in ds.skipped}  # found by the scan: named, not silent
     longest = 0.0  # wall time of the slowest epoch so far, checkpoint and plot included
     # Micro-batch retries only on one process: under DDP a rank that re-runs its step alone would
     # call backward (and so all-reduce) more often than the others and the ranks would desync.
