@@ -1,7 +1,7 @@
 """Run a frozen backbone over a dataset once and keep the penultimate features in the cache.
 
-Decoding happens in DataLoader worker processes while the main process runs the network, so
-the two overlap. Rows are written to the cache in chunks as they are produced: an interrupted
+Images are decoded in threads (`loader.py`) while the engine (`engines.py`: onnxruntime on CPU
+by default, eager PyTorch otherwise) runs the network, so the two overlap. Rows are written to the cache in chunks as they are produced: an interrupted
 extraction keeps what it finished, and the next run extracts only the rest.
 """
 
@@ -30,8 +30,9 @@ class ExtractConfig:
     Attributes:
         backbone: registry name. weights: optional state-dict file. pretrained: False = random init.
         val_fraction: validation share when the data has no val/ folder.
-        batch_size: images per forward pass. workers: decoding processes (None = automatic).
+        batch_size: images per forward pass. workers: decoding threads (None = one per core).
         device: "auto", "cpu", "cuda", "cuda:1". strict: fail on the first unreadable image.
+        engine: "auto" (onnxruntime on CPU when installed, else torch), "torch" or "onnx".
         chunk_rows: rows per cache chunk (what an interrupted run keeps).
     """
 
@@ -45,8 +46,13 @@ class ExtractConfig:
     strict: bool = False
     chunk_rows: int = 512
     dtype: str = "float32"
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
+        from .engines import ENGINES
+
+        if self.engine not in ENGINES:
+            raise ConfigError(f"unknown --engine {self.engine!r}", hint=f"use one of {', '.join(ENGINES)}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.workers is not None and self.workers < 0:
@@ -76,6 +82,7 @@ class ExtractResult:
     weights_id: str
     preprocess: Preprocess
     backbone: str = ""
+    engine: str = ""  # the engine that ran ("onnx", "torch"), "" when everything came from the cache
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -130,21 +137,70 @@ def make_loader(root: Path, relpaths: list[str], pre: Preprocess, batch_size: in
     )
 
 
-class TorchEngine:
-    """Eager PyTorch forward of `forward_features`: channels_last (2-3x faster on CPU), inference mode."""
+def _precision(cfg: ExtractConfig) -> str:
+    """Numeric precision of the features this config produces; part of the cache identity.
 
-    def __init__(self, net, device):
-        import torch
+    onnxruntime and eager torch float32 agree within 1e-5, so they share a cache (the engine is
+    a speed choice, not a different feature). CUDA runs bf16 autocast, whose features differ by
+    ~1e-2: those are kept apart.
+    """
+    from .device import device_type
 
-        self.device = device
-        self.net = net.to(device).eval().to(memory_format=torch.channels_last)
+    return "bf16" if cfg.engine != "onnx" and device_type(cfg.device) == "cuda" else "float32"
 
-    def __call__(self, x):
-        import torch
 
-        with torch.inference_mode():
-            x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            return self.net.forward_features(x).float().cpu().numpy()
+def _extract_missing(todo: list[FileStat], root: Path, spec, choice, cfg: ExtractConfig, ws: Workspace,
+                     cache: FeatureCache, reporter: Reporter, failed: list[tuple[str, str]],
+                     notes: list[str]) -> tuple[int, set[str], str]:
+    """Decode `todo` in threads, run the engine, write the rows to the cache in chunks.
+
+    Returns (images extracted, relpaths that could not be read, engine name).
+    """
+    from .engines import make_engine, normalize_batch
+    from .loader import default_threads
+
+    def build_net():
+        from .backbones import create_backbone
+
+        return create_backbone(spec.name, cfg.weights, cfg.pretrained)[0]
+
+    engine, engine_notes = make_engine(cfg.engine, spec, choice, cfg.device, ws.root / "engines", build_net)
+    notes.extend(engine_notes)
+    threads = default_threads() if cfg.workers is None else cfg.workers
+    te = time.perf_counter()
+    n_extracted = 0
+    bad_rel: set[str] = set()
+    buf_stats: list[FileStat] = []
+    buf_feats: list[np.ndarray] = []
+    reporter.start("extracting", len(todo))
+    try:
+        for batch in iter_decoded(root, [s.relpath for s in todo], spec.preprocess, cfg.batch_size, threads):
+            for i, err in batch.failed:
+                if cfg.strict:
+                    raise ImageError(f"{todo[i].relpath}: {err}", hint="remove it, or drop --strict")
+                failed.append((todo[i].relpath, err))
+                bad_rel.add(todo[i].relpath)
+            if batch.pixels is not None:
+                buf_feats.append(engine(normalize_batch(batch.pixels, spec.preprocess)))
+                buf_stats.extend(todo[i] for i in batch.index)
+                n_extracted += len(batch.index)
+            if len(buf_stats) >= cfg.chunk_rows:
+                cache.write_chunk(buf_stats, np.concatenate(buf_feats))
+                buf_stats, buf_feats = [], []
+            elapsed = time.perf_counter() - te
+            reporter.advance(len(batch.index) + len(batch.failed), img_s=f"{n_extracted / max(elapsed, 1e-9):.1f}/s")
+        if buf_stats:
+            cache.write_chunk(buf_stats, np.concatenate(buf_feats))
+    finally:
+        reporter.stop()
+    return n_extracted, bad_rel, engine.name
+
+
+def iter_decoded(root: Path, relpaths: list[str], pre: Preprocess, batch_size: int, threads: int):
+    """The decode stage of extraction (a seam: tests replace it to prove nothing is decoded)."""
+    from .loader import iter_batches
+
+    return iter_batches(root, relpaths, pre, batch_size, threads)
 
 
 def extract_features(
@@ -165,8 +221,6 @@ def extract_features(
         >>> r.features.shape
         (120, 84)
     """
-    import torch
-
     t0 = time.perf_counter()
     reporter = reporter or Reporter()
     ws = workspace or Workspace.open()
@@ -185,6 +239,8 @@ def extract_features(
         "feature_dim": spec.feature_dim,
         "dataset_root": str(ds.root),
     }
+    if _precision(cfg) != "float32":  # absent for float32 so existing caches keep their key
+        info["precision"] = _precision(cfg)
     relpaths = [s.relpath for s in ds.samples]
     stats = stat_files(ds.root, relpaths)
     failed: list[tuple[str, str]] = list(ds.skipped)
@@ -197,39 +253,11 @@ def extract_features(
         hits = cache.lookup(stats)
         todo = [s for s in stats if s.relpath not in hits]
         bad_rel: set[str] = set()
+        engine_name = ""
         if todo:
-            from .backbones import create_backbone
-
             te = time.perf_counter()
-            net, _ = create_backbone(spec.name, cfg.weights, cfg.pretrained)
-            from .device import resolve_device
-
-            device = resolve_device(cfg.device)
-            engine = TorchEngine(net, device)
-            workers = default_workers() if cfg.workers is None else cfg.workers
-            loader = make_loader(ds.root, [s.relpath for s in todo], pre, cfg.batch_size, workers, device.type == "cuda")
-            reporter.start("extracting", len(todo))
-            buf_stats: list[FileStat] = []
-            buf_feats: list[np.ndarray] = []
-            try:
-                for x, idx, bad in loader:
-                    for i, err in bad:
-                        if cfg.strict:
-                            raise ImageError(f"{todo[i].relpath}: {err}", hint="remove it, or drop --strict")
-                        failed.append((todo[i].relpath, err))
-                        bad_rel.add(todo[i].relpath)
-                    if x is not None:
-                        buf_feats.append(engine(x))
-                        buf_stats.extend(todo[i] for i in idx)
-                        n_extracted += len(idx)
-                    if len(buf_stats) >= cfg.chunk_rows:
-                        cache.write_chunk(buf_stats, np.concatenate(buf_feats))
-                        buf_stats, buf_feats = [], []
-                    elapsed = time.perf_counter() - te
-                    reporter.advance(len(idx) + len(bad), img_s=f"{n_extracted / max(elapsed, 1e-9):.1f}/s")
-                cache.write_chunk(buf_stats, np.concatenate(buf_feats) if buf_feats else np.empty((0, spec.feature_dim)))
-            finally:
-                reporter.stop()
+            n_extracted, bad_rel, engine_name = _extract_missing(todo, ds.root, spec, choice, cfg, ws, cache,
+                                                                 reporter, failed, notes)
             t_extract = time.perf_counter() - te
         good = [s for s in stats if s.relpath not in bad_rel]
         cache.consolidate(good)
@@ -259,5 +287,6 @@ def extract_features(
         weights_id=choice.identity,
         preprocess=pre,
         backbone=spec.name,
+        engine=engine_name,
         notes=notes,
     )
