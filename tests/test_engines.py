@@ -132,3 +132,31 @@ def test_a_cached_onnx_engine_does_not_import_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
     assert out.stdout.split() == ["onnx", "False"], out.stderr
+
+
+def test_predict_on_the_engine_equals_eager_torch_and_skips_torch(image_folder):
+    import subprocess
+    import sys
+
+    from tl_cli.predict import Predictor, _HeadOnEngine
+    from tl_cli.runs import load_run
+    from tl_cli.small_data import train_small_data
+    from tl_cli.workspace import Workspace
+
+    res = train_small_data(image_folder, ExtractConfig(backbone="lenet5", pretrained=False, workers=0))
+    files = sorted(str(p) for p in image_folder.rglob("*.jpg"))[::4]
+    fast = Predictor.from_workspace()
+    assert isinstance(fast.model, _HeadOnEngine)
+    ref = Predictor(load_run(res.run_dir))  # no engines_dir: eager PyTorch
+    pf, kf, _ = fast.probabilities(files)
+    pr, kr, _ = ref.probabilities(files)
+    assert kf == kr
+    np.testing.assert_allclose(pf, pr, rtol=1e-4, atol=1e-5)
+    assert [p.labels for p in fast.predict(files, topk=2)] == [p.labels for p in ref.predict(files, topk=2)]
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys; from tl_cli.predict import Predictor; from tl_cli.workspace import Workspace;"
+            f"p = Predictor.from_workspace(workspace=Workspace.open({str(Workspace.open().root)!r}));"
+            f"print(p.predict([{files[0]!r}])[0].labels[0], 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert out.stdout.split() == [fast.predict([files[0]])[0].labels[0], "False"], out.stderr

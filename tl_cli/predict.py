@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .data import _walk_files, sniff_image
 from .errors import ConfigError, DataError
 from .preprocess import Preprocess
@@ -62,8 +64,72 @@ def expand_inputs(items: list[str]) -> tuple[list[Path], list[Prediction]]:
     return unique, missing
 
 
+class _TorchModel:
+    """The whole classifier in eager PyTorch (fine-tuned runs, CUDA, or no onnxruntime)."""
+
+    def __init__(self, run: Run, device, weights: str | None):
+        import torch
+
+        from .model import build_from_run
+
+        self.device = device
+        self.net = build_from_run(run, weights).to(device).to(memory_format=torch.channels_last)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            t = torch.from_numpy(x).to(self.device).contiguous(memory_format=torch.channels_last)
+            return self.net(t).float().softmax(-1).cpu().numpy()
+
+
+class _HeadOnEngine:
+    """A head-only run as the cached ONNX feature engine + a numpy Linear: no torch import.
+
+    `tl predict one.jpg` is then ~1 s cold instead of paying 2-4 s for `import torch`.
+    """
+
+    def __init__(self, engine, weight: np.ndarray, bias: np.ndarray):
+        self.engine, self.weight, self.bias = engine, weight, bias
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        z = self.engine(x) @ self.weight.T + self.bias
+        z = np.exp(z - z.max(1, keepdims=True))
+        return z / z.sum(1, keepdims=True)
+
+    @classmethod
+    def try_load(cls, run: Run, device: str, weights: str | None, engines_dir: Path | None) -> "_HeadOnEngine | None":
+        """The engine route when it applies (head run, CPU, onnxruntime, recorded weights present), else None."""
+        from .device import device_type
+        from .engines import onnxruntime_available
+
+        w = run.meta.get("weights", {})
+        if run.meta.get("kind") != "head" or engines_dir is None or weights is not None \
+                or device_type(device) != "cpu" or not onnxruntime_available():
+            return None
+        from safetensors.numpy import load_file
+
+        from .backbones import create_backbone, get_spec, resolve_weights
+        from .engines import make_engine
+
+        spec = get_spec(run.meta["backbone"])
+        try:
+            choice = resolve_weights(spec, w.get("file"), w.get("pretrained", True))
+        except Exception:  # noqa: BLE001 - the torch route reports missing weights clearly
+            return None
+        if choice.identity != w.get("id"):
+            return None  # the torch route raises the clear "weights differ" error
+        engine, _ = make_engine("onnx", spec, choice, "cpu", engines_dir,
+                                lambda: create_backbone(spec.name, w.get("file"), w.get("pretrained", True))[0])
+        t = load_file(str(run.dir / "model.safetensors"))
+        return cls(engine, t["head.weight"].astype(np.float32), t["head.bias"].astype(np.float32))
+
+
 class Predictor:
     """A trained run, ready to classify images.
+
+    Head-only runs on CPU use the workspace's ONNX feature engine (exported once, shared with
+    `tl extract`) and a numpy head; everything else runs in eager PyTorch.
 
     Example:
         >>> p = Predictor.from_workspace()
@@ -71,63 +137,52 @@ class Predictor:
         ['cat', 'dog']
     """
 
-    def __init__(self, run: Run, device: str = "auto", weights: str | None = None):
-        import torch
-
-        from .device import resolve_device
-        from .model import build_from_run
-
+    def __init__(self, run: Run, device: str = "auto", weights: str | None = None, engines_dir: Path | None = None):
         self.run = run
         self.classes = run.classes
         self.preprocess = Preprocess.from_dict(run.meta["preprocess"])  # never current defaults
-        self.device = resolve_device(device)
-        self.net = build_from_run(run, weights).to(self.device).to(memory_format=torch.channels_last)
+        self.model = _HeadOnEngine.try_load(run, device, weights, engines_dir)
+        if self.model is None:
+            from .device import resolve_device
+
+            self.model = _TorchModel(run, resolve_device(device), weights)
 
     @classmethod
     def from_workspace(cls, model: str | None = None, workspace: Workspace | None = None, **kw) -> "Predictor":
         ws = workspace or Workspace.open()
+        kw.setdefault("engines_dir", ws.root / "engines")
         return cls(load_run(model or ws.latest_run()), **kw)
+
+    def _batches(self, paths: list[str], batch_size: int, workers: int):
+        from .engines import normalize_batch
+        from .loader import iter_batches
+
+        for b in iter_batches(Path("/"), [os.path.abspath(p) for p in paths], self.preprocess, batch_size, workers):
+            yield (None if b.pixels is None else self.model(normalize_batch(b.pixels, self.preprocess))), b.index, b.failed
 
     def predict(self, paths: list[str | Path], topk: int = 1, batch_size: int = 32, workers: int = 0) -> list[Prediction]:
         """Classify files; unreadable ones come back with `error` set, never stop the batch."""
-        import torch
-
-        from .extract import make_loader
-
         if topk < 1:
             raise ConfigError(f"--topk must be >= 1, got {topk}")
         k = min(topk, len(self.classes))
         paths = [str(p) for p in paths]
         out: list[Prediction | None] = [None] * len(paths)
-        loader = make_loader(Path("/"), [os.path.abspath(p) for p in paths], self.preprocess, batch_size, workers,
-                             self.device.type == "cuda")
-        with torch.inference_mode():
-            for x, idx, bad in loader:
-                for i, err in bad:
-                    out[i] = Prediction(paths[i], error=err)
-                if x is None:
-                    continue
-                x = x.to(self.device).contiguous(memory_format=torch.channels_last)
-                probs = self.net(x).float().softmax(-1).cpu()
-                top = probs.topk(k, dim=1)
-                for row, i in enumerate(idx):
-                    out[i] = Prediction(paths[i], [self.classes[j] for j in top.indices[row].tolist()],
-                                        top.values[row].tolist())
+        for probs, idx, bad in self._batches(paths, batch_size, workers or (2 if len(paths) > batch_size else 0)):
+            for i, err in bad:
+                out[i] = Prediction(paths[i], error=err)
+            if probs is None:
+                continue
+            top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+            for row, i in enumerate(idx):
+                out[i] = Prediction(paths[i], [self.classes[j] for j in top[row]], [float(probs[row, j]) for j in top[row]])
         return out  # type: ignore[return-value]
 
     def probabilities(self, paths: list[str | Path], batch_size: int = 32):
-        """(N, C) probabilities and the indices of readable files (for evaluation)."""
-        import torch
-
-        from .extract import make_loader
-
-        loader = make_loader(Path("/"), [os.path.abspath(p) for p in paths], self.preprocess, batch_size, 0, False)
+        """(N, C) numpy probabilities, the indices of readable files, and (index, reason) failures."""
         probs, kept, failed = [], [], []
-        with torch.inference_mode():
-            for x, idx, bad in loader:
-                failed.extend(bad)
-                if x is not None:
-                    x = x.to(self.device).contiguous(memory_format=torch.channels_last)
-                    probs.append(self.net(x).float().softmax(-1).cpu())
-                    kept.extend(idx)
-        return (torch.cat(probs) if probs else torch.empty(0, len(self.classes))), kept, failed
+        for p, idx, bad in self._batches([str(x) for x in paths], batch_size, 2):
+            failed.extend(bad)
+            if p is not None:
+                probs.append(p)
+                kept.extend(idx)
+        return (np.concatenate(probs) if probs else np.empty((0, len(self.classes)), np.float32)), kept, failed
