@@ -30,15 +30,20 @@ RUNS = ("baseline", "tl-first", "tl-cached", "tl-torch", "forward")
 
 
 def run_child(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
-    """Run a command; return (wall seconds, peak RSS MiB of the child, stdout)."""
+    """Run a command; return (wall seconds, peak RSS MiB of the child, stdout).
+
+    The child's CPU seconds (user + system, its threads and reaped workers) are kept in
+    `run_child.cpu`: images per CPU-second is the load-robust companion of images/s.
+    """
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = p.communicate()
     wall = time.perf_counter() - t0
-    _, _, usage = os.wait4(p.pid, os.WNOHANG) if p.returncode is None else (0, 0, p.rusage)  # type: ignore[attr-defined]
+    usage = p.rusage  # type: ignore[attr-defined]  (set by RusagePopen below)
     if p.returncode != 0:
         raise SystemExit(f"failed ({p.returncode}): {' '.join(cmd)}\n{err[-2000:]}")
+    run_child.cpu = usage.ru_utime + usage.ru_stime
     return wall, usage.ru_maxrss / 1024, out
 
 
@@ -83,11 +88,11 @@ def forward_only(onnx: str, data: str, n: int, batch_size: int) -> None:
     batches = [normalize_batch(b.pixels, pre) for b in iter_batches(ds.root, rels, pre, batch_size, 2)]
     eng = OnnxEngine(Path(onnx))
     eng(batches[0])  # warm-up
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for x in batches:
         eng(x)
-    dt = time.perf_counter() - t0
-    print(json.dumps({"images": len(rels), "seconds": dt}))
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(json.dumps({"images": len(rels), "seconds": dt, "cpu": cpu}))
 
 
 def bench(data: Path, rounds: int, runs: tuple[str, ...], batch_size: int, forward_n: int) -> list[dict]:
@@ -118,12 +123,14 @@ def bench(data: Path, rounds: int, runs: tuple[str, ...], batch_size: int, forwa
                                              "--forward-n", str(forward_n), "--batch-size", str(batch_size)])
                     res = json.loads(out.strip().splitlines()[-1])
                     rows.append({"round": r, "run": name, "images": res["images"], "seconds": res["seconds"],
-                                 "img_s": res["images"] / res["seconds"], "rss_mb": rss})
+                                 "img_s": res["images"] / res["seconds"], "rss_mb": rss,
+                                 "img_cpu_s": res["images"] / res["cpu"]})
                     print(_fmt(rows[-1]), file=sys.stderr)
                     continue
                 else:
                     raise SystemExit(f"unknown run {name}")
-                rows.append({"round": r, "run": name, "images": n, "seconds": wall, "img_s": n / wall, "rss_mb": rss})
+                rows.append({"round": r, "run": name, "images": n, "seconds": wall, "img_s": n / wall, "rss_mb": rss,
+                             "img_cpu_s": n / run_child.cpu})
                 print(_fmt(rows[-1]), file=sys.stderr)
                 shutil.rmtree(ws / "caches", ignore_errors=True)
     finally:
@@ -132,7 +139,8 @@ def bench(data: Path, rounds: int, runs: tuple[str, ...], batch_size: int, forwa
 
 
 def _fmt(row: dict) -> str:
-    return f"  round {row['round']} {row['run']:<10} {row['img_s']:7.1f} images/s  {row['seconds']:6.1f} s  {row['rss_mb']:6.0f} MiB"
+    return (f"  round {row['round']} {row['run']:<10} {row['img_s']:7.1f} images/s  {row['seconds']:6.1f} s  "
+            f"{row['img_cpu_s']:6.1f} images/CPU-s  {row['rss_mb']:6.0f} MiB")
 
 
 def table(rows: list[dict], data: Path) -> str:
@@ -143,15 +151,18 @@ def table(rows: list[dict], data: Path) -> str:
     fwd = {r["round"]: r["img_s"] for r in rows if r["run"] == "forward"}
     lines = [f"`{data}`, {rows[0]['images'] if rows else 0} images, {max(r['round'] for r in rows)} rounds "
              "(median over rounds; ratios are per round, then median)", "",
-             "| run | images/s | seconds | x baseline | x forward-only | peak RSS MiB |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| run | images/s | seconds | x baseline | x forward-only | images/CPU-s | x baseline (CPU) | peak RSS MiB |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name in dict.fromkeys(r["run"] for r in rows):
         rs = [r for r in rows if r["run"] == name]
         med = lambda xs: statistics.median(xs)  # noqa: E731
         xb = med([r["img_s"] / base[r["round"]] for r in rs]) if base else float("nan")
         xf = med([r["img_s"] / fwd[r["round"]] for r in rs]) if fwd and name != "baseline" else float("nan")
+        cb = {r["round"]: r["img_cpu_s"] for r in rows if r["run"] == "baseline"}
+        xc = med([r["img_cpu_s"] / cb[r["round"]] for r in rs]) if cb else float("nan")
         lines.append(f"| {name} | {med([r['img_s'] for r in rs]):.1f} | {med([r['seconds'] for r in rs]):.1f} | "
-                     f"{xb:.2f} | {'' if xf != xf else f'{xf:.2f}'} | {max(r['rss_mb'] for r in rs):.0f} |")
+                     f"{xb:.2f} | {'' if xf != xf else f'{xf:.2f}'} | {med([r['img_cpu_s'] for r in rs]):.1f} | "
+                     f"{xc:.2f} | {max(r['rss_mb'] for r in rs):.0f} |")
     return "\n".join(lines)
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tl_cli.backbones import create_backbone, get_spec, resolve_weights
-from tl_cli.engines import OnnxEngine, TorchEngine, choose_engine, make_engine, normalize_batch, onnx_path
+from tl_cli.engines import (OnnxEngine, TorchEngine, choose_engine, make_engine, normalize_batch, normalize_image,
+                            onnx_path)
 from tl_cli.errors import ConfigError
 from tl_cli.extract import ExtractConfig, extract_features
 from tl_cli.loader import iter_batches, load_crop
@@ -37,6 +38,7 @@ def test_normalize_batch_is_bit_identical_to_to_tensor():
         u8 = np.stack([load_crop(PHOTOS / r, pre) for r in rels])
         ref = torch.stack([load_tensor(PHOTOS / r, pre) for r in rels]).numpy()
         np.testing.assert_array_equal(normalize_batch(u8, pre), ref)
+        np.testing.assert_array_equal(np.stack([normalize_image(c, pre) for c in u8]), ref)
 
 
 def test_threaded_loader_equals_sequential_in_order_with_failures(tmp_path):
@@ -60,6 +62,10 @@ def test_threaded_loader_equals_sequential_in_order_with_failures(tmp_path):
     first = normalize_batch(par[0].pixels, pre)
     ref = torch.stack([load_tensor(root / names[i], pre) for i in par[0].index]).numpy()
     np.testing.assert_array_equal(first, ref)
+    # normalised in the decode threads: the exact network input of the sequential reference
+    normed = list(iter_batches(root, names, pre, batch_size=7, threads=2, normalize=True))
+    assert [b.index for b in normed] == [b.index for b in seq]
+    np.testing.assert_array_equal(normed[0].pixels, ref)
 
 
 @pytest.mark.slow

@@ -6,8 +6,8 @@ is ~3x eager channels_last and ~10x eager NCHW float32, with features within 1e-
 float32. The ONNX file is exported once per (backbone, weights, torch version) and kept in
 `<workspace>/engines/`, so later runs (and `tl predict`) never import torch for the backbone.
 
-Both engines take the batch already normalised, float32 NCHW (see `normalize_batch`), and return
-(N, feature_dim) float32 features.
+Both engines take the batch already normalised, float32 NCHW (see `normalize_image`, which the
+decode threads apply), and return (N, feature_dim) float32 features.
 """
 
 from __future__ import annotations
@@ -47,19 +47,27 @@ def cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def normalize_batch(u8: np.ndarray, pre: "Preprocess") -> np.ndarray:
-    """(N, S, S, 3) uint8 crops -> (N, 3, S, S) float32, bit-identical to `preprocess.to_tensor`.
+def normalize_image(crop: np.ndarray, pre: "Preprocess") -> np.ndarray:
+    """(S, S, 3) uint8 crop -> (3, S, S) float32, bit-identical to `preprocess.to_tensor`.
 
-    A uint8 channel has only 256 values, so each channel is one table lookup; the table is
-    computed with the same float32 operations as `to_tensor` ((v / 255 - mean) / std).
+    The same float32 operations in the same order as to_tensor ((v / 255 - mean) / std), so the
+    result is exactly equal, not just close. numpy releases the GIL in these loops, so decode
+    threads can run this beside the network.
     """
-    n, h, w, _ = u8.shape
-    out = np.empty((n, 3, h, w), dtype=np.float32)
-    v = np.arange(256, dtype=np.float32) / np.float32(255.0)
-    for c in range(3):
-        lut = (v - np.float32(pre.mean[c])) / np.float32(pre.std[c])
-        np.take(lut, u8[..., c], out=out[:, c])
-    return out
+    x = crop.transpose(2, 0, 1).astype(np.float32)
+    x /= np.float32(255.0)
+    x -= np.asarray(pre.mean, dtype=np.float32)[:, None, None]
+    x /= np.asarray(pre.std, dtype=np.float32)[:, None, None]
+    return x
+
+
+def normalize_batch(u8: np.ndarray, pre: "Preprocess") -> np.ndarray:
+    """(N, S, S, 3) uint8 crops -> (N, 3, S, S) float32, bit-identical to `preprocess.to_tensor`."""
+    x = u8.transpose(0, 3, 1, 2).astype(np.float32)
+    x /= np.float32(255.0)
+    x -= np.asarray(pre.mean, dtype=np.float32)[None, :, None, None]
+    x /= np.asarray(pre.std, dtype=np.float32)[None, :, None, None]
+    return x
 
 
 def onnxruntime_available() -> bool:

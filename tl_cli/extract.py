@@ -156,7 +156,7 @@ def _extract_missing(todo: list[FileStat], root: Path, spec, choice, cfg: Extrac
 
     Returns (images extracted, relpaths that could not be read, engine name).
     """
-    from .engines import make_engine, normalize_batch
+    from .engines import make_engine
     from .loader import default_threads
 
     def build_net():
@@ -181,7 +181,7 @@ def _extract_missing(todo: list[FileStat], root: Path, spec, choice, cfg: Extrac
                 failed.append((todo[i].relpath, err))
                 bad_rel.add(todo[i].relpath)
             if batch.pixels is not None:
-                buf_feats.append(engine(normalize_batch(batch.pixels, spec.preprocess)))
+                buf_feats.append(engine(batch.pixels))
                 buf_stats.extend(todo[i] for i in batch.index)
                 n_extracted += len(batch.index)
             if len(buf_stats) >= cfg.chunk_rows:
@@ -200,7 +200,7 @@ def iter_decoded(root: Path, relpaths: list[str], pre: Preprocess, batch_size: i
     """The decode stage of extraction (a seam: tests replace it to prove nothing is decoded)."""
     from .loader import iter_batches
 
-    return iter_batches(root, relpaths, pre, batch_size, threads)
+    return iter_batches(root, relpaths, pre, batch_size, threads, normalize=True)
 
 
 def extract_features(

@@ -25,7 +25,8 @@ from .preprocess import Preprocess, open_rgb, resize_crop
 class Batch:
     """Crops of the readable images of one batch and the failures among them.
 
-    pixels: (n, S, S, 3) uint8, or None when no image of the batch could be read.
+    pixels: (n, S, S, 3) uint8 crops, or (n, 3, S, S) float32 network input with `normalize`;
+        None when no image of the batch could be read.
     index: positions (in the input list) of the rows of `pixels`.
     failed: (position, reason) for unreadable images.
     """
@@ -40,11 +41,16 @@ def load_crop(path: str | Path, pre: Preprocess) -> np.ndarray:
     return np.asarray(resize_crop(open_rgb(path, draft_size=pre.resize_size), pre), dtype=np.uint8)
 
 
-def _try_crop(path: Path, pre: Preprocess) -> np.ndarray | str:
+def _try_crop(path: Path, pre: Preprocess, normalize: bool = False) -> np.ndarray | str:
     try:
-        return load_crop(path, pre)
+        crop = load_crop(path, pre)
     except ImageError as exc:
         return str(exc).split(": ", 1)[-1]
+    if normalize:
+        from .engines import normalize_image
+
+        return normalize_image(crop, pre)
+    return crop
 
 
 def _assemble(start: int, results: list[np.ndarray | str]) -> Batch:
@@ -55,18 +61,20 @@ def _assemble(start: int, results: list[np.ndarray | str]) -> Batch:
 
 
 def iter_batches(root: Path, relpaths: list[str], pre: Preprocess, batch_size: int, threads: int,
-                 prefetch: int = 2) -> Iterator[Batch]:
+                 prefetch: int = 2, normalize: bool = False) -> Iterator[Batch]:
     """Yield `Batch`es of `batch_size` consecutive files of `relpaths` (under `root`), in order.
 
     Args:
         threads: decoding threads; 0 decodes in the calling thread (no overlap).
         prefetch: batches decoded ahead of the consumer (memory bound: prefetch+1 batches of crops).
+        normalize: yield float32 NCHW network input (normalised in the decode threads, off the
+            network's critical path) instead of uint8 crops.
     """
     root = Path(root)
     starts = range(0, len(relpaths), batch_size)
     if threads <= 0:
         for s in starts:
-            yield _assemble(s, [_try_crop(root / r, pre) for r in relpaths[s:s + batch_size]])
+            yield _assemble(s, [_try_crop(root / r, pre, normalize) for r in relpaths[s:s + batch_size]])
         return
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tl-decode") as pool:
         pending: deque = deque()
@@ -75,7 +83,8 @@ def iter_batches(root: Path, relpaths: list[str], pre: Preprocess, batch_size: i
         def submit_next() -> None:
             s = next(it, None)
             if s is not None:
-                pending.append((s, [pool.submit(_try_crop, root / r, pre) for r in relpaths[s:s + batch_size]]))
+                pending.append((s, [pool.submit(_try_crop, root / r, pre, normalize)
+                                    for r in relpaths[s:s + batch_size]]))
 
         try:
             for _ in range(prefetch + 1):

@@ -154,11 +154,11 @@ class Predictor:
         return cls(load_run(model or ws.latest_run()), **kw)
 
     def _batches(self, paths: list[str], batch_size: int, workers: int):
-        from .engines import normalize_batch
         from .loader import iter_batches
 
-        for b in iter_batches(Path("/"), [os.path.abspath(p) for p in paths], self.preprocess, batch_size, workers):
-            yield (None if b.pixels is None else self.model(normalize_batch(b.pixels, self.preprocess))), b.index, b.failed
+        for b in iter_batches(Path("/"), [os.path.abspath(p) for p in paths], self.preprocess, batch_size, workers,
+                              normalize=True):
+            yield (None if b.pixels is None else self.model(b.pixels)), b.index, b.failed
 
     def predict(self, paths: list[str | Path], topk: int = 1, batch_size: int = 32, workers: int = 0) -> list[Prediction]:
         """Classify files; unreadable ones come back with `error` set, never stop the batch."""
