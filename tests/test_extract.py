@@ -37,7 +37,7 @@ def test_rerun_takes_everything_from_cache(image_folder, monkeypatch):
     def forbidden(*a, **k):
         raise AssertionError("the backbone must not run on a cached dataset")
 
-    monkeypatch.setattr(ex, "make_loader", forbidden)
+    monkeypatch.setattr(ex, "iter_decoded", forbidden)
     again = extract_features(image_folder, LENET)
     assert again.n_extracted == 0 and again.n_cached == 36
     np.testing.assert_array_equal(first.features, again.features)

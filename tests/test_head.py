@@ -23,7 +23,7 @@ def test_learns_separable_classes_and_reports_val_metrics():
     assert r.val_accuracy > 0.95 and r.train_accuracy > 0.95
     assert r.l2 in HeadConfig().l2_grid and len(r.grid) == len(HeadConfig().l2_grid)
     # The saved head is a plain Linear on raw features: it must reproduce the val accuracy.
-    pred = (torch.from_numpy(x[500:]) @ r.weight.T + r.bias).argmax(1).numpy()
+    pred = (x[500:] @ r.weight.T + r.bias).argmax(1)
     assert (pred == y[500:]).mean() == r.val_accuracy
 
 
@@ -56,9 +56,43 @@ def test_balanced_weights_help_the_minority_class():
     bal = train_head(x, y, None, None, 2, HeadConfig(balanced=True))
 
     def recall1(r):
-        p = (torch.from_numpy(x) @ r.weight.T + r.bias).argmax(1).numpy()
+        p = (x @ r.weight.T + r.bias).argmax(1)
         return (p[y == 1] == 1).mean()
 
     assert recall1(bal) > recall1(plain)
-    w = class_weights(torch.tensor(y), 2)
+    w = class_weights(y, 2)
     assert w[1] / w[0] == 19.0
+
+
+def test_loss_and_gradient_equal_torch_autograd():
+    """The hand-written objective is the weighted cross-entropy + L2 that torch would compute."""
+    from tl_cli.head import _Objective
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(50, 7)).astype(np.float32)
+    xb = np.hstack([x, np.ones((50, 1), np.float32)])
+    y = rng.integers(0, 4, 50)
+    cw = class_weights(y, 4)
+    w = rng.normal(size=(8, 4))
+    obj = _Objective(xb, y, 4, cw)
+    obj.l2 = 0.3
+    loss, grad = obj(w.ravel())
+    wt = torch.tensor(w, dtype=torch.float64, requires_grad=True)
+    ref = F.cross_entropy(torch.from_numpy(xb).double() @ wt, torch.from_numpy(y), weight=torch.from_numpy(cw)) \
+        + 0.15 * (wt[:-1] ** 2).sum()
+    ref.backward()
+    assert abs(loss - ref.item()) < 1e-5
+    np.testing.assert_allclose(grad.reshape(8, 4), wt.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_no_torch_import_for_the_head():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys, numpy as np; from tl_cli.head import train_head;"
+            "x = np.random.default_rng(0).normal(size=(40, 6)); y = (x[:, 0] > 0).astype(int);"
+            "train_head(x[:30], y[:30], x[30:], y[30:], 2); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(root)})
+    assert out.stdout.strip() == "False", out.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from .errors import ConfigError
 
 
@@ -18,3 +20,18 @@ def resolve_device(name: str = "auto"):
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but no CUDA GPU is available", hint="use --device cpu")
     return dev
+
+
+def device_type(name: str = "auto") -> str:
+    """"cpu" or "cuda" for a --device value, without importing torch when the answer is plain.
+
+    Importing torch costs seconds of start-up; a machine without the NVIDIA driver cannot have
+    CUDA, so "auto" resolves to "cpu" there for free.
+    """
+    if name in (None, "", "auto"):
+        if not os.path.exists("/proc/driver/nvidia/version") and not os.environ.get("CUDA_VISIBLE_DEVICES"):
+            return "cpu"
+        return resolve_device(name).type
+    if name == "cpu":
+        return "cpu"
+    return resolve_device(name).type

@@ -1,7 +1,7 @@
 """Run a frozen backbone over a dataset once and keep the penultimate features in the cache.
 
-Decoding happens in DataLoader worker processes while the main process runs the network, so
-the two overlap. Rows are written to the cache in chunks as they are produced: an interrupted
+Images are decoded in threads (`loader.py`) while the engine (`engines.py`: onnxruntime on CPU
+by default, eager PyTorch otherwise) runs the network, so the two overlap. Rows are written to the cache in chunks as they are produced: an interrupted
 extraction keeps what it finished, and the next run extracts only the rest.
 
 Under torchrun every rank runs the backbone on its share of the batches (`distributed.my_shard`)
@@ -38,8 +38,9 @@ class ExtractConfig:
     Attributes:
         backbone: registry name. weights: optional state-dict file. pretrained: False = random init.
         val_fraction: validation share when the data has no val/ folder.
-        batch_size: images per forward pass. workers: decoding processes (None = automatic).
+        batch_size: images per forward pass. workers: decoding threads (None = one per core).
         device: "auto", "cpu", "cuda", "cuda:1". strict: fail on the first unreadable image.
+        engine: "auto" (onnxruntime on CPU when installed, else torch), "torch" or "onnx".
         chunk_rows: rows per cache chunk (what an interrupted run keeps).
     """
 
@@ -53,8 +54,13 @@ class ExtractConfig:
     strict: bool = False
     chunk_rows: int = 512
     dtype: str = "float32"
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
+        from .engines import ENGINES
+
+        if self.engine not in ENGINES:
+            raise ConfigError(f"unknown --engine {self.engine!r}", hint=f"use one of {', '.join(ENGINES)}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.workers is not None and self.workers < 0:
@@ -84,6 +90,7 @@ class ExtractResult:
     weights_id: str
     preprocess: Preprocess
     backbone: str = ""
+    engine: str = ""  # the engine that ran ("onnx", "torch"), "" when everything came from the cache
     notes: list[str] = field(default_factory=list)
     world_size: int = 1  # processes that shared the extraction (torchrun)
 
@@ -140,21 +147,23 @@ def make_loader(root: Path, relpaths: list[str], pre: Preprocess, batch_size: in
     )
 
 
-class TorchEngine:
-    """Eager PyTorch forward of `forward_features`: channels_last (2-3x faster on CPU), inference mode."""
+def _precision(cfg: ExtractConfig) -> str:
+    """Numeric precision of the features this config produces; part of the cache identity.
 
-    def __init__(self, net, device):
-        import torch
+    onnxruntime and eager torch float32 agree within 1e-5, so they share a cache (the engine is
+    a speed choice, not a different feature). CUDA runs bf16 autocast, whose features differ by
+    ~1e-2: those are kept apart.
+    """
+    from .device import device_type
 
-        self.device = device
-        self.net = net.to(device).eval().to(memory_format=torch.channels_last)
+    return "bf16" if cfg.engine != "onnx" and device_type(cfg.device) == "cuda" else "float32"
 
-    def __call__(self, x):
-        import torch
 
-        with torch.inference_mode():
-            x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            return self.net.forward_features(x).float().cpu().numpy()
+def iter_decoded(root: Path, relpaths: list[str], pre: Preprocess, batch_size: int, threads: int):
+    """The decode stage of extraction (a seam: tests replace it to prove nothing is decoded)."""
+    from .loader import iter_batches
+
+    return iter_batches(root, relpaths, pre, batch_size, threads, normalize=True)
 
 
 def _save_pending(cache: FeatureCache, stats: list[FileStat], feats: list[np.ndarray]) -> None:
@@ -182,30 +191,30 @@ def _drop_unreadable_classes(ds: Dataset, good_rel: list[str], failed: list[tupl
     return ds, failed + [(f"{c}/", reason) for c in missing]
 
 
-def _batches(root: Path, todo: list[FileStat], pre: Preprocess, cfg: ExtractConfig, engine, device):
+def _batches(root: Path, todo: list[FileStat], pre: Preprocess, cfg: ExtractConfig, engine):
     """Yield (indices into todo, features or None, [(index, reason)] unreadable) per batch, in todo order.
 
     Under torchrun each rank decodes and runs only its batches; each round every rank contributes
     at most one batch and all of them are gathered, so every rank sees every batch, in order.
     """
-    workers = default_workers() if cfg.workers is None else cfg.workers
-    pin = device.type == "cuda"
+    from .loader import default_threads
+
+    threads = default_threads() if cfg.workers is None else cfg.workers
     rel = [s.relpath for s in todo]
     if not distributed.active():
-        for x, idx, bad in make_loader(root, rel, pre, cfg.batch_size, workers, pin):
-            yield idx, (engine(x) if x is not None else None), bad
+        for b in iter_decoded(root, rel, pre, cfg.batch_size, threads):
+            yield b.index, (engine(b.pixels) if b.pixels is not None else None), b.failed
         return
     info = distributed.env_info()
     mine = distributed.my_shard(len(rel), cfg.batch_size, info)
-    local = iter(make_loader(root, [rel[i] for i in mine], pre, cfg.batch_size, workers, pin))
+    local = iter(iter_decoded(root, [rel[i] for i in mine], pre, cfg.batch_size, threads))
     n_batches = -(-len(rel) // cfg.batch_size)
     for _ in range(-(-n_batches // info.world_size)):
         payload = None
-        item = next(local, None)
-        if item is not None:
-            x, idx, bad = item
-            feats = engine(x) if x is not None else None
-            payload = ([mine[i] for i in idx], feats, [(mine[i], err) for i, err in bad])
+        b = next(local, None)
+        if b is not None:
+            feats = engine(b.pixels) if b.pixels is not None else None
+            payload = ([mine[i] for i in b.index], feats, [(mine[i], err) for i, err in b.failed])
         for got in distributed.all_gather_object(payload):  # rank order == batch order
             if got is not None:
                 yield got
@@ -217,23 +226,31 @@ class _Filled:
     seconds: float = 0.0
     failed: list[tuple[str, str]] = field(default_factory=list)
     oom_batch: int | None = None  # the batch size extraction went on with after running out of memory
+    engine: str = ""  # the engine that ran ("onnx", "torch")
 
 
-def _fill(cache: FeatureCache | None, root: Path, todo: list[FileStat], spec, cfg: ExtractConfig, device,
-          reporter: Reporter) -> _Filled:
-    """Run the backbone over `todo` and write the rows into `cache` in chunks (cache None: another rank)."""
-    from .backbones import create_backbone
+def _fill(cache: FeatureCache | None, root: Path, todo: list[FileStat], spec, choice, cfg: ExtractConfig,
+          device, engines_dir: Path, reporter: Reporter, notes: list[str]) -> _Filled:
+    """Run the engine over `todo` and write the rows into `cache` in chunks (cache None: another rank)."""
+    from .engines import make_engine
+
+    def build_net():
+        from .backbones import create_backbone
+
+        return create_backbone(spec.name, cfg.weights, cfg.pretrained)[0]
 
     done = _Filled()
     te = time.perf_counter()
-    net, _ = create_backbone(spec.name, cfg.weights, cfg.pretrained)
+    raw_engine, engine_notes = make_engine(cfg.engine, spec, choice, str(device), engines_dir, build_net)
+    notes.extend(engine_notes)
+    done.engine = raw_engine.name
     # On OOM the batch is halved and extraction goes on from where it stopped.
-    engine = HalvingForward(TorchEngine(net, device))
+    engine = HalvingForward(raw_engine)
     reporter.start("extracting", len(todo))
     buf_stats: list[FileStat] = []
     buf_feats: list[np.ndarray] = []
     try:
-        for idx, feats, bad in _batches(root, todo, spec.preprocess, cfg, engine, device):
+        for idx, feats, bad in _batches(root, todo, spec.preprocess, cfg, engine):
             for i, err in bad:
                 if cfg.strict:  # every rank sees every batch, so every rank stops here
                     raise ImageError(f"{todo[i].relpath}: {err}", hint="remove it, or drop --strict")
@@ -296,7 +313,7 @@ def extract_features(
     if not info.is_main:  # only rank 0 touches the workspace; it sends the to-do list
         todo = distributed.broadcast_object(None)
         if todo:
-            _fill(None, ds.root, todo, spec, cfg, device, reporter)
+            _fill(None, ds.root, todo, spec, choice, cfg, device, ws.root / "engines", reporter, [])
         return None
     ws.ensure(outside=ds.root)
     pre = spec.preprocess
@@ -307,6 +324,8 @@ def extract_features(
         "feature_dim": spec.feature_dim,
         "dataset_root": str(ds.root),
     }
+    if _precision(cfg) != "float32":  # absent for float32 so existing caches keep their key
+        info_key["precision"] = _precision(cfg)
     stats = stat_files(ds.root, [s.relpath for s in ds.samples])
     failed: list[tuple[str, str]] = list(ds.skipped)
     notes: list[str] = []
@@ -317,7 +336,7 @@ def extract_features(
         hits = cache.lookup(stats)
         todo = distributed.broadcast_object([s for s in stats if s.relpath not in hits])
         if todo:
-            done = _fill(cache, ds.root, todo, spec, cfg, device, reporter)
+            done = _fill(cache, ds.root, todo, spec, choice, cfg, device, ws.root / "engines", reporter, notes)
         failed += done.failed
         bad_rel = {rel for rel, _ in done.failed}
         if done.oom_batch is not None:
@@ -348,6 +367,7 @@ def extract_features(
         weights_id=choice.identity,
         preprocess=pre,
         backbone=spec.name,
+        engine=done.engine,
         notes=notes,
         world_size=info.world_size,
     )

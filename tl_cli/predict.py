@@ -20,7 +20,7 @@ from .data import IMAGE_SUFFIXES, _walk_files, sniff_image
 from .errors import ConfigError
 from .preprocess import Preprocess
 from .progress import Reporter
-from .runs import Run, load_run
+from .runs import WEIGHTS, Run, load_arrays, load_run
 from .workspace import Workspace
 
 
@@ -87,20 +87,21 @@ class BasePredictor:
 
     def _batches(self, paths: list[str | Path], batch_size: int, workers: int | None, reporter: Reporter | None):
         """Yield (probs or None, indices of readable files, [(index, error)]) per batch."""
-        from .extract import default_workers, make_loader
+        from .loader import default_threads, iter_batches
 
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
-        if workers is None:  # decoding processes pay off only beyond one batch (each costs ~1 s to start)
-            workers = default_workers() if len(paths) > batch_size else 0
+        if workers is None:  # decoding threads pay off only beyond one batch
+            workers = default_threads() if len(paths) > batch_size else 0
         reporter = reporter or Reporter()
         # Root "/" with absolute paths: the loader joins root / path, which keeps them as given.
-        loader = make_loader(Path("/"), [os.path.abspath(p) for p in paths], self.preprocess, batch_size, workers, False)
+        batches = iter_batches(Path("/"), [os.path.abspath(p) for p in paths], self.preprocess, batch_size, workers,
+                               normalize=True)
         reporter.start("predicting", len(paths))
         try:
-            for x, idx, bad in loader:
-                yield (self.model(x.numpy()) if x is not None else None), idx, bad
-                reporter.advance(len(idx) + len(bad))
+            for b in batches:
+                yield (self.model(b.pixels) if b.pixels is not None else None), b.index, b.failed
+                reporter.advance(len(b.index) + len(b.failed))
         finally:
             reporter.stop()
 
@@ -165,8 +166,51 @@ class TorchModel:
             return self.net(t).float().softmax(-1).cpu().numpy()
 
 
+class _HeadOnEngine:
+    """A head-only run as the cached ONNX feature engine + a numpy Linear: no torch import.
+
+    `tl predict one.jpg` is then ~1 s cold instead of paying 2-4 s for `import torch`.
+    """
+
+    def __init__(self, engine, weight: np.ndarray, bias: np.ndarray):
+        self.engine, self.weight, self.bias = engine, weight, bias
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        z = self.engine(x) @ self.weight.T + self.bias
+        z = np.exp(z - z.max(1, keepdims=True))
+        return z / z.sum(1, keepdims=True)
+
+    @classmethod
+    def try_load(cls, run: Run, device: str, weights: str | None, engines_dir: Path | None) -> "_HeadOnEngine | None":
+        """The engine route when it applies (head run, CPU, onnxruntime, recorded weights present), else None."""
+        from .device import device_type
+        from .engines import onnxruntime_available
+
+        w = run.meta.get("weights", {})
+        if run.meta.get("kind") != "head" or engines_dir is None or weights is not None \
+                or device_type(device) != "cpu" or not onnxruntime_available():
+            return None
+        from .backbones import create_backbone, get_spec, resolve_weights
+        from .engines import make_engine
+
+        spec = get_spec(run.meta["backbone"])
+        try:
+            choice = resolve_weights(spec, w.get("file"), w.get("pretrained", True))
+        except Exception:  # noqa: BLE001 - the torch route reports missing weights clearly
+            return None
+        if choice.identity != w.get("id"):
+            return None  # the torch route raises the clear "weights differ" error
+        engine, _ = make_engine("onnx", spec, choice, "cpu", engines_dir,
+                                lambda: create_backbone(spec.name, w.get("file"), w.get("pretrained", True))[0])
+        t = load_arrays(run.dir / WEIGHTS)
+        return cls(engine, t["head.weight"].astype(np.float32), t["head.bias"].astype(np.float32))
+
+
 class Predictor(BasePredictor):
-    """A trained run on PyTorch, ready to classify images.
+    """A trained run, ready to classify images.
+
+    Head-only runs on CPU use the workspace's ONNX feature engine (exported once, shared with
+    `tl extract`) and a numpy head; everything else runs in eager PyTorch.
 
     Example:
         >>> p = Predictor.from_workspace()
@@ -174,19 +218,22 @@ class Predictor(BasePredictor):
         ['cat', 'dog']
     """
 
-    def __init__(self, run: Run, device: str = "auto", weights: str | None = None):
-        from .device import resolve_device
-
+    def __init__(self, run: Run, device: str = "auto", weights: str | None = None, engines_dir: Path | None = None):
         self.run = run
         self.source = str(run.dir)
         self.train_meta = run.meta
         self.classes = run.classes
         self.preprocess = Preprocess.from_dict(run.meta["preprocess"])  # never current defaults
-        self.model = TorchModel(run, resolve_device(device), weights)
+        self.model = _HeadOnEngine.try_load(run, device, weights, engines_dir)
+        if self.model is None:
+            from .device import resolve_device
+
+            self.model = TorchModel(run, resolve_device(device), weights)
 
     @classmethod
     def from_workspace(cls, model: str | None = None, workspace: Workspace | None = None, **kw) -> "Predictor":
         ws = workspace or Workspace.open()
+        kw.setdefault("engines_dir", ws.root / "engines")
         return cls(load_run(model or ws.latest_run()), **kw)
 
 
@@ -203,4 +250,4 @@ def load_predictor(model: str | os.PathLike | None = None, workspace: Workspace 
 
         return OnnxPredictor(Path(model))
     ws = workspace or Workspace.open()
-    return Predictor(load_run(model or ws.latest_run()), device=device)
+    return Predictor(load_run(model or ws.latest_run()), device=device, engines_dir=ws.root / "engines")

@@ -25,17 +25,17 @@ WEIGHTS = "model.safetensors"
 
 
 def versions() -> dict[str, str]:
-    import torch
+    # Package metadata, not `import torch`: a head-only run must not pay torch's start-up.
+    from importlib.metadata import PackageNotFoundError, version
 
     from . import __version__
 
-    out = {"tl": __version__, "python": platform.python_version(), "torch": torch.__version__}
-    try:
-        import torchvision
-
-        out["torchvision"] = torchvision.__version__
-    except ImportError:
-        pass
+    out = {"tl": __version__, "python": platform.python_version()}
+    for pkg in ("torch", "torchvision", "onnxruntime"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
     return out
 
 
@@ -56,22 +56,32 @@ def new_run_dir(runs_root: Path, route: str, dataset_name: str) -> Path:
 
 
 def save_tensors(path: Path, tensors: dict) -> None:
-    from safetensors.torch import save_file
+    """Write torch tensors or numpy arrays (same file format; numpy needs no torch import)."""
+    import numpy as np
 
     with atomic_path(path, suffix=".safetensors") as tmp:
+        if all(isinstance(v, np.ndarray) for v in tensors.values()):
+            from safetensors.numpy import save_file as save_np
+
+            save_np({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
+            return
+        from safetensors.torch import save_file
+
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
 
 
-def load_tensors(path: Path, as_numpy: bool = False) -> dict:
-    """A run's safetensors file as torch tensors (or numpy arrays: no torch import needed).
+def load_tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
 
-    Raises:
-        RunError: the file is not a readable safetensors file (truncated, garbage, a pickle, ...).
-    """
-    if as_numpy:
-        from safetensors.numpy import load_file
-    else:
-        from safetensors.torch import load_file
+    try:
+        return load_file(str(path))
+    except Exception as exc:
+        raise RunError(f"{path}: unreadable weights ({exc.__class__.__name__}: {exc})") from exc
+
+
+def load_arrays(path: Path) -> dict:
+    """Like `load_tensors`, as numpy arrays (no torch import)."""
+    from safetensors.numpy import load_file
 
     try:
         return load_file(str(path))

@@ -9,7 +9,7 @@ import typer
 
 from ..backbones.builtin import DEFAULT_BACKBONE
 from .app import command, err, out, workspace
-from .options import (BackboneOpt, BatchSizeOpt, DeviceOpt, PretrainedOpt, StrictOpt, ValFractionOpt, WeightsOpt,
+from .options import (BackboneOpt, BatchSizeOpt, DeviceOpt, EngineOpt, PretrainedOpt, StrictOpt, ValFractionOpt, WeightsOpt,
                       WorkersOpt, WorkspaceOpt)
 
 
@@ -27,6 +27,7 @@ def extract_cmd(
     batch_size: BatchSizeOpt = 32,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
+    engine: EngineOpt = "auto",
     strict: StrictOpt = False,
     balanced: Annotated[bool, typer.Option("--balanced", help="Weight classes inversely to their frequency.")] = False,
     no_train: Annotated[bool, typer.Option("--no-train", help="Only fill the feature cache.")] = False,
@@ -44,7 +45,7 @@ def extract_cmd(
 
     cfg = ExtractConfig(
         backbone=backbone, weights=str(weights) if weights else None, pretrained=pretrained,
-        val_fraction=val_fraction, batch_size=batch_size, workers=workers, device=device, strict=strict,
+        val_fraction=val_fraction, batch_size=batch_size, workers=workers, device=device, strict=strict, engine=engine,
     )
     ws = workspace(ws_path)
     res = train_small_data(data_dir, cfg, HeadConfig(balanced=balanced), ws, RichReporter(err), train=not no_train)
@@ -71,7 +72,7 @@ def render_summary(res) -> None:
     t.add_row("backbone", f"{ex.backbone}  ({ex.features.shape[1]}-d features, cache {ex.cache_dir})")
     if ex.n_extracted:
         procs = f", {ex.world_size} processes" if ex.world_size > 1 else ""
-        t.add_row("speed", f"{ex.images_per_second:.1f} images/s ({ex.extract_seconds:.1f} s{procs})")
+        t.add_row("speed", f"{ex.images_per_second:.1f} images/s ({ex.extract_seconds:.1f} s, engine {ex.engine}{procs})")
     if res.head is not None:
         h = res.head
         acc = f"{h.val_accuracy:.4f}" if h.val_accuracy is not None else "n/a (no validation images)"

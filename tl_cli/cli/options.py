@@ -22,7 +22,7 @@ PretrainedOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu, cuda, cuda:N.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")]
 WorkersOpt = Annotated[
-    Optional[int], typer.Option("--workers", min=0, help="Image-decoding processes (default: half the cores).")
+    Optional[int], typer.Option("--workers", min=0, help="Image-decoding threads (default: one per core).")
 ]
 ValFractionOpt = Annotated[
     float, typer.Option("--val-fraction", min=0.0, max=0.95, help="Validation share when there is no val/ folder.")
@@ -31,6 +31,9 @@ StrictOpt = Annotated[bool, typer.Option("--strict", help="Stop at the first unr
 ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help="Run folder to use (default: the latest run).")]
 FormatOpt = Annotated[str, typer.Option("--format", "-f", help="Output format: table, json or csv.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (CPU runs are reproducible).")]
+EngineOpt = Annotated[
+    str, typer.Option("--engine", help="Backbone runtime: auto (onnxruntime on CPU, torch on CUDA), torch or onnx.")
+]
 SummaryFormatOpt = Annotated[str, typer.Option("--format", "-f", help="Output format: table or json.")]
 
 

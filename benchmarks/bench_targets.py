@@ -1,0 +1,163 @@
+"""The other speed and memory targets of `tl`, measured in child processes, printed as a table.
+
+  help        `tl --help` wall time (median of 5)
+  predict     `tl predict one.jpg` cold (new process, model trained beforehand), median of 3
+  head        softmax head on 10,000 x 1,280 synthetic features (5 classes), L2 grid + early stopping
+  rss         peak RSS of `tl extract --no-train` on the 600- and the 4,317-image folders
+  float16     linear-probe val accuracy with float16 vs float32 feature storage (catsdogs, flowers)
+  finetune    training images/s at --freeze 0 / half / all-but-last (when tl_cli.finetune exists)
+
+    python benchmarks/bench_targets.py --data ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_extract import run_child  # noqa: E402  (also installs the wait4-based Popen)
+
+PY = sys.executable
+TL = [PY, "-m", "tl_cli"]
+
+
+def t_help() -> dict:
+    walls = [run_child(TL + ["--help"])[0] for _ in range(5)]
+    return {"target": "tl --help", "value": f"{statistics.median(walls):.2f} s", "goal": "< 1 s",
+            "met": statistics.median(walls) < 1.0}
+
+
+def t_predict(tmp: Path) -> dict:
+    ws = tmp / "ws-predict"
+    run_child(TL + ["extract", str(ROOT / "sample_data" / "photos"), "--workspace", str(ws)])
+    img = str(ROOT / "sample_data" / "unseen" / "cat.jpg")
+    walls = [run_child(TL + ["predict", img, "--workspace", str(ws)])[0] for _ in range(3)]
+    return {"target": "tl predict one.jpg (cold process)", "value": f"{statistics.median(walls):.2f} s",
+            "goal": "< 3 s", "met": statistics.median(walls) < 3.0}
+
+
+HEAD_CODE = """
+import json, time, numpy as np
+from tl_cli.head import train_head
+rng = np.random.default_rng(0); C, D = 5, 1280
+mu = rng.normal(0, 1, (C, D))
+def draw(n):
+    y = rng.integers(0, C, n)
+    return (0.08 * mu[y] + rng.normal(0, 1, (n, D))).astype(np.float32), y
+x, y = draw(10000); xv, yv = draw(2000)
+t = time.perf_counter(); r = train_head(x, y, xv, yv, C)
+print(json.dumps({"seconds": time.perf_counter() - t, "val_accuracy": r.val_accuracy, "l2": r.l2}))
+"""
+
+
+def t_head() -> dict:
+    _, _, out = run_child([PY, "-c", HEAD_CODE])
+    r = json.loads(out.strip().splitlines()[-1])
+    return {"target": "head on 10,000 x 1,280 features (+2,000 val)",
+            "value": f"{r['seconds']:.1f} s (val acc {r['val_accuracy']:.3f}, L2 {r['l2']:g})",
+            "goal": "< 5 s", "met": r["seconds"] < 5.0}
+
+
+def t_rss(data: Path, tmp: Path) -> list[dict]:
+    """Peak RSS for both folders with the engine already exported (so torch is not imported)."""
+    rows, engines = [], None
+    for name in ("catsdogs", "flowers"):
+        ws = tmp / f"ws-{name}"
+        if engines is not None:
+            shutil.copytree(engines, ws / "engines")
+        wall, rss, _ = run_child(TL + ["extract", str(data / name), "--no-train", "--workspace", str(ws)])
+        if engines is None:  # the first folder paid the export: measure it again with the engine cached
+            engines = ws / "engines"
+            shutil.rmtree(ws / "caches")
+            wall, rss, _ = run_child(TL + ["extract", str(data / name), "--no-train", "--workspace", str(ws)])
+        rows.append((name, rss, wall))
+    (a, ra, _), (b, rb, _) = rows
+    return [{"target": f"peak RSS, tl extract --no-train: {a} 600 images vs {b} 4,317 images",
+             "value": f"{ra:.0f} MiB vs {rb:.0f} MiB", "goal": "flat (does not grow with images)",
+             "met": rb < ra * 1.15}]
+
+
+F16_CODE = """
+import json, sys, numpy as np
+from tl_cli.extract import ExtractConfig, extract_features
+from tl_cli.head import train_head
+from tl_cli.workspace import Workspace
+r = extract_features(sys.argv[1], ExtractConfig(), Workspace.open(sys.argv[2]))
+tr, va = r.splits == "train", r.splits == "val"
+out = {}
+for dt in ("float32", "float16"):
+    f = r.features.astype(dt).astype(np.float32)
+    h = train_head(f[tr], r.labels[tr], f[va], r.labels[va], len(r.dataset.classes))
+    out[dt] = h.val_accuracy
+out["n_val"] = int(va.sum())
+print(json.dumps(out))
+"""
+
+
+def t_float16(data: Path, tmp: Path) -> list[dict]:
+    rows = []
+    for name in ("catsdogs", "flowers"):
+        _, _, out = run_child([PY, "-c", F16_CODE, str(data / name), str(tmp / f"ws-{name}")])
+        r = json.loads(out.strip().splitlines()[-1])
+        rows.append({"target": f"float16 storage, {name}: linear-probe val accuracy (n={r['n_val']})",
+                     "value": f"float32 {r['float32']:.4f}, float16 {r['float16']:.4f}",
+                     "goal": "recorded (decides the default)", "met": None})
+    return rows
+
+
+def t_finetune() -> list[dict]:
+    import importlib.util
+
+    if importlib.util.find_spec("tl_cli.finetune") is None:
+        return [{"target": "finetune images/s at --freeze 0 / half / all-but-last", "value": "skipped: "
+                 "tl_cli.finetune is not on this branch", "goal": "reported", "met": None}]
+    code = ROOT / "benchmarks" / "finetune_speed.py"
+    if not code.is_file():
+        return [{"target": "finetune images/s", "value": "skipped: benchmarks/finetune_speed.py absent",
+                 "goal": "reported", "met": None}]
+    _, _, out = run_child([PY, str(code)])
+    return [{"target": "finetune images/s", "value": out.strip().splitlines()[-1], "goal": "reported", "met": None}]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="tl's other targets")
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--only", default="help,predict,head,rss,float16,finetune")
+    args = ap.parse_args()
+    data = Path(args.data).resolve()
+    load0 = os.getloadavg()
+    tmp = Path(tempfile.mkdtemp(prefix="tl-targets-"))
+    rows: list[dict] = []
+    try:
+        for what in args.only.split(","):
+            t0 = time.perf_counter()
+            got = {"help": t_help, "predict": lambda: t_predict(tmp), "head": t_head,
+                   "rss": lambda: t_rss(data, tmp), "float16": lambda: t_float16(data, tmp),
+                   "finetune": t_finetune}[what]()
+            got = got if isinstance(got, list) else [got]
+            for g in got:
+                print(f"  {g['target']}: {g['value']}  ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+            rows.extend(got)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    load1 = os.getloadavg()
+    print(f"{os.cpu_count()} cores; load average before {load0[0]:.2f}, after {load1[0]:.2f}\n")
+    print("| target | measured | goal | met |\n| --- | --- | --- | --- |")
+    for r in rows:
+        met = "" if r["met"] is None else ("yes" if r["met"] else "**no**")
+        print(f"| {r['target']} | {r['value']} | {r['goal']} | {met} |")
+
+
+if __name__ == "__main__":
+    main()
