@@ -50,3 +50,21 @@ def head_run(run_dir: Path, classes: list[str], backbone: str = "efficientnet_li
     }
     save_run(run_dir, {"head.weight": w, "head.bias": b}, meta)
     return load_run(run_dir)
+
+
+def full_run(run_dir: Path, classes: list[str], backbone: str = "lenet5", seed: int = 0) -> Run:
+    """A run holding every tensor of the network (the shape fine-tuned runs have), random weights."""
+    import torch
+
+    from tl_cli.backbones import create_backbone, get_spec
+    from tl_cli.model import attach_head
+    from tl_cli.runs import save_run
+
+    torch.manual_seed(seed)
+    net, _ = create_backbone(backbone, pretrained=False)
+    net = attach_head(net, len(classes))
+    run_dir.mkdir(parents=True)
+    meta = {"route": "finetune", "kind": "full", "classes": classes, "backbone": backbone,
+            "preprocess": get_spec(backbone).preprocess.to_dict(), "val_fraction": 0.3, "dataset": {}, "config": {}}
+    save_run(run_dir, net.state_dict(), meta)
+    return load_run(run_dir)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _tiny_run import head_run, tiny_run
+from _tiny_run import full_run, head_run, tiny_run
 from conftest import COLOURS, write_image
 from typer.testing import CliRunner
 
@@ -108,10 +108,14 @@ def test_confusion_png_and_self_contained_report(run, tmp_path):
     from PIL import Image
 
     data = mislabelled_folder(tmp_path / "eval")
+    (data / "red" / "broken.png").write_bytes((data / "red" / "red_0.png").read_bytes()[:100])
     out = tmp_path / "evaluation"
     r = tl("evaluate", data, "--output", out)
     assert r.exit_code == 0, r.output
     assert "accuracy" in r.stdout and "most confident mistakes" in r.stdout
+    assert "skipped" in r.stderr and "red/broken.png" in r.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == 15 and m["n_failed"] == 1
     png = (out / "confusion.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     with Image.open(out / "confusion.png") as im:
@@ -124,6 +128,7 @@ def test_confusion_png_and_self_contained_report(run, tmp_path):
     assert "http://" not in page and "https://" not in page and "<script" not in page
     for c in run.classes:
         assert f"<td>{c}</td>" in page
+    assert "Unreadable files" in page and "red/broken.png" in page
 
 
 def test_evaluate_val_split_uses_the_runs_split(run):
@@ -332,3 +337,33 @@ def test_empty_input_is_an_error_and_help_has_examples(run, tmp_path):
     for cmd in ("predict", "evaluate", "export"):
         r = tl(cmd, "--help")
         assert r.exit_code == 0 and "Example" in r.output, cmd
+
+
+def test_run_val_fraction_reads_every_meta_shape():
+    from tl_cli.runs import val_fraction_of as run_val_fraction
+
+    assert run_val_fraction({"val_fraction": 0.3, "config": {"extract": {"val_fraction": 0.1}}}) == 0.3  # fine-tuned
+    assert run_val_fraction({"dataset": {"val_fraction": 0.25}}) == 0.25
+    assert run_val_fraction({"config": {"extract": {"val_fraction": 0.15}, "head": {}}}) == 0.15  # tl extract
+    assert run_val_fraction({}) == 0.2
+
+
+def test_full_network_runs_export_and_predict(tmp_path):
+    """Runs that hold the whole network (fine-tuned) export and predict like head-only ones."""
+    pytest.importorskip("onnxruntime")
+    from conftest import make_folder
+
+    from tl_cli.export import ExportConfig, export_run
+
+    run = full_run(tmp_path / "run", ["blue", "green", "red"])
+    data = make_folder(tmp_path / "d", 3)
+    res = export_run(run, ExportConfig("onnx"), sample_paths=sorted(data.rglob("*.jpg")))
+    assert res.path == run.dir / "model.onnx" and res.max_abs_diff < 1e-4
+    files = sorted(data.rglob("*.jpg"))
+    a = load_predictor(run.dir).predict(files, topk=3)
+    b = load_predictor(res.path).predict(files, topk=3)
+    assert [p.labels for p in a] == [p.labels for p in b]
+    assert np.allclose([p.probs for p in a], [p.probs for p in b], atol=1e-5)
+    # without images (the run records no dataset here) the check runs on noise, and says so
+    res = export_run(run, ExportConfig("torchscript"))
+    assert res.sample_source.startswith("random inputs") and res.max_abs_diff < 1e-4

@@ -58,3 +58,7 @@ class WorkspaceError(TLError):
 
 class ExportError(TLError):
     """An export could not be written, or does not reproduce PyTorch's outputs."""
+
+
+class OutOfMemory(TLError):
+    """Out of memory even after halving the batch down to one image."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import io
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -94,25 +95,13 @@ class Evaluation:
         return sorted(out, key=lambda m: -m.confidence)
 
 
-def run_val_fraction(meta: dict) -> float:
-    """The validation share a run was trained with (so `--split val` means the same images)."""
-    if "val_fraction" in meta:  # fine-tuned runs record it at the top
-        return float(meta["val_fraction"])
-    if "val_fraction" in meta.get("dataset", {}):
-        return float(meta["dataset"]["val_fraction"])
-    for section in meta.get("config", {}).values():  # {"extract": {...}, "finetune": {...}, ...}
-        if isinstance(section, dict) and "val_fraction" in section:
-            return float(section["val_fraction"])
-    return 0.2
-
-
 def evaluate(predictor: BasePredictor, data_dir: str | os.PathLike, split: str = "all", val_fraction: float = 0.2,
              batch_size: int = 32, workers: int | None = 0, reporter: Reporter | None = None) -> Evaluation:
     """Predict every image of a labelled folder (or of its val/train split) and score it.
 
     Args:
         split: "all" images, or only the "val"/"train" split (same hashing, or folders, as training).
-        val_fraction: the split's share, as the model was trained with (see `run_val_fraction`).
+        val_fraction: the split's share, as the model was trained with (see `runs.val_fraction_of`).
 
     Raises:
         DataError: the folder has classes the model does not know (named), or the split is empty.
@@ -137,7 +126,7 @@ def evaluate(predictor: BasePredictor, data_dir: str | os.PathLike, split: str =
     model_index = {c: i for i, c in enumerate(predictor.classes)}
     y_all = np.array([model_index[ds.classes[s.label]] for s in samples], dtype=np.int64)
     probs, kept, bad = predictor.probabilities([ds.abspath(s) for s in samples], batch_size, workers, reporter)
-    probs = probs.numpy().astype(np.float64)
+    probs = np.asarray(probs, dtype=np.float64)
     y_true = y_all[kept]
     metrics = classification_metrics(y_true, probs.argmax(1) if len(probs) else y_true, predictor.classes)
     failed = list(ds.skipped) + [(samples[i].relpath, err) for i, err in bad]
@@ -180,8 +169,6 @@ def write_evaluation(ev: Evaluation, out_dir: str | os.PathLike) -> Path:
     """Write the five files into `out_dir`, all at once: they appear together or not at all."""
     from .atomic import atomic_dir
     from .report import confusion_png, report_html
-
-    import json
 
     out_dir = Path(out_dir)
     wrong = ev.misclassified()

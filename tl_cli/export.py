@@ -63,7 +63,7 @@ class ExportResult:
     sidecar: Path
     max_abs_diff: float
     n_samples: int
-    sample_source: str  # "images from <root>", "given images" or "random"
+    sample_source: str  # "images from <root>", "given images" or "random inputs (...)"
     seconds: float
 
 
@@ -98,7 +98,8 @@ def sample_inputs(run: Run, pre: Preprocess, n: int, paths: list[Path] | None = 
     if tensors:
         return torch.stack(tensors), source
     g = torch.Generator().manual_seed(0)
-    return torch.randn(n, 3, pre.input_size, pre.input_size, generator=g), "random"
+    noise = torch.randn(n, 3, pre.input_size, pre.input_size, generator=g)
+    return noise, "random inputs (the run's images are not on this machine)"
 
 
 def _dataset_images(run: Run, n: int) -> list[Path]:
@@ -233,7 +234,7 @@ def describe_export(run: Run, cfg: ExportConfig, output: Path, pre: Preprocess, 
         },
         "output": {"name": OUTPUT, "shape": ["batch", len(run.classes)], "meaning": "logits; softmax gives probabilities in the order of classes"},
         "run": str(run.dir),
-        "trained": {k: run.meta.get(k, {}) for k in ("dataset", "config", "metrics")},
+        "trained": {k: run.meta[k] for k in ("dataset", "config", "metrics", "val_fraction") if k in run.meta},
         "config": cfg.to_dict(),
         "check": {"max_abs_diff": diff, "n_samples": n, "inputs": source},
         "versions": versions(),
@@ -267,10 +268,16 @@ class OnnxPredictor(BasePredictor):
         self.path = path
         self.source = str(path)
         self.train_meta = self.meta.get("trained", {})
-        self.session = onnx_session(path)
+        self.model = OnnxModel(onnx_session(path))
 
-    def _probs(self, x):
-        import torch
 
-        logits = self.session.run([OUTPUT], {INPUT: x.numpy()})[0]
-        return torch.from_numpy(logits).float().softmax(-1)
+class OnnxModel:
+    """An exported classifier on onnxruntime: numpy inputs -> numpy probabilities."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        z = self.session.run([OUTPUT], {INPUT: np.ascontiguousarray(x, dtype=np.float32)})[0].astype(np.float64)
+        z = np.exp(z - z.max(1, keepdims=True))  # softmax, shifted so exp never overflows
+        return (z / z.sum(1, keepdims=True)).astype(np.float32)

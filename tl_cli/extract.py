@@ -12,6 +12,7 @@ same batch as on one process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,7 @@ from . import distributed
 from .backbones import DEFAULT_BACKBONE, get_spec, resolve_weights
 from .cache import FeatureCache, FileStat, dataset_fingerprint, stat_files
 from .data import Dataset, scan_dataset
+from .oom import HalvingForward
 from .errors import ConfigError, DataError, ImageError
 from .preprocess import Preprocess, load_tensor
 from .progress import Reporter
@@ -155,6 +157,31 @@ class TorchEngine:
             return self.net.forward_features(x).float().cpu().numpy()
 
 
+def _save_pending(cache: FeatureCache, stats: list[FileStat], feats: list[np.ndarray]) -> None:
+    """Best-effort write of the unsaved rows while an error or interrupt is on its way up."""
+    if stats:
+        with contextlib.suppress(Exception):  # e.g. disk full again: the original error matters more
+            cache.write_chunk(stats, np.concatenate(feats))
+
+
+def _drop_unreadable_classes(ds: Dataset, good_rel: list[str], failed: list[tuple[str, str]]):
+    """Drop (and list) classes none of whose images could be read; fewer than two left is an error."""
+    label_of = {s.relpath: s.label for s in ds.samples}
+    seen = {label_of[r] for r in good_rel}
+    missing = [c for i, c in enumerate(ds.classes) if i not in seen]
+    if not missing:
+        return ds, failed
+    reason = "class folder with no readable images"
+    ds = ds.drop_classes(missing, reason)
+    if len(ds.classes) < 2:
+        raise DataError(
+            f"no readable images in class folder{'s' if len(missing) > 1 else ''} {', '.join(missing)}: "
+            "fewer than two classes left",
+            hint="run with --strict to stop at the first unreadable image and see why",
+        )
+    return ds, failed + [(f"{c}/", reason) for c in missing]
+
+
 def _batches(root: Path, todo: list[FileStat], pre: Preprocess, cfg: ExtractConfig, engine, device):
     """Yield (indices into todo, features or None, [(index, reason)] unreadable) per batch, in todo order.
 
@@ -189,6 +216,7 @@ class _Filled:
     n_extracted: int = 0
     seconds: float = 0.0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    oom_limit: int | None = None  # the batch size extraction went on with after running out of memory
 
 
 def _fill(cache: FeatureCache | None, root: Path, todo: list[FileStat], spec, cfg: ExtractConfig, device,
@@ -199,7 +227,9 @@ def _fill(cache: FeatureCache | None, root: Path, todo: list[FileStat], spec, cf
     done = _Filled()
     te = time.perf_counter()
     net, _ = create_backbone(spec.name, cfg.weights, cfg.pretrained)
-    engine = TorchEngine(net, device)
+    # On OOM the batch is halved and extraction goes on from where it stopped (per rank: no
+    # collective runs inside a forward, so ranks may differ in how they split their batches).
+    engine = HalvingForward(TorchEngine(net, device))
     reporter.start("extracting", len(todo))
     buf_stats: list[FileStat] = []
     buf_feats: list[np.ndarray] = []
@@ -220,9 +250,15 @@ def _fill(cache: FeatureCache | None, root: Path, todo: list[FileStat], spec, cf
             reporter.advance(len(idx) + len(bad), img_s=f"{done.n_extracted / max(elapsed, 1e-9):.1f}/s")
         if cache is not None:
             cache.write_chunk(buf_stats, np.concatenate(buf_feats) if buf_feats else np.empty((0, spec.feature_dim)))
+    except BaseException:
+        # Ctrl-C, --strict, ...: keep the rows already computed so the next run starts after them.
+        if cache is not None:
+            _save_pending(cache, buf_stats, buf_feats)
+        raise
     finally:
         reporter.stop()
     done.seconds = time.perf_counter() - te
+    done.oom_limit = engine.limit
     return done
 
 
@@ -263,7 +299,7 @@ def extract_features(
             _fill(None, ds.root, todo, spec, cfg, device, reporter)
         return None
     ws = workspace or Workspace.open()
-    ws.ensure()
+    ws.ensure(outside=ds.root)
     pre = spec.preprocess
     info_key = {
         "backbone": spec.name,
@@ -283,18 +319,18 @@ def extract_features(
         todo = distributed.broadcast_object([s for s in stats if s.relpath not in hits])
         if todo:
             done = _fill(cache, ds.root, todo, spec, cfg, device, reporter)
+        if done.oom_limit is not None:
+            notes.append(f"ran out of memory at batch size {cfg.batch_size}; continued with {done.oom_limit}")
         failed += done.failed
         bad_rel = {rel for rel, _ in done.failed}
         good = [s for s in stats if s.relpath not in bad_rel]
         cache.consolidate(good)
         good_rel = [s.relpath for s in good]
         feats = cache.read(good_rel)
+    ds, failed = _drop_unreadable_classes(ds, good_rel, failed)
     by_rel = {s.relpath: s for s in ds.samples}
     labels = np.array([by_rel[r].label for r in good_rel], dtype=np.int64)
     splits = np.array([by_rel[r].split for r in good_rel])
-    missing = [c for i, c in enumerate(ds.classes) if not (labels == i).any()]
-    if missing:
-        raise DataError(f"no readable images in class folder{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
     ws.remember(last_dataset=ds.root)
     return ExtractResult(
         dataset=ds,

@@ -12,7 +12,9 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+import numpy as np
 
 from .data import IMAGE_SUFFIXES, _walk_files, sniff_image
 from .errors import ConfigError
@@ -75,16 +77,13 @@ def expand_inputs(items: list[str], stdin=None) -> tuple[list[Path], list[Predic
 
 
 class BasePredictor:
-    """Batching, top-k and per-file errors; subclasses provide `classes`, `preprocess`, `_probs`."""
+    """Batching, top-k and per-file errors over a `model`; subclasses set the attributes below."""
 
     classes: list[str]
     preprocess: Preprocess
+    model: Callable[[np.ndarray], np.ndarray]  # (B, 3, S, S) float32 preprocessed -> (B, C) probabilities
     source: str  # what was loaded, for messages
     train_meta: dict  # the run's meta.json (dataset, config) as far as known: how it was trained
-    pin_memory = False
-
-    def _probs(self, x):  # (B, 3, S, S) float32 tensor -> (B, C) float32 tensor of probabilities
-        raise NotImplementedError
 
     def _batches(self, paths: list[str | Path], batch_size: int, workers: int | None, reporter: Reporter | None):
         """Yield (probs or None, indices of readable files, [(index, error)]) per batch."""
@@ -96,12 +95,11 @@ class BasePredictor:
             workers = default_workers() if len(paths) > batch_size else 0
         reporter = reporter or Reporter()
         # Root "/" with absolute paths: the loader joins root / path, which keeps them as given.
-        loader = make_loader(Path("/"), [os.path.abspath(p) for p in paths], self.preprocess, batch_size, workers,
-                             self.pin_memory)
+        loader = make_loader(Path("/"), [os.path.abspath(p) for p in paths], self.preprocess, batch_size, workers, False)
         reporter.start("predicting", len(paths))
         try:
             for x, idx, bad in loader:
-                yield (self._probs(x) if x is not None else None), idx, bad
+                yield (self.model(x.numpy()) if x is not None else None), idx, bad
                 reporter.advance(len(idx) + len(bad))
         finally:
             reporter.stop()
@@ -120,10 +118,10 @@ class BasePredictor:
         for probs, idx, bad in self._batches(paths, batch_size, workers, reporter):
             done: dict[int, Prediction] = {i: Prediction(paths[i], error=err) for i, err in bad}
             if probs is not None:
-                top = probs.topk(k, dim=1)
+                top = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # ties: the earlier class first
                 for row, i in enumerate(idx):
-                    done[i] = Prediction(paths[i], [self.classes[j] for j in top.indices[row].tolist()],
-                                         top.values[row].tolist())
+                    done[i] = Prediction(paths[i], [self.classes[j] for j in top[row]],
+                                         [float(probs[row, j]) for j in top[row]])
             yield from (done[i] for i in sorted(done))
 
     def predict(self, paths: list[str | Path], topk: int = 1, batch_size: int = 32, workers: int | None = 0,
@@ -138,16 +136,33 @@ class BasePredictor:
 
     def probabilities(self, paths: list[str | Path], batch_size: int = 32, workers: int | None = 0,
                       reporter: Reporter | None = None):
-        """(N, C) probabilities of the readable files, their indices, and [(index, error)] of the others."""
-        import torch
-
+        """(N, C) numpy probabilities of the readable files, their indices, and [(index, error)] of the others."""
         probs, kept, failed = [], [], []
         for p, idx, bad in self._batches(list(paths), batch_size, workers, reporter):
             failed.extend(bad)
             if p is not None:
                 probs.append(p)
                 kept.extend(idx)
-        return (torch.cat(probs) if probs else torch.empty(0, len(self.classes))), kept, failed
+        return (np.concatenate(probs) if probs else np.empty((0, len(self.classes)), np.float32)), kept, failed
+
+
+class TorchModel:
+    """The whole classifier of a run in eager PyTorch: numpy inputs -> numpy probabilities."""
+
+    def __init__(self, run: Run, device, weights: str | None = None):
+        import torch
+
+        from .model import build_from_run
+
+        self.device = device
+        self.net = build_from_run(run, weights).to(device).to(memory_format=torch.channels_last)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            t = torch.from_numpy(x).to(self.device).contiguous(memory_format=torch.channels_last)
+            return self.net(t).float().softmax(-1).cpu().numpy()
 
 
 class Predictor(BasePredictor):
@@ -160,31 +175,19 @@ class Predictor(BasePredictor):
     """
 
     def __init__(self, run: Run, device: str = "auto", weights: str | None = None):
-        import torch
-
         from .device import resolve_device
-        from .model import build_from_run
 
         self.run = run
         self.source = str(run.dir)
         self.train_meta = run.meta
         self.classes = run.classes
         self.preprocess = Preprocess.from_dict(run.meta["preprocess"])  # never current defaults
-        self.device = resolve_device(device)
-        self.pin_memory = self.device.type == "cuda"
-        self.net = build_from_run(run, weights).to(self.device).to(memory_format=torch.channels_last)
+        self.model = TorchModel(run, resolve_device(device), weights)
 
     @classmethod
     def from_workspace(cls, model: str | None = None, workspace: Workspace | None = None, **kw) -> "Predictor":
         ws = workspace or Workspace.open()
         return cls(load_run(model or ws.latest_run()), **kw)
-
-    def _probs(self, x):
-        import torch
-
-        with torch.inference_mode():
-            x = x.to(self.device).contiguous(memory_format=torch.channels_last)
-            return self.net(x).float().softmax(-1).cpu()
 
 
 def load_predictor(model: str | os.PathLike | None = None, workspace: Workspace | None = None,

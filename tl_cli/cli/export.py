@@ -19,8 +19,11 @@ def export_cmd(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default <run>/model.onnx or model.pt).")] = None,
     ws_path: WorkspaceOpt = None,
 ) -> None:
-    """Export a run's whole classifier (backbone + head) with its preprocessing in JSON beside it,
-    checked against PyTorch on sample images before it is kept."""
+    """Export a run's whole classifier (backbone + head) to ONNX or TorchScript.
+
+    The preprocessing goes in JSON beside it; the export is checked against PyTorch on sample
+    images before it is kept.
+    """
     from ..export import ExportConfig, export_run
     from ..runs import load_run
 

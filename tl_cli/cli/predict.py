@@ -103,16 +103,19 @@ def evaluate_cmd(
     device: DeviceOpt = "auto",
     ws_path: WorkspaceOpt = None,
 ) -> None:
-    """Accuracy, per-class precision/recall/F1, confusion matrix and misclassified images of a model
-    on a labelled folder; writes metrics.json, confusion.csv/.png, misclassified.csv, report.html."""
-    from ..evaluate import default_output_dir, evaluate, run_val_fraction, write_evaluation
+    """Score a run on a labelled folder: accuracy, per-class F1, confusion matrix, mistakes.
+
+    Writes metrics.json, confusion.csv/.png, misclassified.csv and report.html.
+    """
+    from ..evaluate import default_output_dir, evaluate, write_evaluation
+    from ..runs import val_fraction_of
     from ..predict import load_predictor
     from ..progress import RichReporter
 
     check_format(fmt, FORMATS)
     predictor = load_predictor(model, workspace(ws_path), device=device)
     err.print(f"[dim]model: {predictor.source}[/]")
-    ev = evaluate(predictor, data_dir, split, run_val_fraction(predictor.train_meta), batch_size, workers,
+    ev = evaluate(predictor, data_dir, split, val_fraction_of(predictor.train_meta), batch_size, workers,
                   RichReporter(err))
     folder = write_evaluation(ev, output or default_output_dir(predictor, ev))
     for rel, why in ev.failed:
