@@ -55,11 +55,12 @@ def assert_same(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
-def test_resume_after_epoch_2_equals_uninterrupted(image_folder, tmp_path):
-    ref = start(image_folder, cfg(dropout=0.3), Workspace.open(tmp_path / "a"))
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resume_after_epoch_2_equals_uninterrupted(image_folder, tmp_path, workers):
+    ref = start(image_folder, cfg(dropout=0.3, workers=workers), Workspace.open(tmp_path / "a"))
     ws = Workspace.open(tmp_path / "b")
     with pytest.raises(KeyboardInterrupt):
-        start(image_folder, cfg(dropout=0.3), ws, KillAfter(2))
+        start(image_folder, cfg(dropout=0.3, workers=workers), ws, KillAfter(2))
     run_dir = Path(ws.state()["training_run"])
     assert load_checkpoint(run_dir)["epoch"] == 2 and not (run_dir / "meta.json").exists()
     res = resume(workspace=ws)

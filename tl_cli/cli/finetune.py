@@ -105,15 +105,20 @@ def _train(route: str, data_dir: Path | None, resume: bool, run: Path | None, ws
     given = {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items() if v is not None}
     ws = workspace(ws_path)
     reporter = RichReporter(err)
-    if resume:
-        res = ft.resume(run, given, data_dir, ws, reporter)
-    else:
-        if run is not None:
-            raise ConfigError("--run only goes with --resume")
-        if route == "finetune" and "freeze" not in given:
-            raise ConfigError("tl finetune needs --freeze N", hint="`tl layers` shows the layers; `tl suggest` recommends N")
-        cfg = FinetuneConfig.for_route(route, **given)
-        res = ft.start(data_dir if data_dir is not None else ws.last_dataset(), cfg, ws, reporter)
+    try:
+        if resume:
+            res = ft.resume(run, given, data_dir, ws, reporter)
+        else:
+            if run is not None:
+                raise ConfigError("--run only goes with --resume")
+            if route == "finetune" and "freeze" not in given:
+                raise ConfigError("tl finetune needs --freeze N", hint="`tl layers` shows the layers; `tl suggest` recommends N")
+            cfg = FinetuneConfig.for_route(route, **given)
+            res = ft.start(data_dir if data_dir is not None else ws.last_dataset(), cfg, ws, reporter)
+    except KeyboardInterrupt:
+        reporter.stop()
+        err.print(f"[yellow]interrupted[/]: every finished epoch is checkpointed; `tl {route} --resume` continues")
+        raise typer.Exit(130) from None
     render(res)
 
 
