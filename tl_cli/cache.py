@@ -26,7 +26,8 @@ from typing import Iterable
 
 import numpy as np
 
-from .atomic import atomic_path, remove_stale_temporaries, write_json
+from .atomic import atomic_path, raise_write_error, remove_stale_temporaries, write_json
+from .data import is_safe_relpath
 from .errors import CacheError
 
 FORMAT_VERSION = 2
@@ -84,9 +85,11 @@ class FeatureCache:
 
     # -- locking ---------------------------------------------------------------------------
     def __enter__(self) -> "FeatureCache":
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.pending.mkdir(exist_ok=True)
-        fh = open(self.dir / "lock", "a+")
+        try:
+            self.pending.mkdir(parents=True, exist_ok=True)
+            fh = open(self.dir / "lock", "a+")
+        except OSError as exc:
+            raise_write_error(exc, self.dir / "lock")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -130,6 +133,9 @@ class FeatureCache:
             if feats.shape[1:] != (self.info["feature_dim"],):
                 raise CacheError(f"{path.name}: feature width {feats.shape[1:]} != {self.info['feature_dim']}")
             rel = [r.decode() if isinstance(r, bytes) else r for r in f["relpath"][:]]
+            unsafe = next((r for r in rel if not is_safe_relpath(r)), None)
+            if unsafe is not None:
+                raise CacheError(f"{path.name}: stored path {unsafe!r} is not inside the dataset folder")
             size, mtime = f["size"][:], f["mtime_ns"][:]
             if not (len(rel) == len(size) == len(mtime) == feats.shape[0]):
                 raise CacheError(f"{path.name}: datasets of different lengths")

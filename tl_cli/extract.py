@@ -7,6 +7,7 @@ extraction keeps what it finished, and the next run extracts only the rest.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,6 +18,7 @@ import numpy as np
 from .backbones import DEFAULT_BACKBONE, get_spec, resolve_weights
 from .cache import FeatureCache, FileStat, dataset_fingerprint, stat_files
 from .data import Dataset, scan_dataset
+from .oom import HalvingForward
 from .errors import ConfigError, DataError, ImageError
 from .preprocess import Preprocess, load_tensor
 from .progress import Reporter
@@ -147,6 +149,31 @@ class TorchEngine:
             return self.net.forward_features(x).float().cpu().numpy()
 
 
+def _save_pending(cache: FeatureCache, stats: list[FileStat], feats: list[np.ndarray]) -> None:
+    """Best-effort write of the unsaved rows while an error or interrupt is on its way up."""
+    if stats:
+        with contextlib.suppress(Exception):  # e.g. disk full again: the original error matters more
+            cache.write_chunk(stats, np.concatenate(feats))
+
+
+def _drop_unreadable_classes(ds: Dataset, good_rel: list[str], failed: list[tuple[str, str]]):
+    """Drop (and list) classes none of whose images could be read; fewer than two left is an error."""
+    label_of = {s.relpath: s.label for s in ds.samples}
+    seen = {label_of[r] for r in good_rel}
+    missing = [c for i, c in enumerate(ds.classes) if i not in seen]
+    if not missing:
+        return ds, failed
+    reason = "class folder with no readable images"
+    ds = ds.drop_classes(missing, reason)
+    if len(ds.classes) < 2:
+        raise DataError(
+            f"no readable images in class folder{'s' if len(missing) > 1 else ''} {', '.join(missing)}: "
+            "fewer than two classes left",
+            hint="run with --strict to stop at the first unreadable image and see why",
+        )
+    return ds, failed + [(f"{c}/", reason) for c in missing]
+
+
 def extract_features(
     data_dir: str | os.PathLike,
     cfg: ExtractConfig = ExtractConfig(),
@@ -170,10 +197,10 @@ def extract_features(
     t0 = time.perf_counter()
     reporter = reporter or Reporter()
     ws = workspace or Workspace.open()
-    ws.ensure()
     spec = get_spec(cfg.backbone)
     choice = resolve_weights(spec, cfg.weights, cfg.pretrained)
     ds = scan_dataset(data_dir, cfg.val_fraction)
+    ws.ensure(outside=ds.root)
     if cfg.strict and ds.skipped:
         rel, why = ds.skipped[0]
         raise ImageError(f"{rel}: {why}", hint="remove it, or drop --strict to skip unreadable images")
@@ -205,7 +232,8 @@ def extract_features(
             from .device import resolve_device
 
             device = resolve_device(cfg.device)
-            engine = TorchEngine(net, device)
+            # On OOM the batch is halved and extraction goes on from where it stopped.
+            engine = HalvingForward(TorchEngine(net, device))
             workers = default_workers() if cfg.workers is None else cfg.workers
             loader = make_loader(ds.root, [s.relpath for s in todo], pre, cfg.batch_size, workers, device.type == "cuda")
             reporter.start("extracting", len(todo))
@@ -228,19 +256,23 @@ def extract_features(
                     elapsed = time.perf_counter() - te
                     reporter.advance(len(idx) + len(bad), img_s=f"{n_extracted / max(elapsed, 1e-9):.1f}/s")
                 cache.write_chunk(buf_stats, np.concatenate(buf_feats) if buf_feats else np.empty((0, spec.feature_dim)))
+            except BaseException:
+                # Ctrl-C, --strict, ...: keep the rows already computed so the next run starts after them.
+                _save_pending(cache, buf_stats, buf_feats)
+                raise
             finally:
                 reporter.stop()
             t_extract = time.perf_counter() - te
+            if engine.limit is not None:
+                notes.append(f"ran out of memory at batch size {cfg.batch_size}; continued with {engine.limit}")
         good = [s for s in stats if s.relpath not in bad_rel]
         cache.consolidate(good)
         good_rel = [s.relpath for s in good]
         feats = cache.read(good_rel)
+    ds, failed = _drop_unreadable_classes(ds, good_rel, failed)
     by_rel = {s.relpath: s for s in ds.samples}
     labels = np.array([by_rel[r].label for r in good_rel], dtype=np.int64)
     splits = np.array([by_rel[r].split for r in good_rel])
-    missing = [c for i, c in enumerate(ds.classes) if not (labels == i).any()]
-    if missing:
-        raise DataError(f"no readable images in class folder{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
     ws.remember(last_dataset=ds.root)
     return ExtractResult(
         dataset=ds,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import json
 import math
@@ -36,6 +37,7 @@ from .data import Dataset, scan_dataset
 from .errors import ConfigError, DataError, RunError
 from .finetune_config import FinetuneConfig
 from .finetune_model import FinetuneModel
+from .oom import HalvingStep
 from .progress import Reporter
 from .runs import META, load_tensors, new_run_dir, save_run, save_tensors
 from .train_data import make_loaders
@@ -119,16 +121,25 @@ def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               loss_fn: nn.Module, device: torch.device) -> tuple[float, int]:
-    """One optimisation step on a batch; returns (mean loss, number correct)."""
-    x, y = _to_device(x, device), y.to(device, non_blocking=True)
-    with _autocast(device):
-        logits = model(x)
-    loss = loss_fn(logits.float(), y)
+               loss_fn: nn.Module, device: torch.device, micro: int | None = None) -> tuple[float, int]:
+    """One optimisation step on a batch; returns (mean loss, number correct).
+
+    `micro` runs the batch in pieces of that many images, accumulating gradients weighted by
+    each piece's share, so the step equals the whole-batch one: the out-of-memory fallback.
+    """
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    n = len(y)
+    mean_loss, correct = 0.0, 0
+    for s in range(0, n, micro or n):
+        xs, ys = _to_device(x[s : s + (micro or n)], device), y[s : s + (micro or n)].to(device, non_blocking=True)
+        with _autocast(device):
+            logits = model(xs)
+        loss = loss_fn(logits.float(), ys)
+        (loss * (len(ys) / n)).backward()
+        mean_loss += loss.item() * (len(ys) / n)
+        correct += int((logits.argmax(1) == ys).sum())
     opt.step()
-    return loss.item(), int((logits.argmax(1) == y).sum())
+    return mean_loss, correct
 
 
 @torch.no_grad()
@@ -167,8 +178,8 @@ def start(data_dir: str | os.PathLike, cfg: FinetuneConfig, workspace: Workspace
     """
     t0 = time.perf_counter()
     ws = workspace or Workspace.open()
-    ws.ensure()
     ds = scan_dataset(data_dir, cfg.val_fraction)
+    ws.ensure(outside=ds.root)
     _check_freeze(cfg)  # an unknown backbone or a too-large --freeze fails before a run folder exists
     run_dir = new_run_dir(ws.runs, cfg.route, ds.root.name)
     cfg.save(run_dir)
@@ -264,12 +275,14 @@ def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, repor
     deadline = t0 + cfg.time_budget if cfg.time_budget else None
     skipped: set[str] = set()
     longest = 0.0  # wall time of the slowest epoch so far, checkpoint and plot included
+    halving = HalvingStep(lambda m: reporter.log(
+        f"out of memory: training goes on in micro-batches of {m}, gradients accumulated over {cfg.batch_size}"))
     while not st["finished"] and st["epoch"] < cfg.epochs:
         if deadline and time.perf_counter() + longest > deadline:
             st["stop_reason"] = "time_budget"  # the next epoch would not fit: stop with the best so far
             break
         t_epoch = time.perf_counter()
-        row = _run_epoch(model, opt, loaders, loss_fn, device, cfg, st["epoch"], reporter, deadline, skipped)
+        row = _run_epoch(model, opt, loaders, loss_fn, device, cfg, st["epoch"], reporter, deadline, skipped, halving)
         if row is None:
             st["stop_reason"] = "time_budget"  # ran out mid-epoch: that partial epoch is discarded
             break
@@ -288,7 +301,7 @@ def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, repor
 
 
 def _run_epoch(model, opt, loaders, loss_fn, device, cfg: FinetuneConfig, epoch: int, reporter: Reporter,
-               deadline: float | None, skipped: set[str]) -> dict | None:
+               deadline: float | None, skipped: set[str], halving: HalvingStep | None = None) -> dict | None:
     """Train one epoch and validate; None if the deadline passed mid-epoch."""
     t = time.perf_counter()
     model.train()
@@ -301,7 +314,8 @@ def _run_epoch(model, opt, loaders, loss_fn, device, cfg: FinetuneConfig, epoch:
             skipped.update(errors)
             if x is not None:
                 lr = set_lr(opt, lr_factor(epoch + (i + 1) / n_batches, cfg.warmup_epochs, cfg.epochs))
-                loss, ok = train_step(model, opt, x, y, loss_fn, device)
+                step = functools.partial(train_step, model, opt, x, y, loss_fn, device)
+                loss, ok = halving(step, len(y)) if halving else step()
                 loss_sum, correct, seen = loss_sum + loss * len(y), correct + ok, seen + len(y)
             speed = seen / max(time.perf_counter() - t, 1e-9)
             reporter.advance(1, loss=f"{loss_sum / max(seen, 1):.4f}", acc=f"{correct / max(seen, 1):.3f}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +69,11 @@ def train_small_data(
             "l2_search": head.grid,
         },
     }
-    save_run(run_dir, {"head.weight": head.weight, "head.bias": head.bias}, meta)
+    try:
+        save_run(run_dir, {"head.weight": head.weight, "head.bias": head.bias}, meta)
+    except BaseException:
+        # Disk full, read-only, Ctrl-C: no half-written run folder is left to be mistaken for one.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     ws.remember(latest_run=run_dir)
     return SmallDataResult(ex, head, run_dir)

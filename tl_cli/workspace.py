@@ -40,7 +40,14 @@ class Workspace:
     def state_file(self) -> Path:
         return self.root / "state.json"
 
-    def ensure(self) -> None:
+    def ensure(self, outside: Path | None = None) -> None:
+        """Create the workspace if needed; raise WorkspaceError if it is not writable, or if it
+        would lie inside the folder `outside` (the user's dataset, which tl never writes into)."""
+        if outside is not None and self.root.resolve().is_relative_to(Path(outside).resolve()):
+            raise WorkspaceError(
+                f"the workspace {self.root} is inside the dataset folder {outside}: tl never writes into your data",
+                hint="run tl from another folder, or pass --workspace DIR (or set TL_WORKSPACE)",
+            )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -15,6 +15,12 @@ from . import predict  # predict, evaluate
 
 # export, info, runs, suggest (issues 3, 4)
 
+from . import export  # export
+
+from . import suggest  # suggest
+
+from . import info  # info, runs
+
 from . import backbones  # backbones, layers
 
 from .app import app

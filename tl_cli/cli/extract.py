@@ -51,6 +51,7 @@ def extract_cmd(
 
 
 def render_summary(res) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     ex = res.extract
@@ -61,7 +62,8 @@ def render_summary(res) -> None:
     n_train = int((ex.splits == "train").sum())
     n_val = int((ex.splits == "val").sum())
     t.add_row("classes", f"{len(ds.classes)}: " + ", ".join(f"{c} ({n})" for c, n in ds.counts().items()))
-    t.add_row("images", f"{len(ds.samples) + len(ds.skipped)} found, {len(ex.failed)} skipped, "
+    bad_files = [f for f in ex.failed if not f[0].endswith("/")]  # "name/" entries are class folders
+    t.add_row("images", f"{len(ex.relpaths) + len(bad_files)} found, {len(bad_files)} skipped, "
                         f"{ex.n_extracted} extracted, {ex.n_cached} from cache")
     t.add_row("split", f"{n_train} train / {n_val} val ({ds.layout})")
     t.add_row("backbone", f"{ex.backbone}  ({ex.features.shape[1]}-d features, cache {ex.cache_dir})")
@@ -76,10 +78,10 @@ def render_summary(res) -> None:
     t.add_row("time", f"{ex.seconds:.1f} s total")
     out.print(t)
     for note in ex.notes:
-        err.print(f"[yellow]note:[/] {note}")
+        err.print(f"[yellow]note:[/] {escape(note)}")
     if ex.failed:
-        err.print(f"[yellow]skipped {len(ex.failed)} unreadable file(s):[/]")
+        err.print(f"[yellow]skipped {len(ex.failed)} unreadable file(s) or empty class folder(s):[/]")
         for rel, why in ex.failed[:20]:
-            err.print(f"  {rel}: {why}")
+            err.print(f"  {rel}: {why}", markup=False)  # file names may contain [brackets]
         if len(ex.failed) > 20:
             err.print(f"  ... and {len(ex.failed) - 20} more")

@@ -31,3 +31,12 @@ StrictOpt = Annotated[bool, typer.Option("--strict", help="Stop at the first unr
 ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help="Run folder to use (default: the latest run).")]
 FormatOpt = Annotated[str, typer.Option("--format", "-f", help="Output format: table, json or csv.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (CPU runs are reproducible).")]
+SummaryFormatOpt = Annotated[str, typer.Option("--format", "-f", help="Output format: table or json.")]
+
+
+def check_format(fmt: str, allowed: tuple[str, ...] = ("table", "json")) -> None:
+    """Reject a --format value the command does not produce (one line, exit 2)."""
+    from ..errors import ConfigError
+
+    if fmt not in allowed:
+        raise ConfigError(f"unknown --format {fmt!r}", hint=f"use {' or '.join(allowed)}")
