@@ -55,11 +55,12 @@ def assert_same(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
-def test_resume_after_epoch_2_equals_uninterrupted(image_folder, tmp_path):
-    ref = start(image_folder, cfg(dropout=0.3), Workspace.open(tmp_path / "a"))
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resume_after_epoch_2_equals_uninterrupted(image_folder, tmp_path, workers):
+    ref = start(image_folder, cfg(dropout=0.3, workers=workers), Workspace.open(tmp_path / "a"))
     ws = Workspace.open(tmp_path / "b")
     with pytest.raises(KeyboardInterrupt):
-        start(image_folder, cfg(dropout=0.3), ws, KillAfter(2))
+        start(image_folder, cfg(dropout=0.3, workers=workers), ws, KillAfter(2))
     run_dir = Path(ws.state()["training_run"])
     assert load_checkpoint(run_dir)["epoch"] == 2 and not (run_dir / "meta.json").exists()
     res = resume(workspace=ws)
@@ -204,3 +205,16 @@ def test_early_stopping_keeps_the_best_epoch(image_folder):
     best_row = res.history[res.best_epoch - 1]
     assert all(h["val_accuracy"] <= best_row["val_accuracy"] for h in res.history)
     assert load_run(res.run_dir).meta["metrics"]["val_accuracy"] == best_row["val_accuracy"]
+
+
+def test_training_data_loads_in_spawned_workers(image_folder):
+    """macOS and Windows start DataLoader workers with "spawn": the datasets must pickle."""
+    from tl_cli.backbones import get_spec
+    from tl_cli.data import scan_dataset
+    from tl_cli.train_data import make_loaders
+
+    loaders = make_loaders(scan_dataset(image_folder), get_spec("lenet5").preprocess, 8, 1, True, 0)
+    for loader in (loaders.train, loaders.val):
+        loader.multiprocessing_context = "spawn"
+    n = sum(len(y) for _, y, _ in loaders.train) + sum(len(y) for _, y, _ in loaders.val)
+    assert n == 36

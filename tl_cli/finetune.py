@@ -313,17 +313,16 @@ def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, repor
     deadline = t0 + cfg.time_budget if cfg.time_budget else None
     skipped: set[str] = set()
     longest = 0.0  # wall time of the slowest epoch so far, checkpoint and plot included
-    # Micro-batch retries only on one process: under DDP a rank that re-runs its step alone would
-    # call backward (and so all-reduce) more often than the others and the ranks would desync.
-    halving = None if distributed.active() else HalvingStep(lambda m: reporter.log(
+    # Not under torchrun: a rank retrying a step alone would leave the others waiting in the
+    # gradient all-reduce of the step it abandoned; there an OOM stops the run (lower --batch-size).
+    halving = None if info.enabled else HalvingStep(lambda m: reporter.log(
         f"out of memory: training goes on in micro-batches of {m}, gradients accumulated over {cfg.batch_size}"))
     while not st["finished"] and st["epoch"] < cfg.epochs:
         if deadline and ddp.any_rank(time.perf_counter() + longest > deadline):
             st["stop_reason"] = "time_budget"  # the next epoch would not fit: stop with the best so far
             break
         t_epoch = time.perf_counter()
-        row = _run_epoch(model, opt, loaders, loss_fn, device, cfg, st["epoch"], reporter, deadline, skipped,
-                         halving, net)
+        row = _run_epoch(model, opt, loaders, loss_fn, device, cfg, st["epoch"], reporter, deadline, skipped, halving, net)
         if row is None:
             st["stop_reason"] = "time_budget"  # ran out mid-epoch: that partial epoch is discarded
             break
