@@ -216,7 +216,10 @@ def resume(run_dir: str | os.PathLike | None = None, overrides: dict | None = No
         run_dir = last
     run_dir = Path(run_dir)
     cfg = FinetuneConfig.load(run_dir).with_resume_overrides(overrides or {})
-    source = json.loads((run_dir / SOURCE).read_text())
+    try:
+        source = json.loads((run_dir / SOURCE).read_text())
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{run_dir / SOURCE} is missing or unreadable: cannot tell which dataset to resume on") from exc
     if data_dir is not None and Path(data_dir).expanduser().resolve() != Path(source["data_dir"]):
         raise ConfigError(f"cannot change the dataset when resuming (saved {source['data_dir']}, given {data_dir})",
                           hint="omit DATA_DIR with --resume, or start a new run")
@@ -291,7 +294,7 @@ def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, repor
         reporter.log(format_row(row, improved=st["best"].get("epoch") == row["epoch"]))
     if not st["best"]:
         raise RunError(f"the time budget ({cfg.time_budget:g} s) ended before the first epoch did",
-                       hint=f"raise --time-budget; `tl finetune --resume` continues {run_dir}")
+                       hint="start again with a larger --time-budget (no epoch was finished, so there is nothing to keep)")
     _save_final(run_dir, cfg, ds, model, spec, choice, st, loaders)
     ws.remember(latest_run=run_dir)
     return FinetuneResult(run_dir, cfg, st["history"], st["best"]["epoch"], st["best"], st["stop_reason"],
