@@ -41,6 +41,14 @@ class KillAfter(Reporter):
             raise KeyboardInterrupt
 
 
+class Notes(Reporter):
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)
+
+
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_run(run_dir).tensors()
 
@@ -183,8 +191,11 @@ def test_time_budget_stops_cleanly_and_keeps_the_best(image_folder, tmp_path):
     one = start(image_folder, cfg(epochs=1), Workspace.open(tmp_path / "one")).seconds
     budget = max(3 * one, 2.0)
     t = time.perf_counter()
-    res = start(image_folder, cfg(epochs=500, time_budget=budget), Workspace.open())
+    notes = Notes()
+    res = start(image_folder, cfg(epochs=500, time_budget=budget), Workspace.open(), notes)
     took = time.perf_counter() - t
+    assert any("epochs fit in the time budget" in m for m in notes.lines)  # told early, once
+    assert sum("epochs fit" in m for m in notes.lines) == 1
     assert res.stop_reason == "time_budget"
     assert 1 <= len(res.history) < 500
     assert took < budget + one  # the budget, plus at most a batch and saving the final model
