@@ -3,6 +3,11 @@
 Decoding happens in DataLoader worker processes while the main process runs the network, so
 the two overlap. Rows are written to the cache in chunks as they are produced: an interrupted
 extraction keeps what it finished, and the next run extracts only the rest.
+
+Under torchrun every rank runs the backbone on its share of the batches (`distributed.my_shard`)
+and all features are gathered to rank 0, which alone holds the cache and writes it: the cache is
+the same, row for row and byte for byte, as one process makes, because every image is run in the
+same batch as on one process.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import distributed
 from .backbones import DEFAULT_BACKBONE, get_spec, resolve_weights
 from .cache import FeatureCache, FileStat, dataset_fingerprint, stat_files
 from .data import Dataset, scan_dataset
@@ -79,6 +85,7 @@ class ExtractResult:
     preprocess: Preprocess
     backbone: str = ""
     notes: list[str] = field(default_factory=list)
+    world_size: int = 1  # processes that shared the extraction (torchrun)
 
     @property
     def images_per_second(self) -> float:
@@ -113,7 +120,8 @@ def _collate(items):
 def default_workers() -> int:
     # Decoding is ~10x cheaper than the forward pass on CPU, so one worker per two cores keeps
     # the network fed without stealing its threads; capped because each worker costs memory.
-    n = os.cpu_count() or 1
+    # Under torchrun the node's cores are shared by its LOCAL_WORLD_SIZE processes.
+    n = (os.cpu_count() or 1) // max(1, distributed.env_info().local_world_size)
     return max(1, min(8, n // 2))
 
 
@@ -174,97 +182,146 @@ def _drop_unreadable_classes(ds: Dataset, good_rel: list[str], failed: list[tupl
     return ds, failed + [(f"{c}/", reason) for c in missing]
 
 
+def _batches(root: Path, todo: list[FileStat], pre: Preprocess, cfg: ExtractConfig, engine, device):
+    """Yield (indices into todo, features or None, [(index, reason)] unreadable) per batch, in todo order.
+
+    Under torchrun each rank decodes and runs only its batches; each round every rank contributes
+    at most one batch and all of them are gathered, so every rank sees every batch, in order.
+    """
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    pin = device.type == "cuda"
+    rel = [s.relpath for s in todo]
+    if not distributed.active():
+        for x, idx, bad in make_loader(root, rel, pre, cfg.batch_size, workers, pin):
+            yield idx, (engine(x) if x is not None else None), bad
+        return
+    info = distributed.env_info()
+    mine = distributed.my_shard(len(rel), cfg.batch_size, info)
+    local = iter(make_loader(root, [rel[i] for i in mine], pre, cfg.batch_size, workers, pin))
+    n_batches = -(-len(rel) // cfg.batch_size)
+    for _ in range(-(-n_batches // info.world_size)):
+        payload = None
+        item = next(local, None)
+        if item is not None:
+            x, idx, bad = item
+            feats = engine(x) if x is not None else None
+            payload = ([mine[i] for i in idx], feats, [(mine[i], err) for i, err in bad])
+        for got in distributed.all_gather_object(payload):  # rank order == batch order
+            if got is not None:
+                yield got
+
+
+@dataclass
+class _Filled:
+    n_extracted: int = 0
+    seconds: float = 0.0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    oom_batch: int | None = None  # the batch size extraction went on with after running out of memory
+
+
+def _fill(cache: FeatureCache | None, root: Path, todo: list[FileStat], spec, cfg: ExtractConfig, device,
+          reporter: Reporter) -> _Filled:
+    """Run the backbone over `todo` and write the rows into `cache` in chunks (cache None: another rank)."""
+    from .backbones import create_backbone
+
+    done = _Filled()
+    te = time.perf_counter()
+    net, _ = create_backbone(spec.name, cfg.weights, cfg.pretrained)
+    # On OOM the batch is halved and extraction goes on from where it stopped.
+    engine = HalvingForward(TorchEngine(net, device))
+    reporter.start("extracting", len(todo))
+    buf_stats: list[FileStat] = []
+    buf_feats: list[np.ndarray] = []
+    try:
+        for idx, feats, bad in _batches(root, todo, spec.preprocess, cfg, engine, device):
+            for i, err in bad:
+                if cfg.strict:  # every rank sees every batch, so every rank stops here
+                    raise ImageError(f"{todo[i].relpath}: {err}", hint="remove it, or drop --strict")
+                done.failed.append((todo[i].relpath, err))
+            if feats is not None:
+                buf_feats.append(feats)
+                buf_stats.extend(todo[i] for i in idx)
+                done.n_extracted += len(idx)
+            if cache is not None and len(buf_stats) >= cfg.chunk_rows:
+                cache.write_chunk(buf_stats, np.concatenate(buf_feats))
+                buf_stats, buf_feats = [], []
+            elapsed = time.perf_counter() - te
+            reporter.advance(len(idx) + len(bad), img_s=f"{done.n_extracted / max(elapsed, 1e-9):.1f}/s")
+        if cache is not None:
+            cache.write_chunk(buf_stats, np.concatenate(buf_feats) if buf_feats else np.empty((0, spec.feature_dim)))
+    except BaseException:
+        # Ctrl-C, --strict, ...: keep the rows already computed so the next run starts after them.
+        if cache is not None:
+            _save_pending(cache, buf_stats, buf_feats)
+        raise
+    finally:
+        reporter.stop()
+    done.seconds = time.perf_counter() - te
+    done.oom_batch = engine.limit
+    return done
+
+
 def extract_features(
     data_dir: str | os.PathLike,
     cfg: ExtractConfig = ExtractConfig(),
     workspace: Workspace | None = None,
     reporter: Reporter | None = None,
-) -> ExtractResult:
+) -> ExtractResult | None:
     """Make sure every image of `data_dir` has cached features; return them all.
 
-    Images whose (path, size, mtime) are already cached are not decoded or run again.
+    Images whose (path, size, mtime) are already cached are not decoded or run again. Under
+    torchrun (WORLD_SIZE > 1) every rank must call this; the ranks share the work, rank 0 writes
+    the cache and gets the result, the other ranks get None.
 
     Raises:
-        DataError, WeightsNotFound, UnknownBackbone, CacheError, ImageError (with cfg.strict).
+        DataError, WeightsNotFound, UnknownBackbone, CacheError, ImageError (with cfg.strict),
+        ConfigError (a device that does not exist, or cuda:N under torchrun).
 
     Example:
         >>> r = extract_features("photos", ExtractConfig(backbone="lenet5", pretrained=False))
         >>> r.features.shape
         (120, 84)
     """
-    import torch
-
     t0 = time.perf_counter()
-    reporter = reporter or Reporter()
+    device = distributed.rank_device(cfg.device)
+    info = distributed.init(device.type)
+    reporter = (reporter or Reporter()) if info.is_main else Reporter()
     ws = workspace or Workspace.open()
     spec = get_spec(cfg.backbone)
     choice = resolve_weights(spec, cfg.weights, cfg.pretrained)
     ds = scan_dataset(data_dir, cfg.val_fraction)
-    ws.ensure(outside=ds.root)
     if cfg.strict and ds.skipped:
         rel, why = ds.skipped[0]
         raise ImageError(f"{rel}: {why}", hint="remove it, or drop --strict to skip unreadable images")
+    if not info.is_main:  # only rank 0 touches the workspace; it sends the to-do list
+        todo = distributed.broadcast_object(None)
+        if todo:
+            _fill(None, ds.root, todo, spec, cfg, device, reporter)
+        return None
+    ws.ensure(outside=ds.root)
     pre = spec.preprocess
-    info = {
+    info_key = {
         "backbone": spec.name,
         "weights": choice.identity,
         "preprocess": pre.to_dict(),
         "feature_dim": spec.feature_dim,
         "dataset_root": str(ds.root),
     }
-    relpaths = [s.relpath for s in ds.samples]
-    stats = stat_files(ds.root, relpaths)
+    stats = stat_files(ds.root, [s.relpath for s in ds.samples])
     failed: list[tuple[str, str]] = list(ds.skipped)
     notes: list[str] = []
-    n_extracted = 0
-    t_extract = 0.0
-    with FeatureCache(ws.caches, info, dtype=cfg.dtype) as cache:
+    done = _Filled()
+    with FeatureCache(ws.caches, info_key, dtype=cfg.dtype) as cache:
         if cache.rebuilt_reason:
             notes.append(cache.rebuilt_reason)
         hits = cache.lookup(stats)
-        todo = [s for s in stats if s.relpath not in hits]
-        bad_rel: set[str] = set()
+        todo = distributed.broadcast_object([s for s in stats if s.relpath not in hits])
         if todo:
-            from .backbones import create_backbone
-
-            te = time.perf_counter()
-            net, _ = create_backbone(spec.name, cfg.weights, cfg.pretrained)
-            from .device import resolve_device
-
-            device = resolve_device(cfg.device)
-            # On OOM the batch is halved and extraction goes on from where it stopped.
-            engine = HalvingForward(TorchEngine(net, device))
-            workers = default_workers() if cfg.workers is None else cfg.workers
-            loader = make_loader(ds.root, [s.relpath for s in todo], pre, cfg.batch_size, workers, device.type == "cuda")
-            reporter.start("extracting", len(todo))
-            buf_stats: list[FileStat] = []
-            buf_feats: list[np.ndarray] = []
-            try:
-                for x, idx, bad in loader:
-                    for i, err in bad:
-                        if cfg.strict:
-                            raise ImageError(f"{todo[i].relpath}: {err}", hint="remove it, or drop --strict")
-                        failed.append((todo[i].relpath, err))
-                        bad_rel.add(todo[i].relpath)
-                    if x is not None:
-                        buf_feats.append(engine(x))
-                        buf_stats.extend(todo[i] for i in idx)
-                        n_extracted += len(idx)
-                    if len(buf_stats) >= cfg.chunk_rows:
-                        cache.write_chunk(buf_stats, np.concatenate(buf_feats))
-                        buf_stats, buf_feats = [], []
-                    elapsed = time.perf_counter() - te
-                    reporter.advance(len(idx) + len(bad), img_s=f"{n_extracted / max(elapsed, 1e-9):.1f}/s")
-                cache.write_chunk(buf_stats, np.concatenate(buf_feats) if buf_feats else np.empty((0, spec.feature_dim)))
-            except BaseException:
-                # Ctrl-C, --strict, ...: keep the rows already computed so the next run starts after them.
-                _save_pending(cache, buf_stats, buf_feats)
-                raise
-            finally:
-                reporter.stop()
-            t_extract = time.perf_counter() - te
-            if engine.limit is not None:
-                notes.append(f"ran out of memory at batch size {cfg.batch_size}; continued with {engine.limit}")
+            done = _fill(cache, ds.root, todo, spec, cfg, device, reporter)
+        failed += done.failed
+        bad_rel = {rel for rel, _ in done.failed}
+        if done.oom_batch is not None:
+            notes.append(f"ran out of memory at batch size {cfg.batch_size}; continued with {done.oom_batch}")
         good = [s for s in stats if s.relpath not in bad_rel]
         cache.consolidate(good)
         good_rel = [s.relpath for s in good]
@@ -281,10 +338,10 @@ def extract_features(
         labels=labels,
         splits=splits,
         failed=failed,
-        n_extracted=n_extracted,
-        n_cached=len(good) - n_extracted,
+        n_extracted=done.n_extracted,
+        n_cached=len(good) - done.n_extracted,
         seconds=time.perf_counter() - t0,
-        extract_seconds=t_extract,
+        extract_seconds=done.seconds,
         cache_key=cache.key,
         fingerprint=dataset_fingerprint(cache.key, good),
         cache_dir=cache.dir,
@@ -292,4 +349,5 @@ def extract_features(
         preprocess=pre,
         backbone=spec.name,
         notes=notes,
+        world_size=info.world_size,
     )

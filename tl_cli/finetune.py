@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import ddp, distributed
 from .atomic import write_json, write_text
 from .backbones import create_backbone, get_spec
 from .checkpoint import BEST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -144,7 +145,10 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
 
 @torch.no_grad()
 def validate(model: nn.Module, loader, device: torch.device) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over a loader, in eval mode; no label smoothing."""
+    """(mean cross-entropy, accuracy) over a loader (over all ranks' loaders), in eval mode; no label smoothing.
+
+    Under torchrun pass the model itself, not its DDP wrapper (see ddp.wrap).
+    """
     was_training = model.training
     model.eval()
     loss_sum, correct, n = 0.0, 0, 0
@@ -158,6 +162,7 @@ def validate(model: nn.Module, loader, device: torch.device) -> tuple[float, flo
         correct += int((logits.argmax(1) == y).sum())
         n += len(y)
     model.train(was_training)
+    loss_sum, correct, n = ddp.sum_over_ranks(loss_sum, correct, n)  # each rank saw its share
     return (loss_sum / n, correct / n) if n else (float("nan"), float("nan"))
 
 
@@ -178,13 +183,20 @@ def start(data_dir: str | os.PathLike, cfg: FinetuneConfig, workspace: Workspace
     """
     t0 = time.perf_counter()
     ws = workspace or Workspace.open()
-    ds = scan_dataset(data_dir, cfg.val_fraction)
-    ws.ensure(outside=ds.root)
-    _check_freeze(cfg)  # an unknown backbone or a too-large --freeze fails before a run folder exists
-    run_dir = new_run_dir(ws.runs, cfg.route, ds.root.name)
-    cfg.save(run_dir)
-    write_json(run_dir / SOURCE, {"data_dir": str(ds.root), "classes": ds.classes, "layout": ds.layout})
-    ws.remember(last_dataset=ds.root, training_run=run_dir)
+    ddp.check_sync_bn(cfg.sync_bn, distributed.rank_device(cfg.device))
+    ddp.local_batch_size(cfg.batch_size)  # a global batch that does not split fails before a run folder exists
+    info = distributed.init(cfg.device)
+    prepared = None
+    if info.is_main:  # under torchrun rank 0 alone makes the run folder and sends it to the others
+        ds = scan_dataset(data_dir, cfg.val_fraction)
+        ws.ensure(outside=ds.root)
+        _check_freeze(cfg)  # an unknown backbone or a too-large --freeze fails before a run folder exists
+        run_dir = new_run_dir(ws.runs, cfg.route, ds.root.name)
+        cfg.save(run_dir)
+        write_json(run_dir / SOURCE, {"data_dir": str(ds.root), "classes": ds.classes, "layout": ds.layout})
+        ws.remember(last_dataset=ds.root, training_run=run_dir)
+        prepared = (run_dir, ds)
+    run_dir, ds = distributed.broadcast_object(prepared)
     return _train(run_dir, cfg, ds, ws, reporter or Reporter(), None, t0)
 
 
@@ -209,6 +221,20 @@ def resume(run_dir: str | os.PathLike | None = None, overrides: dict | None = No
     """
     t0 = time.perf_counter()
     ws = workspace or Workspace.open()
+    info = distributed.init((overrides or {}).get("device", "auto"))
+    prepared = None
+    if info.is_main:  # under torchrun rank 0 alone reads the run and sends it (checkpoint included)
+        prepared = _prepare_resume(ws, run_dir, overrides, data_dir)
+    prepared = distributed.broadcast_object(prepared)
+    if isinstance(prepared, FinetuneResult):
+        distributed.shutdown()
+        return prepared
+    run_dir, cfg, ds, ckpt = prepared
+    return _train(run_dir, cfg, ds, ws, reporter or Reporter(), ckpt, t0)
+
+
+def _prepare_resume(ws: Workspace, run_dir, overrides: dict | None, data_dir):
+    """(run_dir, config, dataset, checkpoint) to continue from, or the result of a finished run."""
     if run_dir is None:
         last = ws.state().get("training_run")
         if not last:
@@ -232,7 +258,7 @@ def resume(run_dir: str | os.PathLike | None = None, overrides: dict | None = No
                         f"({', '.join(source['classes'])} -> {', '.join(ds.classes)})", hint="start a new run")
     cfg.save(run_dir)
     ws.remember(training_run=run_dir)
-    return _train(run_dir, cfg, ds, ws, reporter or Reporter(), ckpt, t0)
+    return run_dir, cfg, ds, ckpt
 
 
 def _finished_result(run_dir: Path, cfg: FinetuneConfig, ckpt: dict) -> FinetuneResult:
@@ -248,18 +274,24 @@ def _seed_everything(seed: int) -> None:
 
 def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, reporter: Reporter,
            ckpt: dict | None, t0: float) -> FinetuneResult:
-    from .device import resolve_device
     from .extract import default_workers
 
-    device = resolve_device(cfg.device)
+    info = distributed.env_info()
+    device = distributed.rank_device(cfg.device)  # cuda:LOCAL_RANK under torchrun
+    ddp.check_sync_bn(cfg.sync_bn, device)
+    if not info.is_main:
+        reporter = Reporter()  # one progress bar and one log: rank 0's
     spec = get_spec(cfg.backbone)
     _seed_everything(cfg.seed)
     backbone, choice = create_backbone(cfg.backbone, cfg.weights, cfg.pretrained)
     model = FinetuneModel(backbone, len(ds.classes), cfg.freeze, spec.preprocess.input_size, cfg.dropout)
+    if cfg.sync_bn and info.enabled:
+        model.use_sync_batchnorm()
     model = model.to(device).to(memory_format=torch.channels_last)
     opt = build_optimizer(model, cfg)
     workers = default_workers() if cfg.workers is None else cfg.workers
-    loaders = make_loaders(ds, spec.preprocess, cfg.batch_size, workers, cfg.augment, cfg.seed, device.type == "cuda")
+    loaders = make_loaders(ds, spec.preprocess, cfg.batch_size, workers, cfg.augment, cfg.seed, device.type == "cuda",
+                           dist=info)
     if loaders.n_train == 0:
         raise DataError(f"no training images in {ds.root}", hint="lower --val-fraction or add images")
     st = {"epoch": 0, "best": {}, "bad_epochs": 0, "history": [], "finished": False, "stop_reason": "epochs"}
@@ -268,24 +300,33 @@ def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, repor
         opt.load_state_dict(ckpt["optimizer"])
         for k in st:
             st[k] = ckpt.get(k, st[k])
-        set_rng_state(ckpt["rng"], loaders.generator)
+        per_rank = ckpt.get("rng_ranks")  # under torchrun: every rank's streams, restored rank by rank
+        mine = per_rank[info.rank] if per_rank and len(per_rank) == info.world_size else ckpt["rng"]
+        set_rng_state(mine, loaders.generator)
+    elif info.enabled:
+        _seed_everything(cfg.seed + 7919 * info.rank)  # same initial weights, different dropout per rank
+    net = ddp.wrap(model, device)  # after loading: DDP starts every rank from rank 0's weights
     resumed_from = st["epoch"]
     trainable, frozen = model.count_parameters()
     reporter.log(f"{cfg.route}: {cfg.backbone}, {len(model.layers)} layers, {cfg.freeze} frozen; "
                  f"{trainable:,} trainable / {frozen:,} frozen parameters; {loaders.n_train} train / "
-                 f"{loaders.n_val} val images; {device.type}" + (f"; resuming after epoch {resumed_from}" if ckpt else ""))
+                 f"{loaders.n_val} val images; {device.type}"
+                 + (f" x {info.world_size} processes" if info.enabled else "") + (f"; resuming after epoch {resumed_from}" if ckpt else ""))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     deadline = t0 + cfg.time_budget if cfg.time_budget else None
     skipped: set[str] = set()
     longest = 0.0  # wall time of the slowest epoch so far, checkpoint and plot included
-    halving = HalvingStep(lambda m: reporter.log(
+    # Micro-batch retries only on one process: under DDP a rank that re-runs its step alone would
+    # call backward (and so all-reduce) more often than the others and the ranks would desync.
+    halving = None if distributed.active() else HalvingStep(lambda m: reporter.log(
         f"out of memory: training goes on in micro-batches of {m}, gradients accumulated over {cfg.batch_size}"))
     while not st["finished"] and st["epoch"] < cfg.epochs:
-        if deadline and time.perf_counter() + longest > deadline:
+        if deadline and ddp.any_rank(time.perf_counter() + longest > deadline):
             st["stop_reason"] = "time_budget"  # the next epoch would not fit: stop with the best so far
             break
         t_epoch = time.perf_counter()
-        row = _run_epoch(model, opt, loaders, loss_fn, device, cfg, st["epoch"], reporter, deadline, skipped, halving)
+        row = _run_epoch(model, opt, loaders, loss_fn, device, cfg, st["epoch"], reporter, deadline, skipped,
+                         halving, net)
         if row is None:
             st["stop_reason"] = "time_budget"  # ran out mid-epoch: that partial epoch is discarded
             break
@@ -298,8 +339,11 @@ def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, repor
     if not st["best"]:
         raise RunError(f"the time budget ({cfg.time_budget:g} s) ended before the first epoch did",
                        hint="start again with a larger --time-budget (no epoch was finished, so there is nothing to keep)")
-    _save_final(run_dir, cfg, ds, model, spec, choice, st, loaders)
-    ws.remember(latest_run=run_dir)
+    skipped = set().union(*distributed.all_gather_object(sorted(skipped)))
+    if info.is_main:
+        _save_final(run_dir, cfg, ds, model, spec, choice, st, loaders)
+        ws.remember(latest_run=run_dir)
+    distributed.shutdown()
     return FinetuneResult(run_dir, cfg, st["history"], st["best"]["epoch"], st["best"], st["stop_reason"],
                           classes=ds.classes, resumed_from=resumed_from, trainable_params=trainable,
                           frozen_params=frozen, n_layers=len(model.layers), n_train=loaders.n_train,
@@ -315,9 +359,13 @@ def _warn_if_budget_short(reporter: Reporter, cfg: FinetuneConfig, done: int, ep
 
 
 def _run_epoch(model, opt, loaders, loss_fn, device, cfg: FinetuneConfig, epoch: int, reporter: Reporter,
-               deadline: float | None, skipped: set[str], halving: HalvingStep | None = None) -> dict | None:
-    """Train one epoch and validate; None if the deadline passed mid-epoch."""
+               deadline: float | None, skipped: set[str], halving: HalvingStep | None = None,
+               net: nn.Module | None = None) -> dict | None:
+    """Train one epoch (through `net`, the DDP wrapper under torchrun) and validate; None if the
+    deadline passed mid-epoch. Loss, accuracy and speed are over all ranks."""
     t = time.perf_counter()
+    net = net or model
+    loaders.sampler.set_epoch(epoch)  # a new order every epoch, the same on resume
     model.train()
     n_batches = len(loaders.train)
     loss_sum, correct, seen = 0.0, 0, 0
@@ -326,19 +374,20 @@ def _run_epoch(model, opt, loaders, loss_fn, device, cfg: FinetuneConfig, epoch:
     try:
         for i, (x, y, errors) in enumerate(loaders.train):
             skipped.update(errors)
-            if x is not None:
+            if not ddp.any_rank(x is None):  # a step happens on all ranks or none (DDP syncs in backward)
                 lr = set_lr(opt, lr_factor(epoch + (i + 1) / n_batches, cfg.warmup_epochs, cfg.epochs))
-                step = functools.partial(train_step, model, opt, x, y, loss_fn, device)
+                step = functools.partial(train_step, net, opt, x, y, loss_fn, device)
                 loss, ok = halving(step, len(y)) if halving else step()
                 loss_sum, correct, seen = loss_sum + loss * len(y), correct + ok, seen + len(y)
             speed = seen / max(time.perf_counter() - t, 1e-9)
             reporter.advance(1, loss=f"{loss_sum / max(seen, 1):.4f}", acc=f"{correct / max(seen, 1):.3f}",
                              img_s=f"{speed:.1f}/s")
-            if deadline and time.perf_counter() > deadline:
+            if deadline and ddp.any_rank(time.perf_counter() > deadline):
                 return None
     finally:
         reporter.stop()
     train_seconds = time.perf_counter() - t
+    loss_sum, correct, seen = ddp.sum_over_ranks(loss_sum, correct, seen)
     val_loss, val_acc = validate(model, loaders.val, device) if loaders.val is not None else (None, None)
     return {
         "epoch": epoch + 1,
@@ -360,12 +409,15 @@ def _better(row: dict, best: dict) -> bool:
 
 
 def _end_epoch(run_dir: Path, cfg: FinetuneConfig, model: FinetuneModel, opt, loaders, st: dict, row: dict) -> None:
+    """Update the run state (on every rank: metrics are global, so all ranks decide alike); rank 0 writes."""
+    main = distributed.is_main()
     st["epoch"] = row["epoch"]
     st["history"].append(row)
     if _better(row, st["best"]):
         # Best weights first, then the checkpoint that names them: a kill in between replays
         # this (deterministic) epoch on resume and writes the same file again.
-        save_tensors(run_dir / BEST, model.net.state_dict())
+        if main:
+            save_tensors(run_dir / BEST, model.net.state_dict())
         st["best"] = {k: row[k] for k in ("epoch", "val_loss", "val_accuracy", "train_loss", "train_accuracy")}
         st["bad_epochs"] = 0
     else:
@@ -374,11 +426,15 @@ def _end_epoch(run_dir: Path, cfg: FinetuneConfig, model: FinetuneModel, opt, lo
         st["finished"], st["stop_reason"] = True, "early_stopping"
     elif st["epoch"] >= cfg.epochs:
         st["finished"], st["stop_reason"] = True, "epochs"
+    rngs = distributed.all_gather_object(rng_state(loaders.generator))  # each rank draws its own dropout, workers
+    if not main:
+        return
     save_checkpoint(run_dir, {
         "model": model.net.state_dict(),
         "optimizer": opt.state_dict(),
         "scheduler": {"kind": "warmup_cosine", "progress_epochs": float(st["epoch"])},
-        "rng": rng_state(loaders.generator),
+        "rng": rngs[0],
+        **({"rng_ranks": rngs} if len(rngs) > 1 else {}),
         **st,
     })
     write_history(run_dir, st["history"])

@@ -33,7 +33,7 @@ class FinetuneConfig:
         backbone, weights, pretrained: which network to start from (see `tl backbones`).
         freeze: layers 1..freeze keep their pretrained weights (`tl layers` numbering).
         epochs: maximum number of epochs (early stopping and the time budget may end sooner).
-        batch_size: images per optimisation step.
+        batch_size: images per optimisation step, over all torchrun ranks together (each takes batch/N).
         lr: learning rate of the trained backbone layers; head_lr: of the new head.
         optimizer: "adamw" or "sgd" (with `momentum`, Nesterov).
         weight_decay: decoupled (AdamW) or L2 (SGD); not applied to biases and norm weights.
@@ -46,6 +46,8 @@ class FinetuneConfig:
         device: "auto", "cpu", "cuda", "cuda:N". workers: decoding processes (None = automatic).
         time_budget: seconds; the run stops before an epoch that would not fit (None = none).
         val_fraction: validation share when the data has no val/ folder (same split as extract).
+        sync_bn: under torchrun on GPUs, batch norms use the statistics of the global batch
+            instead of each rank's share (SyncBatchNorm; CUDA only). No effect in one process.
     """
 
     route: str = "finetune"
@@ -70,6 +72,7 @@ class FinetuneConfig:
     workers: int | None = None
     time_budget: float | None = None
     val_fraction: float = 0.2
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         if self.warmup_epochs is None:

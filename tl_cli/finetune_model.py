@@ -39,6 +39,15 @@ class FinetuneModel(nn.Module):
             self.net.get_submodule(name).requires_grad_(False)
         self._frozen_norms = [self.net.get_submodule(n) for layer in self.layers[:freeze] for n in layer.norms]
 
+    def use_sync_batchnorm(self) -> None:
+        """Batch norms that share their statistics over all torchrun ranks (CUDA only; `--sync-bn`).
+
+        Conversion keeps the parameter and buffer tensors, so it may come after the optimizer
+        is built; the frozen norms are looked up again because they are new modules.
+        """
+        self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
+        self._frozen_norms = [self.net.get_submodule(n) for layer in self.layers[:self.freeze] for n in layer.norms]
+
     def train(self, mode: bool = True) -> "FinetuneModel":
         super().train(mode)
         for norm in self._frozen_norms:  # running statistics of frozen layers stay pretrained

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data import Dataset, Sample
+from .distributed import DistInfo, env_info
 from .errors import ImageError
 from .preprocess import Preprocess, eval_transform, open_rgb, train_transform
 
@@ -62,30 +63,42 @@ def collate(items):
 class Loaders:
     train: object  # torch DataLoader
     val: object | None
-    generator: object  # torch.Generator: the training order and the workers' seeds
+    generator: object  # torch.Generator: the workers' seeds (augmentation)
     n_train: int
     n_val: int
+    sampler: object = None  # the training DistributedSampler: set_epoch(e) before each epoch
 
 
 def make_loaders(ds: Dataset, pre: Preprocess, batch_size: int, workers: int, augment: bool, seed: int,
-                 pin_memory: bool = False) -> Loaders:
-    """DataLoaders over the dataset's train and val splits.
+                 pin_memory: bool = False, dist: DistInfo | None = None) -> Loaders:
+    """DataLoaders over the dataset's train and val splits, this rank's share of them under torchrun.
 
-    The training loader shuffles with its own seeded generator (saved in checkpoints, so a
-    resumed run sees the same order); worker processes derive their random state from it.
+    The training order is a DistributedSampler's (seed + epoch: a resumed run sees the same
+    order) on any number of processes, so N ranks with batch_size/N each make the same steps
+    as one process with batch_size (ddp.py). Validation is split over the ranks without padding;
+    the caller sums the results over ranks. Worker processes derive their random state from
+    `generator`, seeded per rank so that ranks augment differently.
+
+    Raises:
+        ConfigError: batch_size is not a multiple of the number of ranks.
     """
     import torch
     from torch.utils.data import DataLoader
 
+    from . import ddp
+
+    dist = dist or env_info()
     train_s, val_s = ds.split("train"), ds.split("val")
-    gen = torch.Generator().manual_seed(seed)
-    common = dict(batch_size=batch_size, num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
-                  prefetch_factor=4 if workers > 0 else None, persistent_workers=False)
-    train = DataLoader(LabelledImages(ds.root, train_s, pre, "augment" if augment else "plain"), shuffle=True,
-                       drop_last=False, generator=gen, **common)
+    gen = torch.Generator().manual_seed(seed + 7919 * dist.rank)
+    common = dict(batch_size=ddp.local_batch_size(batch_size, dist), num_workers=workers, collate_fn=collate,
+                  pin_memory=pin_memory, prefetch_factor=4 if workers > 0 else None, persistent_workers=False)
+    train_images = LabelledImages(ds.root, train_s, pre, "augment" if augment else "plain")
+    sampler = ddp.train_sampler(train_images, seed, dist)
+    train = DataLoader(train_images, sampler=sampler, drop_last=False, generator=gen, **common)
     val = None
     if val_s:
         # Own generator: validation never draws from the global or training random streams.
-        val = DataLoader(LabelledImages(ds.root, val_s, pre, "eval"), shuffle=False,
+        val = DataLoader(LabelledImages(ds.root, val_s, pre, "eval"),
+                         sampler=ddp.eval_indices(len(val_s), dist),
                          generator=torch.Generator().manual_seed(seed), **common)
-    return Loaders(train, val, gen, len(train_s), len(val_s))
+    return Loaders(train, val, gen, len(train_s), len(val_s), sampler)

@@ -15,7 +15,8 @@ from .options import (BackboneOpt, BatchSizeOpt, DeviceOpt, PretrainedOpt, Stric
 
 @command(
     "extract",
-    epilog="Example:  tl extract ./photos   then   tl predict new.jpg",
+    epilog="Example:  tl extract ./photos   then   tl predict new.jpg\n\n"
+           "Several GPUs:  torchrun --standalone --nproc-per-node 4 -m tl_cli extract ./photos",
 )
 def extract_cmd(
     data_dir: Annotated[Path, typer.Argument(help="Folder of class sub-folders (or train/ and val/ folders of them).")],
@@ -47,7 +48,8 @@ def extract_cmd(
     )
     ws = workspace(ws_path)
     res = train_small_data(data_dir, cfg, HeadConfig(balanced=balanced), ws, RichReporter(err), train=not no_train)
-    render_summary(res)
+    if res.extract is not None:  # under torchrun only rank 0 has the result and prints
+        render_summary(res)
 
 
 def render_summary(res) -> None:
@@ -68,7 +70,8 @@ def render_summary(res) -> None:
     t.add_row("split", f"{n_train} train / {n_val} val ({ds.layout})")
     t.add_row("backbone", f"{ex.backbone}  ({ex.features.shape[1]}-d features, cache {ex.cache_dir})")
     if ex.n_extracted:
-        t.add_row("speed", f"{ex.images_per_second:.1f} images/s ({ex.extract_seconds:.1f} s)")
+        procs = f", {ex.world_size} processes" if ex.world_size > 1 else ""
+        t.add_row("speed", f"{ex.images_per_second:.1f} images/s ({ex.extract_seconds:.1f} s{procs})")
     if res.head is not None:
         h = res.head
         acc = f"{h.val_accuracy:.4f}" if h.val_accuracy is not None else "n/a (no validation images)"

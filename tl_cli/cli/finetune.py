@@ -22,7 +22,7 @@ Backbone = Annotated[Optional[str], typer.Option("--backbone", "-b", help="Backb
 Weights = Annotated[Optional[Path], typer.Option("--weights", help="State-dict file (.pth/.safetensors) to start from.", show_default=False)]
 Pretrained = Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="--no-pretrained starts from random weights, explicitly.", show_default=False)]
 Epochs = Annotated[_Int, typer.Option("--epochs", "--max-epochs", min=1, help="Most epochs (default: 10 finetune, 15 retrain).", show_default=False)]
-BatchSize = Annotated[_Int, typer.Option("--batch-size", min=1, help="Images per step (default: 32); may change on --resume.", show_default=False)]
+BatchSize = Annotated[_Int, typer.Option("--batch-size", min=1, help="Images per step over all processes (default: 32; under torchrun each of N takes 1/N); may change on --resume.", show_default=False)]
 Lr = Annotated[_Float, typer.Option("--lr", help="Learning rate of the trained backbone layers (default: 3e-4 finetune, 1e-4 retrain).", show_default=False)]
 HeadLr = Annotated[_Float, typer.Option("--head-lr", help="Learning rate of the new head (default: 3e-3 finetune, 1e-3 retrain).", show_default=False)]
 Optim = Annotated[Optional[str], typer.Option("--optimizer", help="adamw (default) or sgd (momentum, Nesterov).", show_default=False)]
@@ -39,6 +39,7 @@ Workers = Annotated[_Int, typer.Option("--workers", min=0, help="Image-decoding 
 Budget = Annotated[_Float, typer.Option("--time-budget", help="Seconds: stop before an epoch that would not fit, keep the best so far.", show_default=False)]
 ValFraction = Annotated[_Float, typer.Option("--val-fraction", min=0.0, max=0.95, help="Validation share without a val/ folder (default: 0.2, as tl extract).", show_default=False)]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the last interrupted run (or --run RUN_DIR) from its last checkpoint.")]
+SyncBn = Annotated[Optional[bool], typer.Option("--sync-bn/--no-sync-bn", help="Under torchrun on GPUs: batch norms use the whole global batch's statistics (SyncBatchNorm, CUDA only).", show_default=False)]
 RunDir = Annotated[Optional[Path], typer.Option("--run", help="With --resume: the run folder to continue.", show_default=False)]
 
 FINETUNE_EXAMPLES = """Examples:
@@ -50,6 +51,8 @@ FINETUNE_EXAMPLES = """Examples:
   tl finetune ./photos --freeze 36 --time-budget 900 --epochs 10
 
   tl finetune --resume                           (after Ctrl-C or a crash)
+
+  torchrun --nproc-per-node 4 -m tl_cli finetune ./photos --freeze 36 --batch-size 128   (4 GPUs, 32 each)
 
   tl predict new.jpg"""
 
@@ -71,8 +74,8 @@ def _options(
     batch_size: BatchSize = None, lr: Lr = None, head_lr: HeadLr = None, optimizer: Optim = None, momentum: Momentum = None,
     weight_decay: WeightDecay = None, warmup_epochs: Warmup = None, label_smoothing: Smoothing = None, dropout: Dropout = None,
     patience: Patience = None, augment: Augment = None, seed: Seed = None, device: Device = None, workers: Workers = None,
-    time_budget: Budget = None, val_fraction: ValFraction = None, resume: Resume = False, run: RunDir = None,
-    ws_path: WorkspaceOpt = None,
+    time_budget: Budget = None, val_fraction: ValFraction = None, sync_bn: SyncBn = None, resume: Resume = False,
+    run: RunDir = None, ws_path: WorkspaceOpt = None,
 ) -> None:
     """The options of `tl finetune`; `tl retrain` has the same ones less --freeze. Typer reads
     this signature for both commands (see `_register`), so each option is declared once."""
@@ -104,6 +107,7 @@ def _train(route: str, data_dir: Path | None, resume: bool, run: Path | None, ws
     from .. import finetune as ft
     from ..errors import ConfigError
     from ..finetune_config import FinetuneConfig
+    from ..distributed import is_main
     from ..progress import RichReporter
 
     given = {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items() if v is not None}
@@ -123,7 +127,8 @@ def _train(route: str, data_dir: Path | None, resume: bool, run: Path | None, ws
         reporter.stop()
         err.print(f"[yellow]interrupted[/]: every finished epoch is checkpointed; `tl {route} --resume` continues")
         raise typer.Exit(130) from None
-    render(res)
+    if is_main():  # under torchrun every rank has the result; one prints it
+        render(res)
 
 
 def render(res) -> None:

@@ -108,9 +108,9 @@ def evaluate_cmd(
     Writes metrics.json, confusion.csv/.png, misclassified.csv and report.html.
     """
     from ..evaluate import default_output_dir, evaluate, write_evaluation
-    from ..runs import val_fraction_of
     from ..predict import load_predictor
     from ..progress import RichReporter
+    from ..runs import val_fraction_of
 
     check_format(fmt, FORMATS)
     predictor = load_predictor(model, workspace(ws_path), device=device)
