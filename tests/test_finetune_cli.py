@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 
 from tl_cli.cli import app
 from tl_cli.finetune_model import FinetuneModel
-from tl_cli.predict import Predictor
 from tl_cli.preprocess import Preprocess, load_tensor
 from tl_cli.runs import load_run
 from tl_cli.workspace import Workspace

@@ -28,7 +28,7 @@ HeadLr = Annotated[_Float, typer.Option("--head-lr", help="Learning rate of the 
 Optim = Annotated[Optional[str], typer.Option("--optimizer", help="adamw (default) or sgd (momentum, Nesterov).", show_default=False)]
 Momentum = Annotated[_Float, typer.Option("--momentum", help="SGD momentum (default: 0.9).", show_default=False)]
 WeightDecay = Annotated[_Float, typer.Option("--weight-decay", help="Weight decay (default: 0.01); not on biases and norms.", show_default=False)]
-Warmup = Annotated[_Float, typer.Option("--warmup-epochs", help="Linear warm-up, then cosine decay (default: 1).", show_default=False)]
+Warmup = Annotated[_Float, typer.Option("--warmup-epochs", help="Linear warm-up, then cosine decay (default: 1, or epochs/5 if shorter).", show_default=False)]
 Smoothing = Annotated[_Float, typer.Option("--label-smoothing", help="Label smoothing (default: 0.1).", show_default=False)]
 Dropout = Annotated[_Float, typer.Option("--dropout", help="Dropout before the new head (default: 0.2).", show_default=False)]
 Patience = Annotated[_Int, typer.Option("--patience", min=0, help="Stop after this many epochs without a better validation result; 0 = never (default: 4 finetune, 5 retrain).", show_default=False)]
