@@ -2,7 +2,8 @@
 can interrupt it in the middle of an extraction.
 
 Environment: SLOW_TL_DELAY seconds of sleep per forward pass (default 0.3); SLOW_TL_CHUNK rows per
-cache chunk (default 4); SLOW_TL_LOG, a file that gets one line per finished forward pass.
+cache chunk (default 4); SLOW_TL_LOG, a file that gets one line per finished forward pass;
+SLOW_TL_HOLD, a file: while it exists, every forward pass after the first waits (up to 2 minutes).
 """
 
 from __future__ import annotations
@@ -21,12 +22,16 @@ from tl_cli.backbones.wrapper import Backbone  # noqa: E402
 DELAY = float(os.environ.get("SLOW_TL_DELAY", "0.3"))
 CHUNK = int(os.environ.get("SLOW_TL_CHUNK", "4"))
 LOG = os.environ.get("SLOW_TL_LOG")
+HOLD = os.environ.get("SLOW_TL_HOLD")
 
 _forward = Backbone.forward_features
 
 
 def slow_forward(self, x):
     time.sleep(DELAY)
+    t0 = time.monotonic()
+    while HOLD and LOG and os.path.exists(HOLD) and os.path.exists(LOG) and time.monotonic() - t0 < 120:
+        time.sleep(0.05)
     out = _forward(self, x)
     if LOG:
         with open(LOG, "a") as fh:

@@ -306,3 +306,13 @@ def test_predict_reports_each_broken_file_and_still_predicts_the_rest(data, unto
         assert why in got[name]["error"] and not got[name]["labels"], name
     for name in VALID_ODD:
         assert "error" not in got[name] and got[name]["labels"], name
+
+
+def test_finetune_names_skipped_files_and_empty_classes_too(data, untouched):
+    (data / "purple").mkdir()
+    bf.zero_byte_jpg(data / "red" / "zero [1].jpg")
+    untouched(data)
+    r = tl("finetune", data, *LENET_ARGS, "--freeze", "1", "--epochs", "2")
+    assert r.exit_code == 0, r.output
+    out = flat(r.output)
+    assert "skipped purple/: class folder with no images" in out and "skipped red/zero [1].jpg: empty file" in out

@@ -24,9 +24,10 @@ SLOW_TL = Path(__file__).with_name("slow_tl.py")
 runner = CliRunner()
 
 
-def start_slow(data: Path, ws: Path, log: Path, chunk: int, delay: float = 0.3) -> subprocess.Popen:
+def start_slow(data: Path, ws: Path, log: Path, chunk: int, delay: float = 0.3, hold: Path | None = None
+               ) -> subprocess.Popen:
     env = {**os.environ, "TL_WORKSPACE": str(ws), "SLOW_TL_LOG": str(log), "SLOW_TL_CHUNK": str(chunk),
-           "SLOW_TL_DELAY": str(delay), "OMP_NUM_THREADS": "1"}
+           "SLOW_TL_DELAY": str(delay), "OMP_NUM_THREADS": "1", "SLOW_TL_HOLD": str(hold or "")}
     return subprocess.Popen([sys.executable, str(SLOW_TL), "extract", str(data), "--backbone", "lenet5",
                              "--no-pretrained", "--workers", "0", "--batch-size", "4"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -48,14 +49,14 @@ def batches_done(log: Path) -> int:
     return len(log.read_text().splitlines()) if log.exists() else 0
 
 
-def pending_chunks(cache_dir: Path) -> list[Path]:
-    """Committed chunk files: pathlib's glob also matches the hidden temporaries of a write in progress."""
-    return [p for p in (cache_dir / "pending").glob("*.h5") if not p.name.startswith(".")]
+def chunks(cache_dir: Path) -> list[Path]:
+    """Complete chunk files (not the temporary of one being written, which pathlib's * also matches)."""
+    return [p for p in (cache_dir / "pending").glob("*.h5") if not p.name.startswith(".tmp-")]
 
 
 def pending_rows(cache_dir: Path) -> int:
     n = 0
-    for p in pending_chunks(cache_dir):
+    for p in chunks(cache_dir):
         with h5py.File(p, "r") as f:
             n += f["features"].shape[0]
     return n
@@ -118,7 +119,7 @@ def test_sigkill_keeps_written_chunks_and_the_next_run_resumes(grown, isolated_w
     data, cache_dir, earlier, reference = grown
     log = tmp_path / "progress.log"
     proc = start_slow(data, isolated_workspace, log, chunk=4)
-    wait_for(lambda: len(pending_chunks(cache_dir)) >= 3, proc)
+    wait_for(lambda: len(chunks(cache_dir)) >= 3, proc)
     proc.kill()
     proc.wait(timeout=60)
     saved = pending_rows(cache_dir)
@@ -133,9 +134,12 @@ def test_sigkill_keeps_written_chunks_and_the_next_run_resumes(grown, isolated_w
 def test_a_second_extract_on_the_same_workspace_stops_with_a_clear_message(grown, isolated_workspace, tmp_path):
     data, cache_dir, _, reference = grown
     log = tmp_path / "progress.log"
-    proc = start_slow(data, isolated_workspace, log, chunk=4, delay=0.2)
+    hold = tmp_path / "hold"  # keeps the first process mid-extraction until the second has tried
+    hold.touch()
+    proc = start_slow(data, isolated_workspace, log, chunk=4, delay=0.05, hold=hold)
     wait_for(lambda: batches_done(log) >= 1, proc)
     r = runner.invoke(app, ["extract", str(data), "--backbone", "lenet5", "--no-pretrained", "--workers", "0"])
+    hold.unlink()
     assert r.exit_code == 2 and r.output.startswith("error: the feature cache") and f"pid {proc.pid}" in r.output
     assert "Traceback" not in r.output
     _, err = proc.communicate(timeout=300)
@@ -184,3 +188,26 @@ def test_cache_with_wrong_shapes_is_reported_and_rebuilt(image_folder):
         f.create_dataset("size", data=np.zeros(3, dtype=np.int64))
     r = extract_features(image_folder, LENET)
     assert any("different lengths" in n for n in r.notes) and r.n_extracted == 36
+
+
+def test_concurrent_state_updates_keep_every_key(isolated_workspace, monkeypatch):
+    """Two processes finishing at once (say `tl extract` and `tl finetune`) both update state.json."""
+    import threading
+
+    import tl_cli.workspace as workspace_module
+
+    ws = Workspace.open()
+    ws.ensure()
+    real_write = workspace_module.write_json
+
+    def slow_write(path, obj):  # widens the read-modify-write window to make a lost update certain
+        time.sleep(0.3)
+        real_write(path, obj)
+
+    monkeypatch.setattr(workspace_module, "write_json", slow_write)
+    threads = [threading.Thread(target=ws.remember, kwargs={key: key}) for key in ("latest_run", "last_dataset")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert ws.state() == {"latest_run": "latest_run", "last_dataset": "last_dataset"}

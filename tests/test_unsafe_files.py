@@ -75,6 +75,11 @@ def test_malicious_run_weights_are_refused(tmp_path, image_folder):
     plant(res.run_dir / "model.safetensors", marker, "torch")
     with pytest.raises(RunError, match="unreadable weights"):
         Predictor.from_workspace(str(res.run_dir))
+    from tl_cli.runs import load_tensors
+
+    for as_numpy in (False, True):  # both readers say the same thing
+        with pytest.raises(RunError, match="unreadable weights"):
+            load_tensors(res.run_dir / "model.safetensors", as_numpy=as_numpy)
     r = runner.invoke(app, ["predict", str(image_folder / "red" / "red_000.jpg")])
     assert r.exit_code == 2 and "unreadable weights" in r.output
     assert not marker.exists()

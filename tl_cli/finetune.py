@@ -314,7 +314,7 @@ def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, repor
                  + (f" x {info.world_size} processes" if info.enabled else "") + (f"; resuming after epoch {resumed_from}" if ckpt else ""))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     deadline = t0 + cfg.time_budget if cfg.time_budget else None
-    skipped: set[str] = set()
+    skipped: set[str] = {f"{rel}: {why}" for rel, why in ds.skipped}  # found by the scan: named, not silent
     longest = 0.0  # wall time of the slowest epoch so far, checkpoint and plot included
     # Not under torchrun: a rank retrying a step alone would leave the others waiting in the
     # gradient all-reduce of the step it abandoned; there an OOM stops the run (lower --batch-size).

@@ -46,6 +46,29 @@ def _concat(parts: list) -> Any:
     return np.concatenate(parts)
 
 
+_OOM = object()  # what `_unless_oom` returns instead of a result
+
+
+def _unless_oom(fn: Callable, arg):
+    """fn(arg), or `_OOM` if it ran out of memory (any other error propagates)."""
+    try:
+        return fn(arg)
+    except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+        if not is_oom(exc):
+            raise
+    return _OOM  # outside the except block, so the failed attempt's tensors can be freed
+
+
+def _halve(size: int, message: str, on_halve: Callable[[int], None] | None) -> int:
+    """Free memory and return half of `size`; OutOfMemory if `size` is already 1."""
+    free_memory()
+    if size <= 1:
+        raise OutOfMemory(message, hint="use --device cpu or a smaller backbone, or free the GPU for other processes")
+    if on_halve:
+        on_halve(size // 2)
+    return size // 2
+
+
 class HalvingForward:
     """Wrap a batched function so that out-of-memory halves the batch and carries on.
 
@@ -75,25 +98,12 @@ class HalvingForward:
         parts, start = [], 0
         while start < n:
             size = n - start if self.limit is None else min(self.limit, n - start)
-            oom = False
-            try:
-                parts.append(self.fn(x[start : start + size]))
-            except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
-                if not is_oom(exc):
-                    raise
-                oom = True
-            if not oom:
+            out = _unless_oom(self.fn, x[start : start + size])
+            if out is not _OOM:
+                parts.append(out)
                 start += size
                 continue
-            free_memory()
-            if size == 1:
-                raise OutOfMemory(
-                    "out of memory even with a batch of one image",
-                    hint="use --device cpu, a smaller backbone, or free the GPU for other processes",
-                )
-            self.limit = size // 2
-            if self.on_halve:
-                self.on_halve(self.limit)
+            self.limit = _halve(size, "out of memory even with a batch of one image", self.on_halve)
         return _concat(parts)
 
 
@@ -115,18 +125,8 @@ class HalvingStep:
 
     def __call__(self, step: Callable[[int | None], Any], batch_size: int):
         while True:
-            try:
-                return step(self.micro)
-            except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
-                if not is_oom(exc):
-                    raise
-            free_memory()
+            out = _unless_oom(step, self.micro)
+            if out is not _OOM:
+                return out
             size = min(self.micro or batch_size, batch_size)
-            if size <= 1:
-                raise OutOfMemory(
-                    "out of memory while training, even with one image at a time",
-                    hint="use --device cpu, a smaller backbone, or a larger --freeze",
-                )
-            self.micro = size // 2
-            if self.on_halve:
-                self.on_halve(self.micro)
+            self.micro = _halve(size, "out of memory while training, even with one image at a time", self.on_halve)

@@ -70,8 +70,16 @@ def save_tensors(path: Path, tensors: dict) -> None:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
 
 
-def load_tensors(path: Path) -> dict:
-    from safetensors.torch import load_file
+def load_tensors(path: Path, as_numpy: bool = False) -> dict:
+    """A run's safetensors file as torch tensors (or numpy arrays: no torch import needed).
+
+    Raises:
+        RunError: the file is not a readable safetensors file (truncated, garbage, a pickle, ...).
+    """
+    if as_numpy:
+        from safetensors.numpy import load_file
+    else:
+        from safetensors.torch import load_file
 
     try:
         return load_file(str(path))

@@ -165,8 +165,10 @@ def render(res) -> None:
     s.add_row("run", str(res.run_dir))
     s.add_row("time", f"{res.seconds:.1f} s")
     out.print(s)
+    from rich.markup import escape
+
     for line in res.skipped[:20]:
-        err.print(f"[yellow]skipped[/] {line}")
+        err.print(f"[yellow]skipped[/] {escape(line)}")  # file names may contain [brackets]
 
 
 def _fmt(v) -> str:
