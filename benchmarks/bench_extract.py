@@ -8,6 +8,9 @@ Each round runs, one after another (so both see the same machine load):
   forward    the ONNX engine alone on already-decoded images (the ceiling for extraction)
 Every run is a whole process, start-up included; images/s = images / wall time. Peak RSS is the
 child's own maximum resident set (os.wait4), for the baseline that of its main process.
+images/CPU-s = images / (user + system CPU seconds of the child, its threads and reaped worker
+processes): on a machine shared with other jobs wall-time ratios swing with the load between
+runs, CPU-time ratios much less.
 
     python benchmarks/bench_extract.py ../shared/data/catsdogs --rounds 3
 """
@@ -151,18 +154,21 @@ def table(rows: list[dict], data: Path) -> str:
     fwd = {r["round"]: r["img_s"] for r in rows if r["run"] == "forward"}
     lines = [f"`{data}`, {rows[0]['images'] if rows else 0} images, {max(r['round'] for r in rows)} rounds "
              "(median over rounds; ratios are per round, then median)", "",
-             "| run | images/s | seconds | x baseline | x forward-only | images/CPU-s | x baseline (CPU) | peak RSS MiB |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| run | images/s | seconds | x baseline | x forward-only | images/CPU-s | x baseline (CPU) "
+             "| x forward-only (CPU) | peak RSS MiB |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name in dict.fromkeys(r["run"] for r in rows):
         rs = [r for r in rows if r["run"] == name]
         med = lambda xs: statistics.median(xs)  # noqa: E731
         xb = med([r["img_s"] / base[r["round"]] for r in rs]) if base else float("nan")
         xf = med([r["img_s"] / fwd[r["round"]] for r in rs]) if fwd and name != "baseline" else float("nan")
         cb = {r["round"]: r["img_cpu_s"] for r in rows if r["run"] == "baseline"}
+        cf = {r["round"]: r["img_cpu_s"] for r in rows if r["run"] == "forward"}
         xc = med([r["img_cpu_s"] / cb[r["round"]] for r in rs]) if cb else float("nan")
+        xfc = med([r["img_cpu_s"] / cf[r["round"]] for r in rs]) if cf and name != "baseline" else float("nan")
         lines.append(f"| {name} | {med([r['img_s'] for r in rs]):.1f} | {med([r['seconds'] for r in rs]):.1f} | "
                      f"{xb:.2f} | {'' if xf != xf else f'{xf:.2f}'} | {med([r['img_cpu_s'] for r in rs]):.1f} | "
-                     f"{xc:.2f} | {max(r['rss_mb'] for r in rs):.0f} |")
+                     f"{xc:.2f} | {'' if xfc != xfc else f'{xfc:.2f}'} | {max(r['rss_mb'] for r in rs):.0f} |")
     return "\n".join(lines)
 
 
@@ -174,6 +180,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--forward-n", type=int, default=256, help="images for the forward-only measurement")
     ap.add_argument("--json", help="also write the raw rows here")
+    ap.add_argument("--table-from", help="print the table of rows saved earlier with --json (no runs)")
     ap.add_argument("--forward-only", help=argparse.SUPPRESS)
     ap.add_argument("forward_data", nargs="?", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -181,6 +188,9 @@ def main() -> None:
         forward_only(args.forward_only, args.data_dir, args.forward_n, args.batch_size)
         return
     data = Path(args.data_dir).resolve()
+    if args.table_from:
+        print(table(json.loads(Path(args.table_from).read_text()), data))
+        return
     load = os.getloadavg()
     print(f"machine: {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", file=sys.stderr)
     rows = bench(data, args.rounds, tuple(args.runs.split(",")), args.batch_size, args.forward_n)

@@ -32,19 +32,32 @@ PY = sys.executable
 TL = [PY, "-m", "tl_cli"]
 
 
+def _timed(cmd: list[str], n: int) -> tuple[float, float]:
+    """Median wall and median CPU (user+sys) seconds of n runs of a command.
+
+    On a machine shared with other work, wall time measures the load; the CPU seconds of a
+    start-up that is mostly single-threaded are what the wall time is on an idle machine.
+    """
+    walls, cpus = [], []
+    for _ in range(n):
+        walls.append(run_child(cmd)[0])
+        cpus.append(run_child.cpu)
+    return statistics.median(walls), statistics.median(cpus)
+
+
 def t_help() -> dict:
-    walls = [run_child(TL + ["--help"])[0] for _ in range(5)]
-    return {"target": "tl --help", "value": f"{statistics.median(walls):.2f} s", "goal": "< 1 s",
-            "met": statistics.median(walls) < 1.0}
+    wall, cpu = _timed(TL + ["--help"], 5)
+    return {"target": "tl --help", "value": f"{wall:.2f} s wall ({cpu:.2f} s CPU)", "goal": "< 1 s",
+            "met": wall < 1.0, "met_cpu": cpu < 1.0}
 
 
 def t_predict(tmp: Path) -> dict:
     ws = tmp / "ws-predict"
     run_child(TL + ["extract", str(ROOT / "sample_data" / "photos"), "--workspace", str(ws)])
     img = str(ROOT / "sample_data" / "unseen" / "cat.jpg")
-    walls = [run_child(TL + ["predict", img, "--workspace", str(ws)])[0] for _ in range(3)]
-    return {"target": "tl predict one.jpg (cold process)", "value": f"{statistics.median(walls):.2f} s",
-            "goal": "< 3 s", "met": statistics.median(walls) < 3.0}
+    wall, cpu = _timed(TL + ["predict", img, "--workspace", str(ws)], 3)
+    return {"target": "tl predict one.jpg (cold process)", "value": f"{wall:.2f} s wall ({cpu:.2f} s CPU)",
+            "goal": "< 3 s", "met": wall < 3.0, "met_cpu": cpu < 3.0}
 
 
 HEAD_CODE = """
@@ -56,8 +69,9 @@ def draw(n):
     y = rng.integers(0, C, n)
     return (0.08 * mu[y] + rng.normal(0, 1, (n, D))).astype(np.float32), y
 x, y = draw(10000); xv, yv = draw(2000)
-t = time.perf_counter(); r = train_head(x, y, xv, yv, C)
-print(json.dumps({"seconds": time.perf_counter() - t, "val_accuracy": r.val_accuracy, "l2": r.l2}))
+t, c = time.perf_counter(), time.process_time(); r = train_head(x, y, xv, yv, C)
+print(json.dumps({"seconds": time.perf_counter() - t, "cpu": time.process_time() - c,
+                  "val_accuracy": r.val_accuracy, "l2": r.l2}))
 """
 
 
@@ -65,8 +79,8 @@ def t_head() -> dict:
     _, _, out = run_child([PY, "-c", HEAD_CODE])
     r = json.loads(out.strip().splitlines()[-1])
     return {"target": "head on 10,000 x 1,280 features (+2,000 val)",
-            "value": f"{r['seconds']:.1f} s (val acc {r['val_accuracy']:.3f}, L2 {r['l2']:g})",
-            "goal": "< 5 s", "met": r["seconds"] < 5.0}
+            "value": f"{r['seconds']:.1f} s wall ({r['cpu']:.1f} s CPU; val acc {r['val_accuracy']:.3f}, L2 {r['l2']:g})",
+            "goal": "< 5 s", "met": r["seconds"] < 5.0, "met_cpu": r["cpu"] < 5.0}
 
 
 def t_rss(data: Path, tmp: Path) -> list[dict]:
@@ -153,10 +167,11 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     load1 = os.getloadavg()
     print(f"{os.cpu_count()} cores; load average before {load0[0]:.2f}, after {load1[0]:.2f}\n")
-    print("| target | measured | goal | met |\n| --- | --- | --- | --- |")
+    print("| target | measured | goal | met (wall) | met (CPU s, = idle wall when single-threaded) |")
+    print("| --- | --- | --- | --- | --- |")
     for r in rows:
-        met = "" if r["met"] is None else ("yes" if r["met"] else "**no**")
-        print(f"| {r['target']} | {r['value']} | {r['goal']} | {met} |")
+        yn = lambda v: "" if v is None else ("yes" if v else "**no**")  # noqa: E731
+        print(f"| {r['target']} | {r['value']} | {r['goal']} | {yn(r['met'])} | {yn(r.get('met_cpu'))} |")
 
 
 if __name__ == "__main__":

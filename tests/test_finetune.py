@@ -41,6 +41,14 @@ class KillAfter(Reporter):
             raise KeyboardInterrupt
 
 
+class Notes(Reporter):
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)
+
+
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_run(run_dir).tensors()
 
@@ -55,11 +63,12 @@ def assert_same(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
-def test_resume_after_epoch_2_equals_uninterrupted(image_folder, tmp_path):
-    ref = start(image_folder, cfg(dropout=0.3), Workspace.open(tmp_path / "a"))
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resume_after_epoch_2_equals_uninterrupted(image_folder, tmp_path, workers):
+    ref = start(image_folder, cfg(dropout=0.3, workers=workers), Workspace.open(tmp_path / "a"))
     ws = Workspace.open(tmp_path / "b")
     with pytest.raises(KeyboardInterrupt):
-        start(image_folder, cfg(dropout=0.3), ws, KillAfter(2))
+        start(image_folder, cfg(dropout=0.3, workers=workers), ws, KillAfter(2))
     run_dir = Path(ws.state()["training_run"])
     assert load_checkpoint(run_dir)["epoch"] == 2 and not (run_dir / "meta.json").exists()
     res = resume(workspace=ws)
@@ -177,13 +186,19 @@ def test_same_seed_same_weights_other_seed_other_order(image_folder, tmp_path):
     assert order(0) == order(0) and order(0) != order(1)
 
 
-def test_time_budget_stops_cleanly_and_keeps_the_best(image_folder):
+def test_time_budget_stops_cleanly_and_keeps_the_best(image_folder, tmp_path):
+    # The budget is sized from a one-epoch run, so the test holds on a slow or busy machine.
+    one = start(image_folder, cfg(epochs=1), Workspace.open(tmp_path / "one")).seconds
+    budget = max(3 * one, 2.0)
     t = time.perf_counter()
-    res = start(image_folder, cfg(epochs=500, time_budget=4.0), Workspace.open())
+    notes = Notes()
+    res = start(image_folder, cfg(epochs=500, time_budget=budget), Workspace.open(), notes)
     took = time.perf_counter() - t
+    assert any("epochs fit in the time budget" in m for m in notes.lines)  # told early, once
+    assert sum("epochs fit" in m for m in notes.lines) == 1
     assert res.stop_reason == "time_budget"
     assert 1 <= len(res.history) < 500
-    assert took < 4.0 + 2.0  # the budget, plus saving the final model
+    assert took < budget + one  # the budget, plus at most a batch and saving the final model
     run = load_run(res.run_dir)
     assert run.meta["best_epoch"] == res.best_epoch and run.meta["stop_reason"] == "time_budget"
     assert (res.run_dir / "history.csv").read_text().count("\n") == len(res.history) + 1
@@ -204,3 +219,21 @@ def test_early_stopping_keeps_the_best_epoch(image_folder):
     best_row = res.history[res.best_epoch - 1]
     assert all(h["val_accuracy"] <= best_row["val_accuracy"] for h in res.history)
     assert load_run(res.run_dir).meta["metrics"]["val_accuracy"] == best_row["val_accuracy"]
+
+
+def test_training_data_loads_in_spawned_workers(image_folder):
+    """macOS and Windows start DataLoader workers with "spawn": the datasets must pickle."""
+    from tl_cli.backbones import get_spec
+    from tl_cli.data import scan_dataset
+    from tl_cli.train_data import make_loaders
+
+    loaders = make_loaders(scan_dataset(image_folder), get_spec("lenet5").preprocess, 8, 1, True, 0)
+    for loader in (loaders.train, loaders.val):
+        loader.multiprocessing_context = "spawn"
+    n = sum(len(y) for _, y, _ in loaders.train) + sum(len(y) for _, y, _ in loaders.val)
+    assert n == 36
+
+
+def test_budget_shorter_than_one_epoch_is_a_clear_error(image_folder):
+    with pytest.raises(RunError, match="before the first epoch"):
+        start(image_folder, cfg(time_budget=1e-3), Workspace.open())

@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 
 from tl_cli.cli import app
 from tl_cli.finetune_model import FinetuneModel
-from tl_cli.predict import Predictor
 from tl_cli.preprocess import Preprocess, load_tensor
 from tl_cli.runs import load_run
 from tl_cli.workspace import Workspace
@@ -95,7 +94,7 @@ def test_resume_with_a_changed_setting_names_it(image_folder, monkeypatch):
 
     monkeypatch.setattr(ft, "_end_epoch", end_then_die)
     r = tl("finetune", image_folder, "--freeze", "1", "--epochs", "3", *LENET)
-    assert r.exit_code == 130 and "interrupted" in r.output
+    assert r.exit_code == 130 and "tl finetune --resume" in r.output
     monkeypatch.setattr(ft, "_end_epoch", real)
     r = tl("finetune", "--resume", "--freeze", "2")
     assert r.exit_code == 2 and "cannot change freeze" in r.output

@@ -99,6 +99,10 @@ def test_retrain_defaults_and_validation():
         FinetuneConfig(route="retrain", freeze=3)
     with pytest.raises(ConfigError, match="optimizer"):
         FinetuneConfig(optimizer="adam")
+    assert FinetuneConfig(epochs=1).warmup_epochs == pytest.approx(0.2)  # a 1-epoch run is valid
+    assert FinetuneConfig(epochs=10).warmup_epochs == 1.0
+    with pytest.raises(ConfigError, match="warmup"):
+        FinetuneConfig(epochs=2, warmup_epochs=2)
 
 
 def test_resume_overrides_only_resource_settings():

@@ -49,14 +49,14 @@ def batches_done(log: Path) -> int:
     return len(log.read_text().splitlines()) if log.exists() else 0
 
 
-def pending_chunks(cache_dir: Path) -> list[Path]:
-    """Committed chunk files: pathlib's glob also matches the hidden temporaries of a write in progress."""
-    return [p for p in (cache_dir / "pending").glob("*.h5") if not p.name.startswith(".")]
+def chunks(cache_dir: Path) -> list[Path]:
+    """Complete chunk files (not the temporary of one being written, which pathlib's * also matches)."""
+    return [p for p in (cache_dir / "pending").glob("*.h5") if not p.name.startswith(".tmp-")]
 
 
 def pending_rows(cache_dir: Path) -> int:
     n = 0
-    for p in pending_chunks(cache_dir):
+    for p in chunks(cache_dir):
         with h5py.File(p, "r") as f:
             n += f["features"].shape[0]
     return n
@@ -119,7 +119,7 @@ def test_sigkill_keeps_written_chunks_and_the_next_run_resumes(grown, isolated_w
     data, cache_dir, earlier, reference = grown
     log = tmp_path / "progress.log"
     proc = start_slow(data, isolated_workspace, log, chunk=4)
-    wait_for(lambda: len(pending_chunks(cache_dir)) >= 3, proc)
+    wait_for(lambda: len(chunks(cache_dir)) >= 3, proc)
     proc.kill()
     proc.wait(timeout=60)
     saved = pending_rows(cache_dir)

@@ -242,7 +242,10 @@ def _prepare_resume(ws: Workspace, run_dir, overrides: dict | None, data_dir):
         run_dir = last
     run_dir = Path(run_dir)
     cfg = FinetuneConfig.load(run_dir).with_resume_overrides(overrides or {})
-    source = json.loads((run_dir / SOURCE).read_text())
+    try:
+        source = json.loads((run_dir / SOURCE).read_text())
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{run_dir / SOURCE} is missing or unreadable: cannot tell which dataset to resume on") from exc
     if data_dir is not None and Path(data_dir).expanduser().resolve() != Path(source["data_dir"]):
         raise ConfigError(f"cannot change the dataset when resuming (saved {source['data_dir']}, given {data_dir})",
                           hint="omit DATA_DIR with --resume, or start a new run")
@@ -313,26 +316,28 @@ def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, repor
     deadline = t0 + cfg.time_budget if cfg.time_budget else None
     skipped: set[str] = {f"{rel}: {why}" for rel, why in ds.skipped}  # found by the scan: named, not silent
     longest = 0.0  # wall time of the slowest epoch so far, checkpoint and plot included
-    # Micro-batch retries only on one process: under DDP a rank that re-runs its step alone would
-    # call backward (and so all-reduce) more often than the others and the ranks would desync.
-    halving = None if distributed.active() else HalvingStep(lambda m: reporter.log(
+    # Not under torchrun: a rank retrying a step alone would leave the others waiting in the
+    # gradient all-reduce of the step it abandoned; there an OOM stops the run (lower --batch-size).
+    halving = None if info.enabled else HalvingStep(lambda m: reporter.log(
         f"out of memory: training goes on in micro-batches of {m}, gradients accumulated over {cfg.batch_size}"))
     while not st["finished"] and st["epoch"] < cfg.epochs:
         if deadline and ddp.any_rank(time.perf_counter() + longest > deadline):
             st["stop_reason"] = "time_budget"  # the next epoch would not fit: stop with the best so far
             break
         t_epoch = time.perf_counter()
-        row = _run_epoch(model, opt, loaders, loss_fn, device, cfg, st["epoch"], reporter, deadline, skipped,
-                         halving, net)
+        row = _run_epoch(model, opt, loaders, loss_fn, device, cfg, st["epoch"], reporter, deadline, skipped, halving, net)
         if row is None:
             st["stop_reason"] = "time_budget"  # ran out mid-epoch: that partial epoch is discarded
             break
         _end_epoch(run_dir, cfg, model, opt, loaders, st, row)
+        first = longest == 0.0
         longest = max(longest, time.perf_counter() - t_epoch)
         reporter.log(format_row(row, improved=st["best"].get("epoch") == row["epoch"]))
+        if first and deadline and not st["finished"]:
+            _warn_if_budget_short(reporter, cfg, st["epoch"], longest, deadline)
     if not st["best"]:
         raise RunError(f"the time budget ({cfg.time_budget:g} s) ended before the first epoch did",
-                       hint=f"raise --time-budget; `tl finetune --resume` continues {run_dir}")
+                       hint="start again with a larger --time-budget (no epoch was finished, so there is nothing to keep)")
     skipped = set().union(*distributed.all_gather_object(sorted(skipped)))
     if info.is_main:
         _save_final(run_dir, cfg, ds, model, spec, choice, st, loaders)
@@ -342,6 +347,14 @@ def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, repor
                           classes=ds.classes, resumed_from=resumed_from, trainable_params=trainable,
                           frozen_params=frozen, n_layers=len(model.layers), n_train=loaders.n_train,
                           n_val=loaders.n_val, seconds=time.perf_counter() - t0, skipped=sorted(skipped))
+
+
+def _warn_if_budget_short(reporter: Reporter, cfg: FinetuneConfig, done: int, epoch_s: float, deadline: float) -> None:
+    """Say early when the budget will cut the run short: the schedule would end at high learning rate."""
+    fit = done + int(max(deadline - time.perf_counter(), 0.0) // epoch_s)
+    if fit < cfg.epochs:
+        reporter.log(f"note: at {epoch_s:.0f} s per epoch about {fit} of {cfg.epochs} epochs fit in the time budget, "
+                     f"so the learning rate will not have decayed when it stops; --epochs {max(fit, 1)} plans for that")
 
 
 def _run_epoch(model, opt, loaders, loss_fn, device, cfg: FinetuneConfig, epoch: int, reporter: Reporter,

@@ -37,7 +37,8 @@ class FinetuneConfig:
         lr: learning rate of the trained backbone layers; head_lr: of the new head.
         optimizer: "adamw" or "sgd" (with `momentum`, Nesterov).
         weight_decay: decoupled (AdamW) or L2 (SGD); not applied to biases and norm weights.
-        warmup_epochs: linear warm-up from 0, then cosine decay to 0 at `epochs` (per step).
+        warmup_epochs: linear warm-up from 0, then cosine decay to 0 at `epochs` (per step);
+            default one epoch, or a fifth of the epochs when there are fewer than five.
         label_smoothing: cross-entropy label smoothing. dropout: before the new head.
         patience: stop after this many epochs without a better validation result (0 = never).
         augment: random resized crop + horizontal flip on training images.
@@ -61,7 +62,7 @@ class FinetuneConfig:
     optimizer: str = "adamw"
     momentum: float = 0.9
     weight_decay: float = 0.01
-    warmup_epochs: float = 1.0
+    warmup_epochs: float | None = None  # None: min(1, epochs / 5), so short runs still decay
     label_smoothing: float = 0.1
     dropout: float = 0.2
     patience: int = 4
@@ -74,6 +75,8 @@ class FinetuneConfig:
     sync_bn: bool = False
 
     def __post_init__(self) -> None:
+        if self.warmup_epochs is None:
+            object.__setattr__(self, "warmup_epochs", min(1.0, self.epochs / 5))
         checks = [
             (self.route in ROUTES, f"route must be one of {ROUTES}, got {self.route!r}"),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be adamw or sgd, got {self.optimizer!r}"),

@@ -18,13 +18,27 @@ from .preprocess import Preprocess, eval_transform, open_rgb, train_transform
 
 
 class LabelledImages:
-    """Map-style dataset: index -> (tensor or None, label, error). Unreadable files don't stop training."""
+    """Map-style dataset: index -> (tensor or None, label, error). Unreadable files don't stop training.
 
-    def __init__(self, root: Path, samples: list[Sample], pre: Preprocess, transform):
-        self.root, self.samples, self.pre, self.transform = root, samples, pre, transform
+    `mode` is "augment" (training), "plain" (training with --no-augment) or "eval". The transform
+    is built lazily in whichever process uses it: it closes over lambdas, which cannot be pickled
+    to worker processes started with "spawn" (the default on macOS and Windows).
+    """
+
+    def __init__(self, root: Path, samples: list[Sample], pre: Preprocess, mode: str):
+        self.root, self.samples, self.pre, self.mode = root, samples, pre, mode
+        self._transform = None
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_transform": None}
+
+    def transform(self, im):
+        if self._transform is None:
+            self._transform = eval_transform(self.pre) if self.mode == "eval" else train_transform(self.pre, self.mode == "augment")
+        return self._transform(im)
 
     def __getitem__(self, i: int):
         s = self.samples[i]
@@ -78,13 +92,13 @@ def make_loaders(ds: Dataset, pre: Preprocess, batch_size: int, workers: int, au
     gen = torch.Generator().manual_seed(seed + 7919 * dist.rank)
     common = dict(batch_size=ddp.local_batch_size(batch_size, dist), num_workers=workers, collate_fn=collate,
                   pin_memory=pin_memory, prefetch_factor=4 if workers > 0 else None, persistent_workers=False)
-    train_images = LabelledImages(ds.root, train_s, pre, train_transform(pre, augment))
+    train_images = LabelledImages(ds.root, train_s, pre, "augment" if augment else "plain")
     sampler = ddp.train_sampler(train_images, seed, dist)
     train = DataLoader(train_images, sampler=sampler, drop_last=False, generator=gen, **common)
     val = None
     if val_s:
         # Own generator: validation never draws from the global or training random streams.
-        val = DataLoader(LabelledImages(ds.root, val_s, pre, eval_transform(pre)),
+        val = DataLoader(LabelledImages(ds.root, val_s, pre, "eval"),
                          sampler=ddp.eval_indices(len(val_s), dist),
                          generator=torch.Generator().manual_seed(seed), **common)
     return Loaders(train, val, gen, len(train_s), len(val_s), sampler)

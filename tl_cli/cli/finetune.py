@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -27,7 +28,7 @@ HeadLr = Annotated[_Float, typer.Option("--head-lr", help="Learning rate of the 
 Optim = Annotated[Optional[str], typer.Option("--optimizer", help="adamw (default) or sgd (momentum, Nesterov).", show_default=False)]
 Momentum = Annotated[_Float, typer.Option("--momentum", help="SGD momentum (default: 0.9).", show_default=False)]
 WeightDecay = Annotated[_Float, typer.Option("--weight-decay", help="Weight decay (default: 0.01); not on biases and norms.", show_default=False)]
-Warmup = Annotated[_Float, typer.Option("--warmup-epochs", help="Linear warm-up, then cosine decay (default: 1).", show_default=False)]
+Warmup = Annotated[_Float, typer.Option("--warmup-epochs", help="Linear warm-up, then cosine decay (default: 1, or epochs/5 if shorter).", show_default=False)]
 Smoothing = Annotated[_Float, typer.Option("--label-smoothing", help="Label smoothing (default: 0.1).", show_default=False)]
 Dropout = Annotated[_Float, typer.Option("--dropout", help="Dropout before the new head (default: 0.2).", show_default=False)]
 Patience = Annotated[_Int, typer.Option("--patience", min=0, help="Stop after this many epochs without a better validation result; 0 = never (default: 4 finetune, 5 retrain).", show_default=False)]
@@ -64,10 +65,11 @@ RETRAIN_EXAMPLES = """Examples:
   tl retrain --resume --batch-size 16"""
 
 
-@command("finetune", epilog=FINETUNE_EXAMPLES)
-def finetune_cmd(
-    data_dir: DataArg = None,
-    freeze: Annotated[_Int, typer.Option("--freeze", min=0, help="Keep layers 1..N fixed (numbered as in `tl layers`).", show_default=False)] = None,
+Freeze = Annotated[_Int, typer.Option("--freeze", min=0, help="Keep layers 1..N fixed (numbered as in `tl layers`).", show_default=False)]
+
+
+def _options(
+    data_dir: DataArg = None, freeze: Freeze = None,
     backbone: Backbone = None, weights: Weights = None, pretrained: Pretrained = None, epochs: Epochs = None,
     batch_size: BatchSize = None, lr: Lr = None, head_lr: HeadLr = None, optimizer: Optim = None, momentum: Momentum = None,
     weight_decay: WeightDecay = None, warmup_epochs: Warmup = None, label_smoothing: Smoothing = None, dropout: Dropout = None,
@@ -75,28 +77,30 @@ def finetune_cmd(
     time_budget: Budget = None, val_fraction: ValFraction = None, sync_bn: SyncBn = None, resume: Resume = False,
     run: RunDir = None, ws_path: WorkspaceOpt = None,
 ) -> None:
-    """More data: layers 1..N keep their pretrained weights; the later layers and a new head are trained.
+    """The options of `tl finetune`; `tl retrain` has the same ones less --freeze. Typer reads
+    this signature for both commands (see `_register`), so each option is declared once."""
+
+
+def _register(route: str, doc: str, epilog: str, drop: tuple[str, ...] = ()) -> None:
+    sig = inspect.signature(_options, eval_str=True)
+
+    def cmd(**kw) -> None:
+        where = ("data_dir", "resume", "run", "ws_path")
+        _train(route, kw["data_dir"], kw["resume"], kw["run"], kw["ws_path"], {k: v for k, v in kw.items() if k not in where})
+
+    cmd.__signature__ = sig.replace(parameters=[p for name, p in sig.parameters.items() if name not in drop])
+    cmd.__doc__ = doc
+    cmd.__name__ = cmd.__qualname__ = f"{route}_cmd"
+    command(route, epilog=epilog)(cmd)
+
+
+_register("finetune", """More data: layers 1..N keep their pretrained weights; the later layers and a new head are trained.
 
     Each epoch is checkpointed; the best validation epoch is the model kept. The run folder gets
     history.csv, curves.png and the files `tl predict` and `tl evaluate` use.
-    """
-    opts = {k: v for k, v in locals().items() if k not in ("data_dir", "resume", "run", "ws_path")}
-    _train("finetune", data_dir, resume, run, ws_path, opts)
-
-
-@command("retrain", epilog=RETRAIN_EXAMPLES)
-def retrain_cmd(
-    data_dir: DataArg = None,
-    backbone: Backbone = None, weights: Weights = None, pretrained: Pretrained = None, epochs: Epochs = None,
-    batch_size: BatchSize = None, lr: Lr = None, head_lr: HeadLr = None, optimizer: Optim = None, momentum: Momentum = None,
-    weight_decay: WeightDecay = None, warmup_epochs: Warmup = None, label_smoothing: Smoothing = None, dropout: Dropout = None,
-    patience: Patience = None, augment: Augment = None, seed: Seed = None, device: Device = None, workers: Workers = None,
-    time_budget: Budget = None, val_fraction: ValFraction = None, sync_bn: SyncBn = None, resume: Resume = False,
-    run: RunDir = None, ws_path: WorkspaceOpt = None,
-) -> None:
-    """A lot of data: train the whole network from its pretrained weights (backbone at a lower learning rate than the head)."""
-    opts = {k: v for k, v in locals().items() if k not in ("data_dir", "resume", "run", "ws_path")}
-    _train("retrain", data_dir, resume, run, ws_path, opts)
+    """, FINETUNE_EXAMPLES)
+_register("retrain", "A lot of data: train the whole network from its pretrained weights (backbone at a lower "
+          "learning rate than the head).", RETRAIN_EXAMPLES, drop=("freeze",))
 
 
 def _train(route: str, data_dir: Path | None, resume: bool, run: Path | None, ws_path, opts: dict) -> None:
@@ -109,15 +113,20 @@ def _train(route: str, data_dir: Path | None, resume: bool, run: Path | None, ws
     given = {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items() if v is not None}
     ws = workspace(ws_path)
     reporter = RichReporter(err)
-    if resume:
-        res = ft.resume(run, given, data_dir, ws, reporter)
-    else:
-        if run is not None:
-            raise ConfigError("--run only goes with --resume")
-        if route == "finetune" and "freeze" not in given:
-            raise ConfigError("tl finetune needs --freeze N", hint="`tl layers` shows the layers; `tl suggest` recommends N")
-        cfg = FinetuneConfig.for_route(route, **given)
-        res = ft.start(data_dir if data_dir is not None else ws.last_dataset(), cfg, ws, reporter)
+    try:
+        if resume:
+            res = ft.resume(run, given, data_dir, ws, reporter)
+        else:
+            if run is not None:
+                raise ConfigError("--run only goes with --resume")
+            if route == "finetune" and "freeze" not in given:
+                raise ConfigError("tl finetune needs --freeze N", hint="`tl layers` shows the layers; `tl suggest` recommends N")
+            cfg = FinetuneConfig.for_route(route, **given)
+            res = ft.start(data_dir if data_dir is not None else ws.last_dataset(), cfg, ws, reporter)
+    except KeyboardInterrupt:
+        reporter.stop()
+        err.print(f"[yellow]interrupted[/]: every finished epoch is checkpointed; `tl {route} --resume` continues")
+        raise typer.Exit(130) from None
     if is_main():  # under torchrun every rank has the result; one prints it
         render(res)
 
