@@ -76,7 +76,7 @@ def test_evaluate_json_schema(trained):
         (["extract", "does_not_exist"], "dataset folder not found"),
         (["extract", "{empty}"], "no class folders"),
         (["extract", "{single}"], "only one class"),
-        (["extract", "{empty_class}"], "class folder with no images: purple"),
+        (["extract", "{empty_class}", "--strict"], "purple/: class folder with no images"),
         (["extract", "{data}", "--backbone", "resnet5O"], "unknown backbone"),
         (["extract", "{data}", "--backbone", "resnet18"], "pretrained weights for resnet18 are not on this machine"),
         (["predict", "x.jpg"], "no trained model in workspace"),

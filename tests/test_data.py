@@ -70,9 +70,9 @@ def test_errors(tmp_path, image_folder):
     make_folder(tmp_path / "one", 3, ("red",))
     with pytest.raises(DataError, match="only one class"):
         scan_dataset(tmp_path / "one")
-    (image_folder / "purple").mkdir()
-    with pytest.raises(DataError, match="purple"):
-        scan_dataset(image_folder)
+    (image_folder / "purple").mkdir()  # an empty class is skipped and named, not fatal
+    ds = scan_dataset(image_folder)
+    assert "purple" not in ds.classes and ("purple/", "class folder with no images") in ds.skipped
     f = tmp_path / "file.jpg"
     f.write_bytes(b"x")
     with pytest.raises(DataError, match="not a folder"):

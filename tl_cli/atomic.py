@@ -20,8 +20,10 @@ from .errors import WorkspaceError
 TMP_PREFIX = ".tmp-"
 
 
-def _raise_os(exc: OSError, path: Path) -> None:
-    if exc.errno == errno.ENOSPC:
+def raise_write_error(exc: OSError, path: Path) -> None:
+    """Re-raise a failed write as a WorkspaceError when it is the user's to fix (disk full, read-only)."""
+    # HDF5 reports some write failures with the C library's message but no errno.
+    if exc.errno == errno.ENOSPC or "No space left on device" in str(exc):
         raise WorkspaceError(f"disk full while writing {path}", hint="free some space and run again") from exc
     if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
         raise WorkspaceError(
@@ -29,6 +31,16 @@ def _raise_os(exc: OSError, path: Path) -> None:
             hint="choose a writable workspace with --workspace or TL_WORKSPACE",
         ) from exc
     raise exc
+
+
+_raise_os = raise_write_error  # the name other modules were written against
+
+
+def _umask() -> int:
+    # The only way to read the umask is to set it; set it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -42,9 +54,11 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", suffix=suffix, dir=path.parent)
+        # mkstemp makes the file 0600; give it the mode a plain open() would (0666 minus umask).
+        os.fchmod(fd, 0o666 & ~_umask())
         os.close(fd)
     except OSError as exc:
-        _raise_os(exc, path)
+        raise_write_error(exc, path)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -54,7 +68,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         _fsync_dir(path.parent)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
-        _raise_os(exc, path)
+        raise_write_error(exc, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -84,6 +98,46 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Atomically write `obj` as indented JSON."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success its files are fsynced and it becomes `path`.
+
+    Readers see the whole folder or none of it. An existing folder at `path` is replaced
+    (moved aside first, removed after the new one is in place). On any exception the temporary
+    folder is removed and `path` is untouched.
+    """
+    import shutil
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private (0700); a result folder should not be
+    except OSError as exc:
+        _raise_os(exc, path)
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + path.name + ".old.", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _raise_os(exc, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> int:

@@ -26,7 +26,8 @@ from typing import Iterable
 
 import numpy as np
 
-from .atomic import atomic_path, remove_stale_temporaries, write_json
+from .atomic import TMP_PREFIX, atomic_path, raise_write_error, remove_stale_temporaries, write_json
+from .data import is_safe_relpath
 from .errors import CacheError
 
 FORMAT_VERSION = 2
@@ -84,9 +85,11 @@ class FeatureCache:
 
     # -- locking ---------------------------------------------------------------------------
     def __enter__(self) -> "FeatureCache":
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.pending.mkdir(exist_ok=True)
-        fh = open(self.dir / "lock", "a+")
+        try:
+            self.pending.mkdir(parents=True, exist_ok=True)
+            fh = open(self.dir / "lock", "a+")
+        except OSError as exc:
+            raise_write_error(exc, self.dir / "lock")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -130,6 +133,9 @@ class FeatureCache:
             if feats.shape[1:] != (self.info["feature_dim"],):
                 raise CacheError(f"{path.name}: feature width {feats.shape[1:]} != {self.info['feature_dim']}")
             rel = [r.decode() if isinstance(r, bytes) else r for r in f["relpath"][:]]
+            unsafe = next((r for r in rel if not is_safe_relpath(r)), None)
+            if unsafe is not None:
+                raise CacheError(f"{path.name}: stored path {unsafe!r} is not inside the dataset folder")
             size, mtime = f["size"][:], f["mtime_ns"][:]
             if not (len(rel) == len(size) == len(mtime) == feats.shape[0]):
                 raise CacheError(f"{path.name}: datasets of different lengths")
@@ -138,7 +144,7 @@ class FeatureCache:
     def _load_index(self) -> None:
         """Index every readable row; unreadable files are deleted and reported (then rebuilt)."""
         self._rows = {}
-        sources = ([self.main] if self.main.exists() else []) + sorted(self.pending.glob("*.h5"))
+        sources = ([self.main] if self.main.exists() else []) + self._chunks()
         for path in sources:  # later chunks override earlier rows for the same file
             try:
                 for stat, i in self._read_file_index(path):
@@ -146,6 +152,10 @@ class FeatureCache:
             except (OSError, KeyError, ValueError, CacheError) as exc:
                 self.rebuilt_reason = f"{path.name} was unreadable ({exc}); it was discarded and is rebuilt"
                 path.unlink(missing_ok=True)
+
+    def _chunks(self) -> list[Path]:
+        # pathlib's "*" also matches dot-files: skip the temporaries of a write in progress.
+        return sorted(p for p in self.pending.glob("chunk-*.h5") if not p.name.startswith(TMP_PREFIX))
 
     def lookup(self, stats: list[FileStat]) -> set[str]:
         """Relative paths whose cached row is still valid (same size and mtime)."""
@@ -191,7 +201,7 @@ class FeatureCache:
 
     def consolidate(self, stats: list[FileStat]) -> None:
         """Rewrite features.h5 with exactly the rows of `stats` (all must be cached), drop chunks."""
-        chunks = sorted(self.pending.glob("*.h5"))
+        chunks = self._chunks()
         rels = [s.relpath for s in stats]
         main_ok = self.main.exists() and not chunks and all(self._rows[r][1] == self.main for r in rels)
         if main_ok and len(self._rows) == len(rels):

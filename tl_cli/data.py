@@ -74,7 +74,36 @@ class Dataset:
         return out
 
     def abspath(self, s: Sample) -> Path:
-        return self.root / s.relpath
+        return resolve_inside(self.root, s.relpath)
+
+    def drop_classes(self, names: list[str], reason: str) -> "Dataset":
+        """A copy without the classes `names` (each listed in `skipped` as "name/: reason")."""
+        if not names:
+            return self
+        keep = [c for c in self.classes if c not in names]
+        new_index = {c: i for i, c in enumerate(keep)}
+        samples = [Sample(s.relpath, new_index[self.classes[s.label]], s.split)
+                   for s in self.samples if self.classes[s.label] in new_index]
+        skipped = self.skipped + [(f"{c}/", reason) for c in names]
+        return Dataset(self.root, keep, samples, skipped, self.layout)
+
+
+def is_safe_relpath(rel: str) -> bool:
+    """True for a relative POSIX path that stays inside the folder it is relative to.
+
+    Caches and runs store image paths relative to the dataset root; anything absolute, with a
+    `..` component or a NUL did not come from tl and is refused.
+    """
+    if not rel or "\0" in rel or rel.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in rel.split("/"))
+
+
+def resolve_inside(root: Path, rel: str) -> Path:
+    """`root / rel`, refusing a stored path that would point outside `root` (DataError)."""
+    if not is_safe_relpath(rel):
+        raise DataError(f"refusing a stored path outside the dataset folder: {rel!r}")
+    return root / rel
 
 
 def is_val(relpath_in_class: str, val_fraction: float) -> bool:
@@ -91,18 +120,29 @@ def _hidden(name: str) -> bool:
     return name.startswith(".") or name.startswith("__MACOSX")
 
 
-def _walk_files(folder: Path) -> list[Path]:
-    """All non-hidden files under `folder`, sorted, following symlinked folders once."""
+def _walk_files(folder: Path, stop_at: Path | None = None) -> list[Path]:
+    """All non-hidden files under `folder`, sorted, following symlinked folders once.
+
+    A link back to `folder`, `stop_at` (the dataset root) or one of their ancestors is a loop and
+    is not entered; each real folder is walked at most once, so every walk terminates.
+    """
     out: list[Path] = []
     visited: set[tuple[int, int]] = set()
+    ancestors = {os.path.realpath(folder)}
+    for start in (folder, stop_at):
+        if start is not None:
+            ancestors.update(str(p) for p in Path(os.path.realpath(start)).parents)
+            ancestors.add(os.path.realpath(start))
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         st = os.stat(dirpath)
         key = (st.st_dev, st.st_ino)
-        if key in visited:  # symlink loop or a second link to the same folder
+        if key in visited:  # a second link to the same folder
             dirnames[:] = []
             continue
         visited.add(key)
-        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+        dirnames[:] = sorted(
+            d for d in dirnames if not _hidden(d) and os.path.realpath(os.path.join(dirpath, d)) not in ancestors
+        )
         for f in sorted(filenames):
             if not _hidden(f):
                 out.append(Path(dirpath) / f)
@@ -122,7 +162,8 @@ def scan_dataset(root: str | os.PathLike, val_fraction: float = 0.2, min_classes
         min_classes: fewer classes than this is an error (a classifier needs two).
 
     Raises:
-        DataError: missing folder, no class folders, an empty class, too few classes, no images.
+        DataError: missing folder, no class folders, no images, fewer than `min_classes` classes
+            with images. Empty class folders are dropped and listed in `skipped`.
     """
     root = Path(root).expanduser()
     if not root.exists():
@@ -147,36 +188,33 @@ def scan_dataset(root: str | os.PathLike, val_fraction: float = 0.2, min_classes
             f"no class folders in {root}",
             hint="put images in one sub-folder per class, e.g. DATA/cats/*.jpg, DATA/dogs/*.jpg",
         )
-    index = {c: i for i, c in enumerate(classes)}
-    samples: list[Sample] = []
+    found: list[tuple[str, str, str]] = []  # (relpath, class, split)
     skipped: list[tuple[str, str]] = []
-    per_class = {c: 0 for c in classes}
     for split, base in split_roots:
         for cdir in _class_dirs(base):
-            for f in _walk_files(cdir):
+            for f in _walk_files(cdir, stop_at=root):
                 rel = f.relative_to(root).as_posix()
-                fmt = sniff_image(f)
-                if fmt is None:
+                if sniff_image(f) is None:
                     if f.suffix.lower() in IMAGE_SUFFIXES:
                         reason = "empty file" if _size(f) == 0 else "not an image (unknown content)"
                         skipped.append((rel, reason))
                     continue  # non-image files (notes, .json) are ignored silently
                 in_class = f.relative_to(cdir).as_posix()
                 s = split or ("val" if is_val(in_class, val_fraction) else "train")
-                samples.append(Sample(rel, index[cdir.name], s))
-                per_class[cdir.name] += 1
-    empty = [c for c, n in per_class.items() if n == 0]
-    if empty:
+                found.append((rel, cdir.name, s))
+    if not found:
+        raise DataError(f"no images in {root}", hint="tl reads JPEG, PNG, GIF, BMP, TIFF and WebP files")
+    ds = Dataset(root, classes, [], skipped, layout)
+    by_name = {c: i for i, c in enumerate(classes)}
+    ds.samples = [Sample(rel, by_name[c], s) for rel, c, s in found]
+    # An empty class folder is skipped and named, not fatal: the rest of the data is still usable.
+    ds = ds.drop_classes([c for c, n in ds.counts().items() if n == 0], "class folder with no images")
+    if len(ds.classes) < min_classes:
         raise DataError(
-            f"class folder{'s' if len(empty) > 1 else ''} with no images: {', '.join(empty)}",
-            hint="add images or remove the folder",
-        )
-    if len(classes) < min_classes:
-        raise DataError(
-            f"only one class ({classes[0]}) in {root}: a classifier needs at least two",
+            f"only one class ({ds.classes[0]}) with images in {root}: a classifier needs at least two",
             hint="add a sub-folder of images for each other class",
         )
-    return Dataset(root, classes, samples, skipped, layout)
+    return ds
 
 
 def _size(p: Path) -> int:

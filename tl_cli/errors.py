@@ -54,3 +54,11 @@ class UnsafeFile(TLError):
 
 class WorkspaceError(TLError):
     """The workspace can't be written (read-only, disk full) or is busy."""
+
+
+class ExportError(TLError):
+    """An export could not be written, or does not reproduce PyTorch's outputs."""
+
+
+class OutOfMemory(TLError):
+    """Out of memory even after halving the batch down to one image."""

@@ -3,10 +3,16 @@
 Images are decoded in threads (`loader.py`) while the engine (`engines.py`: onnxruntime on CPU
 by default, eager PyTorch otherwise) runs the network, so the two overlap. Rows are written to the cache in chunks as they are produced: an interrupted
 extraction keeps what it finished, and the next run extracts only the rest.
+
+Under torchrun every rank runs the backbone on its share of the batches (`distributed.my_shard`)
+and all features are gathered to rank 0, which alone holds the cache and writes it: the cache is
+the same, row for row and byte for byte, as one process makes, because every image is run in the
+same batch as on one process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -14,9 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from . import distributed
 from .backbones import DEFAULT_BACKBONE, get_spec, resolve_weights
 from .cache import FeatureCache, FileStat, dataset_fingerprint, stat_files
 from .data import Dataset, scan_dataset
+from .oom import HalvingForward
 from .errors import ConfigError, DataError, ImageError
 from .preprocess import Preprocess, load_tensor
 from .progress import Reporter
@@ -84,6 +92,7 @@ class ExtractResult:
     backbone: str = ""
     engine: str = ""  # the engine that ran ("onnx", "torch"), "" when everything came from the cache
     notes: list[str] = field(default_factory=list)
+    world_size: int = 1  # processes that shared the extraction (torchrun)
 
     @property
     def images_per_second(self) -> float:
@@ -118,7 +127,8 @@ def _collate(items):
 def default_workers() -> int:
     # Decoding is ~10x cheaper than the forward pass on CPU, so one worker per two cores keeps
     # the network fed without stealing its threads; capped because each worker costs memory.
-    n = os.cpu_count() or 1
+    # Under torchrun the node's cores are shared by its LOCAL_WORLD_SIZE processes.
+    n = (os.cpu_count() or 1) // max(1, distributed.env_info().local_world_size)
     return max(1, min(8, n // 2))
 
 
@@ -149,53 +159,6 @@ def _precision(cfg: ExtractConfig) -> str:
     return "bf16" if cfg.engine != "onnx" and device_type(cfg.device) == "cuda" else "float32"
 
 
-def _extract_missing(todo: list[FileStat], root: Path, spec, choice, cfg: ExtractConfig, ws: Workspace,
-                     cache: FeatureCache, reporter: Reporter, failed: list[tuple[str, str]],
-                     notes: list[str]) -> tuple[int, set[str], str]:
-    """Decode `todo` in threads, run the engine, write the rows to the cache in chunks.
-
-    Returns (images extracted, relpaths that could not be read, engine name).
-    """
-    from .engines import make_engine
-    from .loader import default_threads
-
-    def build_net():
-        from .backbones import create_backbone
-
-        return create_backbone(spec.name, cfg.weights, cfg.pretrained)[0]
-
-    engine, engine_notes = make_engine(cfg.engine, spec, choice, cfg.device, ws.root / "engines", build_net)
-    notes.extend(engine_notes)
-    threads = default_threads() if cfg.workers is None else cfg.workers
-    te = time.perf_counter()
-    n_extracted = 0
-    bad_rel: set[str] = set()
-    buf_stats: list[FileStat] = []
-    buf_feats: list[np.ndarray] = []
-    reporter.start("extracting", len(todo))
-    try:
-        for batch in iter_decoded(root, [s.relpath for s in todo], spec.preprocess, cfg.batch_size, threads):
-            for i, err in batch.failed:
-                if cfg.strict:
-                    raise ImageError(f"{todo[i].relpath}: {err}", hint="remove it, or drop --strict")
-                failed.append((todo[i].relpath, err))
-                bad_rel.add(todo[i].relpath)
-            if batch.pixels is not None:
-                buf_feats.append(engine(batch.pixels))
-                buf_stats.extend(todo[i] for i in batch.index)
-                n_extracted += len(batch.index)
-            if len(buf_stats) >= cfg.chunk_rows:
-                cache.write_chunk(buf_stats, np.concatenate(buf_feats))
-                buf_stats, buf_feats = [], []
-            elapsed = time.perf_counter() - te
-            reporter.advance(len(batch.index) + len(batch.failed), img_s=f"{n_extracted / max(elapsed, 1e-9):.1f}/s")
-        if buf_stats:
-            cache.write_chunk(buf_stats, np.concatenate(buf_feats))
-    finally:
-        reporter.stop()
-    return n_extracted, bad_rel, engine.name
-
-
 def iter_decoded(root: Path, relpaths: list[str], pre: Preprocess, batch_size: int, threads: int):
     """The decode stage of extraction (a seam: tests replace it to prove nothing is decoded)."""
     from .loader import iter_batches
@@ -203,18 +166,133 @@ def iter_decoded(root: Path, relpaths: list[str], pre: Preprocess, batch_size: i
     return iter_batches(root, relpaths, pre, batch_size, threads, normalize=True)
 
 
+def _save_pending(cache: FeatureCache, stats: list[FileStat], feats: list[np.ndarray]) -> None:
+    """Best-effort write of the unsaved rows while an error or interrupt is on its way up."""
+    if stats:
+        with contextlib.suppress(Exception):  # e.g. disk full again: the original error matters more
+            cache.write_chunk(stats, np.concatenate(feats))
+
+
+def _drop_unreadable_classes(ds: Dataset, good_rel: list[str], failed: list[tuple[str, str]]):
+    """Drop (and list) classes none of whose images could be read; fewer than two left is an error."""
+    label_of = {s.relpath: s.label for s in ds.samples}
+    seen = {label_of[r] for r in good_rel}
+    missing = [c for i, c in enumerate(ds.classes) if i not in seen]
+    if not missing:
+        return ds, failed
+    reason = "class folder with no readable images"
+    ds = ds.drop_classes(missing, reason)
+    if len(ds.classes) < 2:
+        raise DataError(
+            f"no readable images in class folder{'s' if len(missing) > 1 else ''} {', '.join(missing)}: "
+            "fewer than two classes left",
+            hint="run with --strict to stop at the first unreadable image and see why",
+        )
+    return ds, failed + [(f"{c}/", reason) for c in missing]
+
+
+def _batches(root: Path, todo: list[FileStat], pre: Preprocess, cfg: ExtractConfig, engine):
+    """Yield (indices into todo, features or None, [(index, reason)] unreadable) per batch, in todo order.
+
+    Under torchrun each rank decodes and runs only its batches; each round every rank contributes
+    at most one batch and all of them are gathered, so every rank sees every batch, in order.
+    """
+    from .loader import default_threads
+
+    threads = default_threads() if cfg.workers is None else cfg.workers
+    rel = [s.relpath for s in todo]
+    if not distributed.active():
+        for b in iter_decoded(root, rel, pre, cfg.batch_size, threads):
+            yield b.index, (engine(b.pixels) if b.pixels is not None else None), b.failed
+        return
+    info = distributed.env_info()
+    mine = distributed.my_shard(len(rel), cfg.batch_size, info)
+    local = iter(iter_decoded(root, [rel[i] for i in mine], pre, cfg.batch_size, threads))
+    n_batches = -(-len(rel) // cfg.batch_size)
+    for _ in range(-(-n_batches // info.world_size)):
+        payload = None
+        b = next(local, None)
+        if b is not None:
+            feats = engine(b.pixels) if b.pixels is not None else None
+            payload = ([mine[i] for i in b.index], feats, [(mine[i], err) for i, err in b.failed])
+        for got in distributed.all_gather_object(payload):  # rank order == batch order
+            if got is not None:
+                yield got
+
+
+@dataclass
+class _Filled:
+    n_extracted: int = 0
+    seconds: float = 0.0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    oom_batch: int | None = None  # the batch size extraction went on with after running out of memory
+    engine: str = ""  # the engine that ran ("onnx", "torch")
+
+
+def _fill(cache: FeatureCache | None, root: Path, todo: list[FileStat], spec, choice, cfg: ExtractConfig,
+          device, engines_dir: Path, reporter: Reporter, notes: list[str]) -> _Filled:
+    """Run the engine over `todo` and write the rows into `cache` in chunks (cache None: another rank)."""
+    from .engines import make_engine
+
+    def build_net():
+        from .backbones import create_backbone
+
+        return create_backbone(spec.name, cfg.weights, cfg.pretrained)[0]
+
+    done = _Filled()
+    te = time.perf_counter()
+    raw_engine, engine_notes = make_engine(cfg.engine, spec, choice, str(device), engines_dir, build_net)
+    notes.extend(engine_notes)
+    done.engine = raw_engine.name
+    # On OOM the batch is halved and extraction goes on from where it stopped.
+    engine = HalvingForward(raw_engine)
+    reporter.start("extracting", len(todo))
+    buf_stats: list[FileStat] = []
+    buf_feats: list[np.ndarray] = []
+    try:
+        for idx, feats, bad in _batches(root, todo, spec.preprocess, cfg, engine):
+            for i, err in bad:
+                if cfg.strict:  # every rank sees every batch, so every rank stops here
+                    raise ImageError(f"{todo[i].relpath}: {err}", hint="remove it, or drop --strict")
+                done.failed.append((todo[i].relpath, err))
+            if feats is not None:
+                buf_feats.append(feats)
+                buf_stats.extend(todo[i] for i in idx)
+                done.n_extracted += len(idx)
+            if cache is not None and len(buf_stats) >= cfg.chunk_rows:
+                cache.write_chunk(buf_stats, np.concatenate(buf_feats))
+                buf_stats, buf_feats = [], []
+            elapsed = time.perf_counter() - te
+            reporter.advance(len(idx) + len(bad), img_s=f"{done.n_extracted / max(elapsed, 1e-9):.1f}/s")
+        if cache is not None:
+            cache.write_chunk(buf_stats, np.concatenate(buf_feats) if buf_feats else np.empty((0, spec.feature_dim)))
+    except BaseException:
+        # Ctrl-C, --strict, ...: keep the rows already computed so the next run starts after them.
+        if cache is not None:
+            _save_pending(cache, buf_stats, buf_feats)
+        raise
+    finally:
+        reporter.stop()
+    done.seconds = time.perf_counter() - te
+    done.oom_batch = engine.limit
+    return done
+
+
 def extract_features(
     data_dir: str | os.PathLike,
     cfg: ExtractConfig = ExtractConfig(),
     workspace: Workspace | None = None,
     reporter: Reporter | None = None,
-) -> ExtractResult:
+) -> ExtractResult | None:
     """Make sure every image of `data_dir` has cached features; return them all.
 
-    Images whose (path, size, mtime) are already cached are not decoded or run again.
+    Images whose (path, size, mtime) are already cached are not decoded or run again. Under
+    torchrun (WORLD_SIZE > 1) every rank must call this; the ranks share the work, rank 0 writes
+    the cache and gets the result, the other ranks get None.
 
     Raises:
-        DataError, WeightsNotFound, UnknownBackbone, CacheError, ImageError (with cfg.strict).
+        DataError, WeightsNotFound, UnknownBackbone, CacheError, ImageError (with cfg.strict),
+        ConfigError (a device that does not exist, or cuda:N under torchrun).
 
     Example:
         >>> r = extract_features("photos", ExtractConfig(backbone="lenet5", pretrained=False))
@@ -222,17 +300,24 @@ def extract_features(
         (120, 84)
     """
     t0 = time.perf_counter()
-    reporter = reporter or Reporter()
+    device = distributed.rank_device(cfg.device)
+    info = distributed.init(device.type)
+    reporter = (reporter or Reporter()) if info.is_main else Reporter()
     ws = workspace or Workspace.open()
-    ws.ensure()
     spec = get_spec(cfg.backbone)
     choice = resolve_weights(spec, cfg.weights, cfg.pretrained)
     ds = scan_dataset(data_dir, cfg.val_fraction)
     if cfg.strict and ds.skipped:
         rel, why = ds.skipped[0]
         raise ImageError(f"{rel}: {why}", hint="remove it, or drop --strict to skip unreadable images")
+    if not info.is_main:  # only rank 0 touches the workspace; it sends the to-do list
+        todo = distributed.broadcast_object(None)
+        if todo:
+            _fill(None, ds.root, todo, spec, choice, cfg, device, ws.root / "engines", reporter, [])
+        return None
+    ws.ensure(outside=ds.root)
     pre = spec.preprocess
-    info = {
+    info_key = {
         "backbone": spec.name,
         "weights": choice.identity,
         "preprocess": pre.to_dict(),
@@ -240,35 +325,30 @@ def extract_features(
         "dataset_root": str(ds.root),
     }
     if _precision(cfg) != "float32":  # absent for float32 so existing caches keep their key
-        info["precision"] = _precision(cfg)
-    relpaths = [s.relpath for s in ds.samples]
-    stats = stat_files(ds.root, relpaths)
+        info_key["precision"] = _precision(cfg)
+    stats = stat_files(ds.root, [s.relpath for s in ds.samples])
     failed: list[tuple[str, str]] = list(ds.skipped)
     notes: list[str] = []
-    n_extracted = 0
-    t_extract = 0.0
-    with FeatureCache(ws.caches, info, dtype=cfg.dtype) as cache:
+    done = _Filled()
+    with FeatureCache(ws.caches, info_key, dtype=cfg.dtype) as cache:
         if cache.rebuilt_reason:
             notes.append(cache.rebuilt_reason)
         hits = cache.lookup(stats)
-        todo = [s for s in stats if s.relpath not in hits]
-        bad_rel: set[str] = set()
-        engine_name = ""
+        todo = distributed.broadcast_object([s for s in stats if s.relpath not in hits])
         if todo:
-            te = time.perf_counter()
-            n_extracted, bad_rel, engine_name = _extract_missing(todo, ds.root, spec, choice, cfg, ws, cache,
-                                                                 reporter, failed, notes)
-            t_extract = time.perf_counter() - te
+            done = _fill(cache, ds.root, todo, spec, choice, cfg, device, ws.root / "engines", reporter, notes)
+        failed += done.failed
+        bad_rel = {rel for rel, _ in done.failed}
+        if done.oom_batch is not None:
+            notes.append(f"ran out of memory at batch size {cfg.batch_size}; continued with {done.oom_batch}")
         good = [s for s in stats if s.relpath not in bad_rel]
         cache.consolidate(good)
         good_rel = [s.relpath for s in good]
         feats = cache.read(good_rel)
+    ds, failed = _drop_unreadable_classes(ds, good_rel, failed)
     by_rel = {s.relpath: s for s in ds.samples}
     labels = np.array([by_rel[r].label for r in good_rel], dtype=np.int64)
     splits = np.array([by_rel[r].split for r in good_rel])
-    missing = [c for i, c in enumerate(ds.classes) if not (labels == i).any()]
-    if missing:
-        raise DataError(f"no readable images in class folder{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
     ws.remember(last_dataset=ds.root)
     return ExtractResult(
         dataset=ds,
@@ -277,16 +357,17 @@ def extract_features(
         labels=labels,
         splits=splits,
         failed=failed,
-        n_extracted=n_extracted,
-        n_cached=len(good) - n_extracted,
+        n_extracted=done.n_extracted,
+        n_cached=len(good) - done.n_extracted,
         seconds=time.perf_counter() - t0,
-        extract_seconds=t_extract,
+        extract_seconds=done.seconds,
         cache_key=cache.key,
         fingerprint=dataset_fingerprint(cache.key, good),
         cache_dir=cache.dir,
         weights_id=choice.identity,
         preprocess=pre,
         backbone=spec.name,
-        engine=engine_name,
+        engine=done.engine,
         notes=notes,
+        world_size=info.world_size,
     )

@@ -1,18 +1,26 @@
-"""Predicting classes for image files with a saved run."""
+"""Predicting classes for image files with a saved run or an exported ONNX model.
+
+`load_predictor` picks the engine from what `--model` points at: a run folder (PyTorch) or an
+`.onnx` file (onnxruntime, preprocessing read from the JSON written beside it by `tl export`).
+Both engines share the batching and per-file error handling below, so they answer identically.
+"""
 
 from __future__ import annotations
 
 import glob
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
-from .data import _walk_files, sniff_image
-from .errors import ConfigError, DataError
+from .data import IMAGE_SUFFIXES, _walk_files, sniff_image
+from .errors import ConfigError
 from .preprocess import Preprocess
-from .runs import Run, load_run
+from .progress import Reporter
+from .runs import WEIGHTS, Run, load_arrays, load_run
 from .workspace import Workspace
 
 
@@ -32,25 +40,29 @@ class Prediction:
         return d
 
 
-def expand_inputs(items: list[str]) -> tuple[list[Path], list[Prediction]]:
+def expand_inputs(items: list[str], stdin=None) -> tuple[list[Path], list[Prediction]]:
     """Files, folders (recursive, images by content) and globs -> image paths, plus misses.
 
-    `-` reads one path per line from standard input.
+    `-` reads one path (file, folder or glob) per line from `stdin` (default sys.stdin).
+    Returns the unique image paths in input order, and a Prediction with `error` for each
+    input that matched nothing.
     """
-    import sys
-
     paths: list[Path] = []
     missing: list[Prediction] = []
-    queue = list(items)
-    if "-" in queue:
-        queue.remove("-")
-        queue.extend(line.strip() for line in sys.stdin if line.strip())
+    queue: list[str] = []
+    for item in items:
+        if item == "-":
+            queue.extend(line.strip() for line in (stdin or sys.stdin) if line.strip())
+        else:
+            queue.append(item)
     for item in queue:
         p = Path(item).expanduser()
         if p.is_dir():
-            paths.extend(f for f in _walk_files(p) if sniff_image(f))
+            # Images by content; files named like images but unreadable are kept so they are
+            # reported as failures instead of vanishing silently.
+            paths.extend(f for f in _walk_files(p) if sniff_image(f) or f.suffix.lower() in IMAGE_SUFFIXES)
         elif p.exists():
-            paths.append(p)
+            paths.append(p)  # named explicitly: tried even if it does not look like an image
         elif glob.has_magic(item):
             hits = sorted(Path(h) for h in glob.glob(os.path.expanduser(item), recursive=True))
             files = [h for h in hits if h.is_file()]
@@ -64,10 +76,81 @@ def expand_inputs(items: list[str]) -> tuple[list[Path], list[Prediction]]:
     return unique, missing
 
 
-class _TorchModel:
-    """The whole classifier in eager PyTorch (fine-tuned runs, CUDA, or no onnxruntime)."""
+class BasePredictor:
+    """Batching, top-k and per-file errors over a `model`; subclasses set the attributes below."""
 
-    def __init__(self, run: Run, device, weights: str | None):
+    classes: list[str]
+    preprocess: Preprocess
+    model: Callable[[np.ndarray], np.ndarray]  # (B, 3, S, S) float32 preprocessed -> (B, C) probabilities
+    source: str  # what was loaded, for messages
+    train_meta: dict  # the run's meta.json (dataset, config) as far as known: how it was trained
+
+    def _batches(self, paths: list[str | Path], batch_size: int, workers: int | None, reporter: Reporter | None):
+        """Yield (probs or None, indices of readable files, [(index, error)]) per batch."""
+        from .loader import default_threads, iter_batches
+
+        if batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+        if workers is None:  # decoding threads pay off only beyond one batch
+            workers = default_threads() if len(paths) > batch_size else 0
+        reporter = reporter or Reporter()
+        # Root "/" with absolute paths: the loader joins root / path, which keeps them as given.
+        batches = iter_batches(Path("/"), [os.path.abspath(p) for p in paths], self.preprocess, batch_size, workers,
+                               normalize=True)
+        reporter.start("predicting", len(paths))
+        try:
+            for b in batches:
+                yield (self.model(b.pixels) if b.pixels is not None else None), b.index, b.failed
+                reporter.advance(len(b.index) + len(b.failed))
+        finally:
+            reporter.stop()
+
+    def predict_batches(self, paths: list[str | Path], topk: int = 1, batch_size: int = 32,
+                        workers: int | None = 0, reporter: Reporter | None = None) -> Iterator[Prediction]:
+        """Classify files batch by batch, yielding one Prediction per file in input order.
+
+        Unreadable files come back with `error` set; they never stop the batch.
+        `workers=None` picks decoding processes automatically.
+        """
+        if topk < 1:
+            raise ConfigError(f"--topk must be >= 1, got {topk}")
+        k = min(topk, len(self.classes))
+        paths = [str(p) for p in paths]
+        for probs, idx, bad in self._batches(paths, batch_size, workers, reporter):
+            done: dict[int, Prediction] = {i: Prediction(paths[i], error=err) for i, err in bad}
+            if probs is not None:
+                top = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # ties: the earlier class first
+                for row, i in enumerate(idx):
+                    done[i] = Prediction(paths[i], [self.classes[j] for j in top[row]],
+                                         [float(probs[row, j]) for j in top[row]])
+            yield from (done[i] for i in sorted(done))
+
+    def predict(self, paths: list[str | Path], topk: int = 1, batch_size: int = 32, workers: int | None = 0,
+                reporter: Reporter | None = None) -> list[Prediction]:
+        """Classify files; see `predict_batches`.
+
+        Example:
+            >>> load_predictor().predict(["cat.jpg"], topk=2)[0].labels
+            ['cat', 'dog']
+        """
+        return list(self.predict_batches(paths, topk, batch_size, workers, reporter))
+
+    def probabilities(self, paths: list[str | Path], batch_size: int = 32, workers: int | None = 0,
+                      reporter: Reporter | None = None):
+        """(N, C) numpy probabilities of the readable files, their indices, and [(index, error)] of the others."""
+        probs, kept, failed = [], [], []
+        for p, idx, bad in self._batches(list(paths), batch_size, workers, reporter):
+            failed.extend(bad)
+            if p is not None:
+                probs.append(p)
+                kept.extend(idx)
+        return (np.concatenate(probs) if probs else np.empty((0, len(self.classes)), np.float32)), kept, failed
+
+
+class TorchModel:
+    """The whole classifier of a run in eager PyTorch: numpy inputs -> numpy probabilities."""
+
+    def __init__(self, run: Run, device, weights: str | None = None):
         import torch
 
         from .model import build_from_run
@@ -107,8 +190,6 @@ class _HeadOnEngine:
         if run.meta.get("kind") != "head" or engines_dir is None or weights is not None \
                 or device_type(device) != "cpu" or not onnxruntime_available():
             return None
-        from safetensors.numpy import load_file
-
         from .backbones import create_backbone, get_spec, resolve_weights
         from .engines import make_engine
 
@@ -121,11 +202,11 @@ class _HeadOnEngine:
             return None  # the torch route raises the clear "weights differ" error
         engine, _ = make_engine("onnx", spec, choice, "cpu", engines_dir,
                                 lambda: create_backbone(spec.name, w.get("file"), w.get("pretrained", True))[0])
-        t = load_file(str(run.dir / "model.safetensors"))
+        t = load_arrays(run.dir / WEIGHTS)
         return cls(engine, t["head.weight"].astype(np.float32), t["head.bias"].astype(np.float32))
 
 
-class Predictor:
+class Predictor(BasePredictor):
     """A trained run, ready to classify images.
 
     Head-only runs on CPU use the workspace's ONNX feature engine (exported once, shared with
@@ -139,13 +220,15 @@ class Predictor:
 
     def __init__(self, run: Run, device: str = "auto", weights: str | None = None, engines_dir: Path | None = None):
         self.run = run
+        self.source = str(run.dir)
+        self.train_meta = run.meta
         self.classes = run.classes
         self.preprocess = Preprocess.from_dict(run.meta["preprocess"])  # never current defaults
         self.model = _HeadOnEngine.try_load(run, device, weights, engines_dir)
         if self.model is None:
             from .device import resolve_device
 
-            self.model = _TorchModel(run, resolve_device(device), weights)
+            self.model = TorchModel(run, resolve_device(device), weights)
 
     @classmethod
     def from_workspace(cls, model: str | None = None, workspace: Workspace | None = None, **kw) -> "Predictor":
@@ -153,36 +236,18 @@ class Predictor:
         kw.setdefault("engines_dir", ws.root / "engines")
         return cls(load_run(model or ws.latest_run()), **kw)
 
-    def _batches(self, paths: list[str], batch_size: int, workers: int):
-        from .loader import iter_batches
 
-        for b in iter_batches(Path("/"), [os.path.abspath(p) for p in paths], self.preprocess, batch_size, workers,
-                              normalize=True):
-            yield (None if b.pixels is None else self.model(b.pixels)), b.index, b.failed
+def load_predictor(model: str | os.PathLike | None = None, workspace: Workspace | None = None,
+                   device: str = "auto") -> BasePredictor:
+    """The predictor for `--model`: a run folder (default: the workspace's latest run) or an .onnx file.
 
-    def predict(self, paths: list[str | Path], topk: int = 1, batch_size: int = 32, workers: int = 0) -> list[Prediction]:
-        """Classify files; unreadable ones come back with `error` set, never stop the batch."""
-        if topk < 1:
-            raise ConfigError(f"--topk must be >= 1, got {topk}")
-        k = min(topk, len(self.classes))
-        paths = [str(p) for p in paths]
-        out: list[Prediction | None] = [None] * len(paths)
-        for probs, idx, bad in self._batches(paths, batch_size, workers or (2 if len(paths) > batch_size else 0)):
-            for i, err in bad:
-                out[i] = Prediction(paths[i], error=err)
-            if probs is None:
-                continue
-            top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-            for row, i in enumerate(idx):
-                out[i] = Prediction(paths[i], [self.classes[j] for j in top[row]], [float(probs[row, j]) for j in top[row]])
-        return out  # type: ignore[return-value]
+    Raises:
+        RunError: no run, or an incomplete one. ExportError: an .onnx file without its JSON,
+        or onnxruntime not installed.
+    """
+    if model is not None and Path(model).suffix.lower() == ".onnx":
+        from .export import OnnxPredictor
 
-    def probabilities(self, paths: list[str | Path], batch_size: int = 32):
-        """(N, C) numpy probabilities, the indices of readable files, and (index, reason) failures."""
-        probs, kept, failed = [], [], []
-        for p, idx, bad in self._batches([str(x) for x in paths], batch_size, 2):
-            failed.extend(bad)
-            if p is not None:
-                probs.append(p)
-                kept.extend(idx)
-        return (np.concatenate(probs) if probs else np.empty((0, len(self.classes)), np.float32)), kept, failed
+        return OnnxPredictor(Path(model))
+    ws = workspace or Workspace.open()
+    return Predictor(load_run(model or ws.latest_run()), device=device, engines_dir=ws.root / "engines")

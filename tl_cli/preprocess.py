@@ -63,21 +63,52 @@ def open_rgb(path: str | Path, draft_size: int | None = None):
     `draft_size` lets the JPEG decoder downscale by 2/4/8 while decoding (much faster for large
     photos); it never goes below the requested size, so the later resize sees enough pixels.
     """
-    from PIL import Image, ImageOps
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
+                if im.format == "PNG":
+                    check_png_checksums(path)
                 if draft_size and im.format == "JPEG":
                     im.draft("RGB", (draft_size, draft_size))
                 im = ImageOps.exif_transpose(im)
                 return _to_rgb(im)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"{path}: image too large (decompression bomb?): {exc}") from exc
+    except UnidentifiedImageError as exc:
+        # Same words as the dataset scan uses for these files.
+        empty = Path(path).is_file() and Path(path).stat().st_size == 0
+        raise ImageError(f"{path}: {'empty file' if empty else 'not an image (unknown content)'}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path}: cannot decode image: {exc}") from exc
+
+
+def check_png_checksums(path: str | Path) -> None:
+    """Raise ImageError if any PNG chunk's CRC is wrong.
+
+    Pillow does not check the CRC of image-data chunks, so flipped bits there would decode into
+    silently wrong pixels; a wrong checksum is the file telling us it is corrupt.
+    """
+    import struct
+    import zlib
+
+    data = Path(path).read_bytes()
+    pos = 8  # after the signature
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        body_end = pos + 8 + length
+        if body_end + 4 > len(data):
+            raise ImageError(f"{path}: cannot decode image: PNG is truncated")
+        (crc,) = struct.unpack(">I", data[body_end : body_end + 4])
+        if zlib.crc32(data[pos + 4 : body_end]) & 0xFFFFFFFF != crc:
+            kind = data[pos + 4 : pos + 8].decode("latin-1")
+            raise ImageError(f"{path}: cannot decode image: bad PNG checksum in a {kind} chunk")
+        if data[pos + 4 : pos + 8] == b"IEND":
+            return
+        pos = body_end + 4
 
 
 def _to_rgb(im):

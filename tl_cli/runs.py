@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_path, write_json
+from .atomic import atomic_path, raise_write_error, write_json
 from .errors import RunError
 
 META = "meta.json"
@@ -43,12 +43,16 @@ def new_run_dir(runs_root: Path, route: str, dataset_name: str) -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset_name)[:40] or "data"
     base = runs_root / f"{stamp}-{route}-{slug}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = Path(f"{base}-{n}")
-    path.mkdir(parents=True)
-    return path
+    for n in range(1, 1000):
+        path = base if n == 1 else Path(f"{base}-{n}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:  # another run started in the same second
+            continue
+        except OSError as exc:
+            raise_write_error(exc, path)
+    raise RunError(f"too many runs named {base.name}")
 
 
 def save_tensors(path: Path, tensors: dict) -> None:
@@ -66,8 +70,26 @@ def save_tensors(path: Path, tensors: dict) -> None:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
 
 
-def load_tensors(path: Path) -> dict:
-    from safetensors.torch import load_file
+def load_tensors(path: Path, as_numpy: bool = False) -> dict:
+    """A run's safetensors file as torch tensors (or numpy arrays: no torch import needed).
+
+    Raises:
+        RunError: the file is not a readable safetensors file (truncated, garbage, a pickle, ...).
+    """
+    if as_numpy:
+        from safetensors.numpy import load_file
+    else:
+        from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:
+        raise RunError(f"{path}: unreadable weights ({exc.__class__.__name__}: {exc})") from exc
+
+
+def load_arrays(path: Path) -> dict:
+    """Like `load_tensors`, as numpy arrays (no torch import)."""
+    from safetensors.numpy import load_file
 
     try:
         return load_file(str(path))
@@ -92,6 +114,26 @@ class Run:
 
     def tensors(self) -> dict:
         return load_tensors(self.dir / WEIGHTS)
+
+    @property
+    def val_fraction(self) -> float:
+        """The validation share the run was trained with."""
+        return val_fraction_of(self.meta)
+
+
+def val_fraction_of(meta: dict) -> float:
+    """The validation share recorded in a run's meta (or an export's copy of it), default 0.2.
+
+    Fine-tuned runs record it at the top, `tl extract` runs in config["extract"].
+    """
+    if "val_fraction" in meta:
+        return float(meta["val_fraction"])
+    if "val_fraction" in meta.get("dataset", {}):
+        return float(meta["dataset"]["val_fraction"])
+    for section in meta.get("config", {}).values():  # {"extract": {...}, "head": {...}}
+        if isinstance(section, dict) and "val_fraction" in section:
+            return float(section["val_fraction"])
+    return 0.2
 
 
 def load_run(run_dir: str | Path) -> Run:

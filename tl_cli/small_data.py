@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import distributed
 from .extract import ExtractConfig, ExtractResult, extract_features
 from .head import HeadConfig, HeadResult, train_head
 from .progress import Reporter
@@ -17,7 +19,7 @@ from .workspace import Workspace
 
 @dataclass
 class SmallDataResult:
-    extract: ExtractResult
+    extract: ExtractResult | None  # None on ranks other than 0 under torchrun
     head: HeadResult | None
     run_dir: Path | None
 
@@ -33,10 +35,17 @@ def train_small_data(
     """`tl extract`: cache features, fit the head, save the run and make it the latest.
 
     Returns the extraction summary, the head's metrics and the run folder (None with train=False).
+    Under torchrun the ranks share the extraction; rank 0 alone trains the head and saves the run
+    (a softmax layer on cached features is seconds of work: not worth distributing) while the
+    others wait, and gets this result; the other ranks get SmallDataResult(None, None, None).
     """
     ws = workspace or Workspace.open()
     ex = extract_features(data_dir, cfg, ws, reporter)
+    if ex is None:
+        distributed.shutdown()
+        return SmallDataResult(None, None, None)
     if not train:
+        distributed.shutdown()
         return SmallDataResult(ex, None, None)
     tr, va = ex.splits == "train", ex.splits == "val"
     n_classes = len(ex.dataset.classes)
@@ -68,6 +77,12 @@ def train_small_data(
             "l2_search": head.grid,
         },
     }
-    save_run(run_dir, {"head.weight": head.weight, "head.bias": head.bias}, meta)
+    try:
+        save_run(run_dir, {"head.weight": head.weight, "head.bias": head.bias}, meta)
+    except BaseException:
+        # Disk full, read-only, Ctrl-C: no half-written run folder is left to be mistaken for one.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     ws.remember(latest_run=run_dir)
+    distributed.shutdown()
     return SmallDataResult(ex, head, run_dir)

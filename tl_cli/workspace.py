@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import write_json
+from .atomic import raise_write_error, write_json
 from .errors import DataError, RunError, WorkspaceError
 
 
@@ -40,7 +40,14 @@ class Workspace:
     def state_file(self) -> Path:
         return self.root / "state.json"
 
-    def ensure(self) -> None:
+    def ensure(self, outside: Path | None = None) -> None:
+        """Create the workspace if needed; raise WorkspaceError if it is not writable, or if it
+        would lie inside the folder `outside` (the user's dataset, which tl never writes into)."""
+        if outside is not None and self.root.resolve().is_relative_to(Path(outside).resolve()):
+            raise WorkspaceError(
+                f"the workspace {self.root} is inside the dataset folder {outside}: tl never writes into your data",
+                hint="run tl from another folder, or pass --workspace DIR (or set TL_WORKSPACE)",
+            )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -58,9 +65,20 @@ class Workspace:
             return {}
 
     def remember(self, **values) -> None:
-        state = self.state()
-        state.update({k: str(v) for k, v in values.items()})
-        write_json(self.state_file, state)
+        """Update keys of state.json. Serialised by a lock beside it, so two tl processes
+        finishing together can't drop each other's keys (read-modify-write)."""
+        import fcntl
+
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            lock = open(self.root / "state.lock", "a")
+        except OSError as exc:
+            raise_write_error(exc, self.root / "state.lock")
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # held for milliseconds: waiting is fine
+            state = self.state()
+            state.update({k: str(v) for k, v in values.items()})
+            write_json(self.state_file, state)
 
     def last_dataset(self) -> Path:
         d = self.state().get("last_dataset")

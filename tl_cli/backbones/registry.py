@@ -52,6 +52,7 @@ class BackboneSpec:
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
+_FILE_SUFFIXES = (".pt", ".pth", ".onnx", ".safetensors", ".py", ".pkl", ".bin", ".ckpt")
 
 
 def register_backbone(spec: BackboneSpec) -> BackboneSpec:
@@ -73,7 +74,9 @@ def get_spec(name: str) -> BackboneSpec:
     _ensure_loaded()
     if name in _REGISTRY:
         return _REGISTRY[name]
-    if os.sep in name or name.endswith((".pt", ".pth", ".onnx", ".safetensors")):
+    # Names are only ever looked up in the registry; something path-like gets a pointed answer
+    # (and is never imported or opened) so a typo can't turn into loading a file.
+    if "/" in name or "\\" in name or os.sep in name or name.startswith(".") or name.endswith(_FILE_SUFFIXES):
         raise UnknownBackbone(
             f"backbone {name!r} looks like a file path, not a backbone name",
             hint="pass weights files with --weights FILE and a registered name with --backbone",

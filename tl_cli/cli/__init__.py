@@ -9,11 +9,17 @@ from __future__ import annotations
 # ruff: noqa: F401
 from . import extract  # extract
 
-# finetune, retrain (issue 3)
+from . import finetune  # finetune, retrain
 
 from . import predict  # predict, evaluate
 
 # export, info, runs, suggest (issues 3, 4)
+
+from . import export  # export
+
+from . import suggest  # suggest
+
+from . import info  # info, runs
 
 from . import backbones  # backbones, layers
 

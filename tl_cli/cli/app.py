@@ -28,18 +28,27 @@ def debug() -> bool:
 
 def report_error(exc: BaseException) -> int:
     """Print one line (plus a hint) for an exception and return the exit code."""
+    from rich.markup import escape
+
     from ..errors import TLError
 
+    rank = os.environ.get("RANK", "0")
+    where = f"rank {rank}: " if rank != "0" else ""  # under torchrun, say which process failed
+    # Messages are escaped: paths and library errors contain [brackets] that rich would parse.
     if isinstance(exc, TLError):
-        err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
+        err.print(f"[bold red]{where}error:[/] {escape(exc.message)}", markup=True, highlight=False)
         if exc.hint:
-            err.print(f"[dim]hint:[/] {exc.hint}")
+            err.print(f"[dim]hint:[/] {escape(exc.hint)}")
         return exc.exit_code
     if isinstance(exc, KeyboardInterrupt):
         err.print("[yellow]interrupted[/]: finished work was kept; run the command again to continue")
         return 130
-    err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}")
-    err.print("[dim]hint:[/] run again with TL_DEBUG=1 for the traceback, and report it")
+    err.print(f"[bold red]{where}internal error:[/] {type(exc).__name__}: {escape(str(exc))}")
+    if where:  # a rank waiting for one that died gets a connection error: the other's is the cause
+        err.print("[dim]hint:[/] if another rank reported an error, that is the cause; else run again with "
+                  "TL_DEBUG=1 for the traceback, and report it")
+    else:
+        err.print("[dim]hint:[/] run again with TL_DEBUG=1 for the traceback, and report it")
     return 1
 
 

@@ -15,7 +15,8 @@ from .options import (BackboneOpt, BatchSizeOpt, DeviceOpt, EngineOpt, Pretraine
 
 @command(
     "extract",
-    epilog="Example:  tl extract ./photos   then   tl predict new.jpg",
+    epilog="Example:  tl extract ./photos   then   tl predict new.jpg\n\n"
+           "Several GPUs:  torchrun --standalone --nproc-per-node 4 -m tl_cli extract ./photos",
 )
 def extract_cmd(
     data_dir: Annotated[Path, typer.Argument(help="Folder of class sub-folders (or train/ and val/ folders of them).")],
@@ -48,10 +49,12 @@ def extract_cmd(
     )
     ws = workspace(ws_path)
     res = train_small_data(data_dir, cfg, HeadConfig(balanced=balanced), ws, RichReporter(err), train=not no_train)
-    render_summary(res)
+    if res.extract is not None:  # under torchrun only rank 0 has the result and prints
+        render_summary(res)
 
 
 def render_summary(res) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     ex = res.extract
@@ -62,12 +65,14 @@ def render_summary(res) -> None:
     n_train = int((ex.splits == "train").sum())
     n_val = int((ex.splits == "val").sum())
     t.add_row("classes", f"{len(ds.classes)}: " + ", ".join(f"{c} ({n})" for c, n in ds.counts().items()))
-    t.add_row("images", f"{len(ds.samples) + len(ds.skipped)} found, {len(ex.failed)} skipped, "
+    bad_files = [f for f in ex.failed if not f[0].endswith("/")]  # "name/" entries are class folders
+    t.add_row("images", f"{len(ex.relpaths) + len(bad_files)} found, {len(bad_files)} skipped, "
                         f"{ex.n_extracted} extracted, {ex.n_cached} from cache")
     t.add_row("split", f"{n_train} train / {n_val} val ({ds.layout})")
     t.add_row("backbone", f"{ex.backbone}  ({ex.features.shape[1]}-d features, cache {ex.cache_dir})")
     if ex.n_extracted:
-        t.add_row("speed", f"{ex.images_per_second:.1f} images/s ({ex.extract_seconds:.1f} s, engine {ex.engine})")
+        procs = f", {ex.world_size} processes" if ex.world_size > 1 else ""
+        t.add_row("speed", f"{ex.images_per_second:.1f} images/s ({ex.extract_seconds:.1f} s, engine {ex.engine}{procs})")
     if res.head is not None:
         h = res.head
         acc = f"{h.val_accuracy:.4f}" if h.val_accuracy is not None else "n/a (no validation images)"
@@ -77,10 +82,10 @@ def render_summary(res) -> None:
     t.add_row("time", f"{ex.seconds:.1f} s total")
     out.print(t)
     for note in ex.notes:
-        err.print(f"[yellow]note:[/] {note}")
+        err.print(f"[yellow]note:[/] {escape(note)}")
     if ex.failed:
-        err.print(f"[yellow]skipped {len(ex.failed)} unreadable file(s):[/]")
+        err.print(f"[yellow]skipped {len(ex.failed)} unreadable file(s) or empty class folder(s):[/]")
         for rel, why in ex.failed[:20]:
-            err.print(f"  {rel}: {why}")
+            err.print(f"  {rel}: {why}", markup=False)  # file names may contain [brackets]
         if len(ex.failed) > 20:
             err.print(f"  ... and {len(ex.failed) - 20} more")

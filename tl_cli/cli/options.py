@@ -34,3 +34,12 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (CPU runs are 
 EngineOpt = Annotated[
     str, typer.Option("--engine", help="Backbone runtime: auto (onnxruntime on CPU, torch on CUDA), torch or onnx.")
 ]
+SummaryFormatOpt = Annotated[str, typer.Option("--format", "-f", help="Output format: table or json.")]
+
+
+def check_format(fmt: str, allowed: tuple[str, ...] = ("table", "json")) -> None:
+    """Reject a --format value the command does not produce (one line, exit 2)."""
+    from ..errors import ConfigError
+
+    if fmt not in allowed:
+        raise ConfigError(f"unknown --format {fmt!r}", hint=f"use {' or '.join(allowed)}")

@@ -5,60 +5,62 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from .app import command, err, out, workspace
-from .options import BatchSizeOpt, DeviceOpt, FormatOpt, ModelOpt, WorkspaceOpt
+from .options import BatchSizeOpt, DeviceOpt, FormatOpt, WorkersOpt, WorkspaceOpt, check_format
 
 FORMATS = ("table", "json", "csv")
 
 
-def _check_format(fmt: str) -> None:
-    from ..errors import ConfigError
-
-    if fmt not in FORMATS:
-        raise ConfigError(f"unknown --format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
-
-
-@command("predict", epilog="Examples:  tl predict cat.jpg   tl predict photos/ --topk 3 --format csv   ls *.jpg | tl predict -")
+@command("predict", epilog="Examples:  tl predict cat.jpg   tl predict photos/ --topk 3 --format csv   "
+                           "ls *.jpg | tl predict -   tl predict 'inbox/**/*.png' --model model.onnx")
 def predict_cmd(
-    paths: Annotated[list[str], typer.Argument(help="Image files, folders, globs, or - to read paths from stdin.")],
-    model: ModelOpt = None,
+    paths: Annotated[list[str], typer.Argument(help="Image files, folders (recursive), globs, or - to read paths from stdin.")],
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Run folder, or an .onnx file from `tl export` (default: the latest run).")] = None,
     topk: Annotated[int, typer.Option("--topk", "-k", min=1, help="How many classes to show per image.")] = 1,
     fmt: FormatOpt = "table",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write results to this file.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write results to this file (table -> csv).")] = None,
     batch_size: BatchSizeOpt = 32,
+    workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     ws_path: WorkspaceOpt = None,
 ) -> None:
-    """Classify images with the latest run (or --model RUN_DIR). Exit status 1 if any image failed."""
+    """Classify images with the latest run (or --model). Exit status 1 if any image failed."""
     from ..atomic import write_text
-    from ..predict import Predictor, expand_inputs
+    from ..predict import expand_inputs, load_predictor
+    from ..progress import RichReporter
 
-    _check_format(fmt)
+    check_format(fmt, FORMATS)
     files, missing = expand_inputs(paths)
-    predictor = Predictor.from_workspace(str(model) if model else None, workspace(ws_path), device=device)
-    err.print(f"[dim]model: {predictor.run.dir}[/]")
-    preds = missing + (predictor.predict(files, topk=topk, batch_size=batch_size) if files else [])
-    text = format_predictions(preds, fmt)
+    if not files and not missing:
+        from ..errors import DataError
+
+        raise DataError("no images in the given inputs", hint="pass image files, folders of images, or globs")
+    predictor = load_predictor(model, workspace(ws_path), device=device)
+    err.print(f"[dim]model: {predictor.source}[/]")
+    preds = missing + (predictor.predict(files, topk, batch_size, workers, RichReporter(err)) if files else [])
     if output:
-        write_text(output, text)
+        write_text(output, format_predictions(preds, "csv" if fmt == "table" else fmt))
         err.print(f"wrote {len(preds)} predictions to {output}")
     elif fmt == "table":
         _print_table(preds)
     else:
-        out.print(text, end="", markup=False)
+        out.print(format_predictions(preds, fmt), end="", markup=False)
     failed = [p for p in preds if p.error]
     for p in failed:
-        err.print(f"[yellow]could not read[/] {p.path}: {p.error}")
+        err.print(f"[yellow]could not read[/] {p.path}: {p.error}", markup=True, highlight=False)
     if failed:
+        err.print(f"[red]{len(failed)} of {len(preds)} input(s) failed[/]")
         raise typer.Exit(1)
 
 
 def format_predictions(preds, fmt: str) -> str:
+    """json: a list of {path, labels, probs[, error]}; csv: path, label1, prob1, ..., error."""
     if fmt == "json":
         return json.dumps([p.to_dict() for p in preds], indent=2) + "\n"
     buf = io.StringIO()
@@ -88,34 +90,72 @@ def _print_table(preds) -> None:
     out.print(t)
 
 
-@command("evaluate", epilog="Example:  tl evaluate ./photos_test --format json")
+@command("evaluate", epilog="Examples:  tl evaluate ./photos_test   tl evaluate ./photos --split val   "
+                            "tl evaluate ./photos_test --format json > metrics.json")
 def evaluate_cmd(
     data_dir: Annotated[Path, typer.Argument(help="Labelled folder of class sub-folders.")],
-    model: ModelOpt = None,
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Run folder, or an .onnx file from `tl export` (default: the latest run).")] = None,
     fmt: FormatOpt = "table",
-    split: Annotated[str, typer.Option("--split", help="all, val or train images of the folder.")] = "all",
+    split: Annotated[str, typer.Option("--split", help="all images of the folder, or only the val or train split the run used.")] = "all",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for the files (default <run>/evaluations/<date>-<data>-<split>).")] = None,
+    batch_size: BatchSizeOpt = 32,
+    workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     ws_path: WorkspaceOpt = None,
 ) -> None:
-    """Accuracy and per-class precision/recall/F1 of a run on a labelled folder."""
-    from ..evaluate import evaluate
-    from ..predict import Predictor
+    """Score a run on a labelled folder: accuracy, per-class F1, confusion matrix, mistakes.
 
-    _check_format(fmt)
-    predictor = Predictor.from_workspace(str(model) if model else None, workspace(ws_path), device=device)
-    err.print(f"[dim]model: {predictor.run.dir}[/]")
-    ev = evaluate(predictor, data_dir, split=split, val_fraction=predictor.run.meta.get("config", {}).get("extract", {}).get("val_fraction", 0.2))
-    m = ev.metrics
+    Writes metrics.json, confusion.csv/.png, misclassified.csv and report.html.
+    """
+    from ..evaluate import default_output_dir, evaluate, write_evaluation
+    from ..predict import load_predictor
+    from ..progress import RichReporter
+    from ..runs import val_fraction_of
+
+    check_format(fmt, FORMATS)
+    predictor = load_predictor(model, workspace(ws_path), device=device)
+    err.print(f"[dim]model: {predictor.source}[/]")
+    ev = evaluate(predictor, data_dir, split, val_fraction_of(predictor.train_meta), batch_size, workers,
+                  RichReporter(err))
+    folder = write_evaluation(ev, output or default_output_dir(predictor, ev))
+    for rel, why in ev.failed:
+        err.print(f"[yellow]skipped[/] {rel}: {why}", markup=True, highlight=False)
     if fmt == "json":
-        out.print(json.dumps(m, indent=2), markup=False)
-        return
+        out.print(json.dumps(ev.metrics, indent=2), markup=False)
+    elif fmt == "csv":
+        out.print((folder / "confusion.csv").read_text(), end="", markup=False)
+    else:
+        _print_evaluation(ev)
+    err.print(f"wrote {folder}/ (metrics.json, confusion.csv, confusion.png, misclassified.csv, report.html)",
+              markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_evaluation(ev) -> None:
     from rich.table import Table
 
-    t = Table(title=f"accuracy {m['accuracy']:.4f} on {m['n']} images", title_justify="left")
+    m = ev.metrics
+    t = Table(title=f"accuracy {m['accuracy']:.4f} on {m['n']} images ({ev.split})", title_justify="left")
     for col in ("class", "precision", "recall", "f1", "support"):
         t.add_column(col, justify="left" if col == "class" else "right")
     for c, r in m["per_class"].items():
         t.add_row(c, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
+    a = m["macro_avg"]
+    t.add_row("[i]macro avg[/]", f"{a['precision']:.3f}", f"{a['recall']:.3f}", f"{a['f1']:.3f}", str(m["n"]))
     out.print(t)
-    for rel, why in ev.failed:
-        err.print(f"[yellow]skipped[/] {rel}: {why}")
+    if len(ev.classes) <= 12:
+        cm = Table(title="confusion (rows true, columns predicted)", title_justify="left")
+        cm.add_column("")
+        for c in ev.classes:
+            cm.add_column(c, justify="right")
+        for c, row in zip(ev.classes, m["confusion"]):
+            cm.add_row(c, *[f"[bold]{v}[/]" if i == ev.classes.index(c) else str(v) for i, v in enumerate(row)])
+        out.print(cm)
+    wrong = ev.misclassified()
+    if wrong:
+        w = Table(title=f"most confident mistakes ({min(10, len(wrong))} of {len(wrong)}; paths in {ev.root})",
+                  title_justify="left")
+        for col in ("image", "true", "predicted", "confidence"):
+            w.add_column(col, justify="right" if col == "confidence" else "left", overflow="fold")
+        for x in wrong[:10]:
+            w.add_row(os.path.relpath(x.path, ev.root), x.true, x.predicted, f"{x.confidence:.3f}")
+        out.print(w)

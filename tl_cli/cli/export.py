@@ -1,0 +1,37 @@
+"""`tl export`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .app import command, err, out, workspace
+from .options import ModelOpt, WorkspaceOpt
+
+
+@command("export", epilog="Examples:  tl export --format onnx   tl export --model .tl/runs/RUN --format torchscript -o clf.pt   "
+                          "tl predict cat.jpg --model .tl/runs/RUN/model.onnx")
+def export_cmd(
+    fmt: Annotated[str, typer.Option("--format", "-f", help="onnx or torchscript.")] = "onnx",
+    model: ModelOpt = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default <run>/model.onnx or model.pt).")] = None,
+    ws_path: WorkspaceOpt = None,
+) -> None:
+    """Export a run's whole classifier (backbone + head) to ONNX or TorchScript.
+
+    The preprocessing goes in JSON beside it; the export is checked against PyTorch on sample
+    images before it is kept.
+    """
+    from ..export import ExportConfig, export_run
+    from ..runs import load_run
+
+    cfg = ExportConfig(format=fmt)
+    run = load_run(model or workspace(ws_path).latest_run())
+    err.print(f"[dim]model: {run.dir}[/]")
+    res = export_run(run, cfg, output)
+    out.print(f"wrote {res.path}", markup=False, highlight=False)
+    out.print(f"  and {res.sidecar} (classes, preprocessing, input/output names)", markup=False, highlight=False)
+    out.print(f"  checked on {res.n_samples} {res.sample_source}: max |logit difference| vs PyTorch "
+              f"{res.max_abs_diff:.2e} (allowed {cfg.atol:g} + {cfg.rtol:g} x |value|)", markup=False, highlight=False)
