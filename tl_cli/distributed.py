@@ -131,6 +131,10 @@ def init(device_type: str = "auto") -> DistInfo:
 
 
 def active() -> bool:
+    import sys
+
+    if "torch.distributed" not in sys.modules:
+        return False  # nothing imported it, so no process group exists (and torch stays unimported)
     import torch.distributed as dist
 
     return dist.is_available() and dist.is_initialized()

@@ -300,8 +300,12 @@ def extract_features(
         (120, 84)
     """
     t0 = time.perf_counter()
-    device = distributed.rank_device(cfg.device)
-    info = distributed.init(device.type)
+    info = distributed.env_info()
+    device = cfg.device  # a single process resolves it only if it needs torch (start-up time)
+    if info.enabled:
+        dev = distributed.rank_device(cfg.device)
+        info = distributed.init(dev.type)
+        device = str(dev)
     reporter = (reporter or Reporter()) if info.is_main else Reporter()
     ws = workspace or Workspace.open()
     spec = get_spec(cfg.backbone)
