@@ -130,7 +130,7 @@ def t_float16(data: Path, tmp: Path) -> list[dict]:
     return rows
 
 
-def t_finetune() -> list[dict]:
+def t_finetune(data: Path) -> list[dict]:
     import importlib.util
 
     if importlib.util.find_spec("tl_cli.finetune") is None:
@@ -140,8 +140,10 @@ def t_finetune() -> list[dict]:
     if not code.is_file():
         return [{"target": "finetune images/s", "value": "skipped: benchmarks/finetune_speed.py absent",
                  "goal": "reported", "met": None}]
-    _, _, out = run_child([PY, str(code)])
-    return [{"target": "finetune images/s", "value": out.strip().splitlines()[-1], "goal": "reported", "met": None}]
+    _, _, out = run_child([PY, str(code), str(data / "catsdogs")])  # prints a table: freeze, params, img/s
+    rows = [ln.split() for ln in out.strip().splitlines() if ln.split() and ln.split()[0].isdigit()]
+    value = ", ".join(f"--freeze {r[0]}: {r[2]} img/s" for r in rows) or out.strip()[-200:]
+    return [{"target": "finetune images/s (catsdogs, batch 32)", "value": value, "goal": "reported", "met": None}]
 
 
 def main() -> None:
@@ -158,7 +160,7 @@ def main() -> None:
             t0 = time.perf_counter()
             got = {"help": t_help, "predict": lambda: t_predict(tmp), "head": t_head,
                    "rss": lambda: t_rss(data, tmp), "float16": lambda: t_float16(data, tmp),
-                   "finetune": t_finetune}[what]()
+                   "finetune": lambda: t_finetune(data)}[what]()
             got = got if isinstance(got, list) else [got]
             for g in got:
                 print(f"  {g['target']}: {g['value']}  ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
