@@ -136,7 +136,7 @@ def test_error_lines_name_the_rank(monkeypatch, tmp_path):
 
 DDP_ARGS = ["-b", "lenet5", "--no-pretrained", "--freeze", "2", "--optimizer", "sgd", "--lr", "0.05",
             "--head-lr", "0.05", "--no-augment", "--dropout", "0", "--epochs", "6", "--batch-size", "4",
-            "--workers", "0", "--patience", "0", "--seed", "3"]
+            "--workers", "0", "--patience", "0", "--seed", "3", "--head-init", "random"]
 
 
 def ddp_reference_config():
@@ -144,7 +144,8 @@ def ddp_reference_config():
     from tl_cli.finetune_config import FinetuneConfig
 
     return FinetuneConfig(backbone="lenet5", pretrained=False, freeze=2, optimizer="sgd", lr=0.05, head_lr=0.05,
-                          augment=False, dropout=0.0, epochs=6, batch_size=4, workers=0, patience=0, seed=3)
+                          augment=False, dropout=0.0, epochs=6, batch_size=4, workers=0, patience=0, seed=3,
+                          head_init="random")
 
 
 def children(pid: int) -> list[int]:
@@ -228,6 +229,34 @@ def test_ddp_finetune_equals_one_process_with_the_same_global_batch(ddp_data, dd
     assert len(ckpt_two["rng_ranks"]) == 2  # each rank's random streams, for an exact resume
 
 
+def test_ddp_probe_equals_one_process_probe(ddp_data, tmp_path):
+    """--head-init probe under torchrun: rank 0 fits the probe and sends it; epoch 0 and the steps after
+    it match one process. (Small learning rates and no label smoothing: on these easy images the probe
+    is so confident that label smoothing makes huge gradients, which amplify the ranks' float rounding.)"""
+    import dataclasses
+
+    import torch
+
+    from tl_cli.checkpoint import load_checkpoint
+    from tl_cli.finetune import start
+
+    args = [*DDP_ARGS[:-2], "--epochs", "2", "--lr", "0.001", "--head-lr", "0.001", "--label-smoothing", "0"]  # last two: --head-init random
+    two = two_process_run(ddp_data, tmp_path / "two", args)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = start(ddp_data, dataclasses.replace(ddp_reference_config(), head_init="probe", epochs=2, lr=0.001,
+                                                  head_lr=0.001, warmup_epochs=None, label_smoothing=0.0), Workspace.open(tmp_path / "one"))
+    finally:
+        torch.set_num_threads(threads)
+    ckpt_two = load_checkpoint(two)
+    assert [h["epoch"] for h in ckpt_two["history"]] == [0, 1, 2]
+    for h1, h2 in zip(one.history, ckpt_two["history"], strict=True):
+        for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+            assert h1[k] == pytest.approx(h2[k], rel=1e-6, abs=1e-6), (h1["epoch"], k)
+    assert_close_tensors(load_checkpoint(one.run_dir)["model"], ckpt_two["model"], atol=1e-6)
+
+
 def test_ddp_resume_after_a_kill_equals_the_uninterrupted_run(ddp_data, tmp_path):
     """torchrun and its ranks killed (SIGKILL) after an epoch, then `torchrun ... --resume`: bit for bit
     the uninterrupted run, dropout and augmentation included (each rank's random streams are restored)."""
@@ -249,7 +278,7 @@ def test_ddp_resume_after_a_kill_equals_the_uninterrupted_run(ddp_data, tmp_path
     while time.time() < deadline and proc.poll() is None:
         run = Workspace.open(ws).state().get("training_run")
         history = Path(run) / "history.csv" if run else None
-        if history and history.exists() and len(history.read_text().splitlines()) >= 2:  # epoch 1 checkpointed
+        if history and history.exists() and len(history.read_text().splitlines()) >= 2:  # an epoch checkpointed (0: the probe)
             for pid in [*children(proc.pid), proc.pid]:  # both ranks and torchrun, as a lost machine would
                 os.kill(pid, signal.SIGKILL)
             killed_after = load_checkpoint(Path(run))["epoch"]

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def cfg(**kw) -> FinetuneConfig:
     base = dict(backbone="lenet5", pretrained=False, freeze=1, epochs=4, batch_size=8, workers=0, lr=5e-3,
-                head_lr=1e-2, patience=0, seed=0)
+                head_lr=1e-2, patience=0, seed=0, head_init="random")
     return FinetuneConfig(**{**base, **kw})
 
 

@@ -182,7 +182,7 @@ def test_finetune_with_simulated_oom_goes_on_in_micro_batches(image_folder, tmp_
     oom = start(image_folder, _ft_cfg(), Workspace.open(tmp_path / "b"), log)
     assert sizes[:3] == [8, 4, 2] and max(sizes[3:]) == 2  # halved once, then kept
     assert any("out of memory: training goes on in micro-batches of 2" in m for m in log.lines)
-    assert [h["epoch"] for h in oom.history] == [1, 2]
+    assert [h["epoch"] for h in oom.history] == [0, 1, 2]  # 0: the linear probe
     from tl_cli.runs import load_run
 
     a, b = load_run(normal.run_dir).tensors(), load_run(oom.run_dir).tensors()

@@ -278,6 +278,17 @@ def _fill(cache: FeatureCache | None, root: Path, todo: list[FileStat], spec, ch
     return done
 
 
+def cache_identity(spec, weights_id: str, root: Path) -> dict:
+    """What a float32 feature cache is keyed on (see cache.py); tl finetune's probe reads the same one."""
+    return {
+        "backbone": spec.name,
+        "weights": weights_id,
+        "preprocess": spec.preprocess.to_dict(),
+        "feature_dim": spec.feature_dim,
+        "dataset_root": str(root),
+    }
+
+
 def extract_features(
     data_dir: str | os.PathLike,
     cfg: ExtractConfig = ExtractConfig(),
@@ -321,13 +332,7 @@ def extract_features(
         return None
     ws.ensure(outside=ds.root)
     pre = spec.preprocess
-    info_key = {
-        "backbone": spec.name,
-        "weights": choice.identity,
-        "preprocess": pre.to_dict(),
-        "feature_dim": spec.feature_dim,
-        "dataset_root": str(ds.root),
-    }
+    info_key = cache_identity(spec, choice.identity, ds.root)
     if _precision(cfg) != "float32":  # absent for float32 so existing caches keep their key
         info_key["precision"] = _precision(cfg)
     stats = stat_files(ds.root, [s.relpath for s in ds.samples])

@@ -305,6 +305,8 @@ def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, repor
         set_rng_state(mine, loaders.generator)
     elif info.enabled:
         _seed_everything(cfg.seed + 7919 * info.rank)  # same initial weights, different dropout per rank
+    if ckpt is None and cfg.head_init == "probe":
+        _start_from_probe(run_dir, cfg, ds, ws, model, opt, loaders, st, spec, choice, device, workers, reporter)
     net = ddp.wrap(model, device)  # after loading: DDP starts every rank from rank 0's weights
     resumed_from = st["epoch"]
     trainable, frozen = model.count_parameters()
@@ -347,6 +349,32 @@ def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, repor
                           classes=ds.classes, resumed_from=resumed_from, trainable_params=trainable,
                           frozen_params=frozen, n_layers=len(model.layers), n_train=loaders.n_train,
                           n_val=loaders.n_val, seconds=time.perf_counter() - t0, skipped=sorted(skipped))
+
+
+def _start_from_probe(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, model: FinetuneModel, opt,
+                      loaders, st: dict, spec, choice, device: torch.device, workers: int, reporter: Reporter) -> None:
+    """LP-FT (probe.py): fit the head on the frozen features, score that model as epoch 0 and checkpoint it.
+
+    Epoch 0 competes for the best epoch like any other, so the kept model is never worse on
+    validation than the probe. Under torchrun rank 0 fits the probe and sends it to the others.
+    """
+    from .probe import fit_probe, load_into
+
+    t = time.perf_counter()
+    reporter.log("fitting the head on the frozen features first (linear probe; --head-init random skips it)")
+    probe = None
+    if distributed.is_main():
+        probe = fit_probe(model.net, ds, spec, choice.identity, ws, cfg.batch_size, workers, device, use_cache=True)
+    probe = distributed.broadcast_object(probe)
+    load_into(model.net, probe)
+    val_loss, val_acc = validate(model, loaders.val, device) if loaders.val is not None else (None, None)
+    row = {"epoch": 0, "train_loss": probe.train_loss, "train_accuracy": probe.train_accuracy, "val_loss": val_loss,
+           "val_accuracy": val_acc, "lr": 0.0, "seconds": time.perf_counter() - t,
+           "images_per_second": probe.n_train / max(probe.seconds, 1e-9)}
+    _end_epoch(run_dir, cfg, model, opt, loaders, st, row)
+    reporter.log(f"probe: L2 {probe.l2:g}, features {'from the tl extract cache' if probe.source == 'cache' else 'computed'} "
+                 f"for {probe.n_train} training images in {probe.seconds:.1f} s")
+    reporter.log(format_row(row, improved=True))
 
 
 def _warn_if_budget_short(reporter: Reporter, cfg: FinetuneConfig, done: int, epoch_s: float, deadline: float) -> None:

@@ -20,6 +20,7 @@ from .errors import ConfigError, RunError
 CONFIG_FILE = "config.json"
 ROUTES = ("finetune", "retrain")
 OPTIMIZERS = ("adamw", "sgd")
+HEAD_INITS = ("probe", "random")
 # What may change on --resume: where and how fast the run goes, not what it computes.
 RESOURCE_FIELDS = frozenset({"batch_size", "device", "workers", "time_budget"})
 
@@ -48,6 +49,8 @@ class FinetuneConfig:
         val_fraction: validation share when the data has no val/ folder (same split as extract).
         sync_bn: under torchrun on GPUs, batch norms use the statistics of the global batch
             instead of each rank's share (SyncBatchNorm; CUDA only). No effect in one process.
+        head_init: "probe" (LP-FT: before epoch 1 the head is fitted on the frozen features as
+            `tl extract` fits it, and that model is scored as epoch 0) or "random".
     """
 
     route: str = "finetune"
@@ -73,12 +76,14 @@ class FinetuneConfig:
     time_budget: float | None = None
     val_fraction: float = 0.2
     sync_bn: bool = False
+    head_init: str = "probe"
 
     def __post_init__(self) -> None:
         if self.warmup_epochs is None:
             object.__setattr__(self, "warmup_epochs", min(1.0, self.epochs / 5))
         checks = [
             (self.route in ROUTES, f"route must be one of {ROUTES}, got {self.route!r}"),
+            (self.head_init in HEAD_INITS, f"--head-init must be probe or random, got {self.head_init!r}"),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be adamw or sgd, got {self.optimizer!r}"),
             (self.freeze >= 0, f"--freeze must be >= 0, got {self.freeze}"),
             (self.route != "retrain" or self.freeze == 0, "tl retrain trains every layer: use tl finetune --freeze N"),

@@ -40,6 +40,7 @@ Budget = Annotated[_Float, typer.Option("--time-budget", help="Seconds: stop bef
 ValFraction = Annotated[_Float, typer.Option("--val-fraction", min=0.0, max=0.95, help="Validation share without a val/ folder (default: 0.2, as tl extract).", show_default=False)]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the last interrupted run (or --run RUN_DIR) from its last checkpoint.")]
 SyncBn = Annotated[Optional[bool], typer.Option("--sync-bn/--no-sync-bn", help="Under torchrun on GPUs: batch norms use the whole global batch's statistics (SyncBatchNorm, CUDA only).", show_default=False)]
+HeadInit = Annotated[Optional[str], typer.Option("--head-init", help="probe (default): start from the head `tl extract` would fit on the frozen features, scored as epoch 0 (LP-FT); random: a random head.", show_default=False)]
 RunDir = Annotated[Optional[Path], typer.Option("--run", help="With --resume: the run folder to continue.", show_default=False)]
 
 FINETUNE_EXAMPLES = """Examples:
@@ -74,7 +75,7 @@ def _options(
     batch_size: BatchSize = None, lr: Lr = None, head_lr: HeadLr = None, optimizer: Optim = None, momentum: Momentum = None,
     weight_decay: WeightDecay = None, warmup_epochs: Warmup = None, label_smoothing: Smoothing = None, dropout: Dropout = None,
     patience: Patience = None, augment: Augment = None, seed: Seed = None, device: Device = None, workers: Workers = None,
-    time_budget: Budget = None, val_fraction: ValFraction = None, sync_bn: SyncBn = None, resume: Resume = False,
+    time_budget: Budget = None, val_fraction: ValFraction = None, sync_bn: SyncBn = None, head_init: HeadInit = None, resume: Resume = False,
     run: RunDir = None, ws_path: WorkspaceOpt = None,
 ) -> None:
     """The options of `tl finetune`; `tl retrain` has the same ones less --freeze. Typer reads
