@@ -26,7 +26,7 @@ from .cache import FeatureCache, FileStat, dataset_fingerprint, stat_files
 from .data import Dataset, scan_dataset
 from .oom import HalvingForward
 from .errors import ConfigError, DataError, ImageError
-from .preprocess import Preprocess, load_tensor
+from .preprocess import Preprocess
 from .progress import Reporter
 from .workspace import Workspace
 
@@ -97,54 +97,6 @@ class ExtractResult:
     @property
     def images_per_second(self) -> float:
         return self.n_extracted / self.extract_seconds if self.extract_seconds > 0 else 0.0
-
-
-class _ImageFiles:
-    """Map-style dataset for the DataLoader: index -> (tensor or None, index, error)."""
-
-    def __init__(self, root: Path, relpaths: list[str], pre: Preprocess):
-        self.root, self.relpaths, self.pre = root, relpaths, pre
-
-    def __len__(self) -> int:
-        return len(self.relpaths)
-
-    def __getitem__(self, i: int):
-        try:
-            return load_tensor(self.root / self.relpaths[i], self.pre), i, ""
-        except ImageError as exc:
-            return None, i, str(exc).split(": ", 1)[-1]
-
-
-def _collate(items):
-    import torch
-
-    good = [(t, i) for t, i, _ in items if t is not None]
-    bad = [(i, err) for t, i, err in items if t is None]
-    x = torch.stack([t for t, _ in good]) if good else None
-    return x, [i for _, i in good], bad
-
-
-def default_workers() -> int:
-    # Decoding is ~10x cheaper than the forward pass on CPU, so one worker per two cores keeps
-    # the network fed without stealing its threads; capped because each worker costs memory.
-    # Under torchrun the node's cores are shared by its LOCAL_WORLD_SIZE processes.
-    n = (os.cpu_count() or 1) // max(1, distributed.env_info().local_world_size)
-    return max(1, min(8, n // 2))
-
-
-def make_loader(root: Path, relpaths: list[str], pre: Preprocess, batch_size: int, workers: int, pin: bool):
-    from torch.utils.data import DataLoader
-
-    return DataLoader(
-        _ImageFiles(root, relpaths, pre),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=pin,
-        persistent_workers=False,
-        prefetch_factor=4 if workers > 0 else None,
-    )
 
 
 def _precision(cfg: ExtractConfig) -> str:

@@ -274,7 +274,7 @@ def _seed_everything(seed: int) -> None:
 
 def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, reporter: Reporter,
            ckpt: dict | None, t0: float) -> FinetuneResult:
-    from .extract import default_workers
+    from .train_data import default_workers
 
     info = distributed.env_info()
     device = distributed.rank_device(cfg.device)  # cuda:LOCAL_RANK under torchrun

@@ -7,7 +7,7 @@ transforms, so extraction, training, prediction and export all feed the network 
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 

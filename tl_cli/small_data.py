@@ -7,8 +7,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from . import distributed
 from .extract import ExtractConfig, ExtractResult, extract_features
 from .head import HeadConfig, HeadResult, train_head

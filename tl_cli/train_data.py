@@ -8,6 +8,7 @@ images get the backbone's plain preprocessing, exactly what prediction uses.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,14 @@ from .data import Dataset, Sample
 from .distributed import DistInfo, env_info
 from .errors import ImageError
 from .preprocess import Preprocess, eval_transform, open_rgb, train_transform
+
+
+def default_workers() -> int:
+    # Decoding is ~10x cheaper than the forward pass on CPU, so one worker per two cores keeps
+    # the network fed without stealing its threads; capped because each worker costs memory.
+    # Under torchrun the node's cores are shared by its LOCAL_WORLD_SIZE processes.
+    n = (os.cpu_count() or 1) // max(1, env_info().local_world_size)
+    return max(1, min(8, n // 2))
 
 
 class LabelledImages:

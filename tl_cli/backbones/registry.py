@@ -10,12 +10,12 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from ..errors import ConfigError, UnknownBackbone, UnsafeFile, WeightsNotFound
+from ..errors import UnknownBackbone, UnsafeFile, WeightsNotFound
 from ..preprocess import Preprocess
 
 if TYPE_CHECKING:  # torch is imported lazily so `tl --help` stays fast
