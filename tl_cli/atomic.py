@@ -33,9 +33,6 @@ def raise_write_error(exc: OSError, path: Path) -> None:
     raise exc
 
 
-_raise_os = raise_write_error  # the name other modules were written against
-
-
 def _umask() -> int:
     # The only way to read the umask is to set it; set it straight back.
     mask = os.umask(0o022)
@@ -114,11 +111,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private (0700); a result folder should not be
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700); a result folder should not be
     except OSError as exc:
-        _raise_os(exc, path)
+        raise_write_error(exc, path)
     try:
         yield tmp
         for f in tmp.iterdir():
@@ -134,7 +129,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        _raise_os(exc, path)
+        raise_write_error(exc, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

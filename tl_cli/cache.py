@@ -26,7 +26,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .atomic import TMP_PREFIX, atomic_path, raise_write_error, remove_stale_temporaries, write_json
+from .atomic import atomic_path, raise_write_error, remove_stale_temporaries, write_json
 from .data import is_safe_relpath
 from .errors import CacheError
 
@@ -154,8 +154,8 @@ class FeatureCache:
                 path.unlink(missing_ok=True)
 
     def _chunks(self) -> list[Path]:
-        # pathlib's "*" also matches dot-files: skip the temporaries of a write in progress.
-        return sorted(p for p in self.pending.glob("chunk-*.h5") if not p.name.startswith(TMP_PREFIX))
+        # Temporaries of a write in progress start with atomic.TMP_PREFIX, so "chunk-*" never matches them.
+        return sorted(self.pending.glob("chunk-*.h5"))
 
     def lookup(self, stats: list[FileStat]) -> set[str]:
         """Relative paths whose cached row is still valid (same size and mtime)."""

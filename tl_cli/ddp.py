@@ -13,7 +13,7 @@ DistributedSampler always does) and no trained layer depends on the batch (batch
 
 from __future__ import annotations
 
-from .distributed import DistInfo, active, all_reduce_sum, env_info
+from .distributed import DistInfo, active, all_reduce_sum, env_info, my_shard
 from .errors import ConfigError
 
 
@@ -44,8 +44,7 @@ def train_sampler(dataset, seed: int, info: DistInfo | None = None):
 
 def eval_indices(n: int, info: DistInfo | None = None) -> list[int]:
     """This rank's share of n evaluation items: every N-th, no padding, so sums over ranks are exact."""
-    info = info or env_info()
-    return list(range(info.rank, n, info.world_size))
+    return my_shard(n, 1, info or env_info())
 
 
 def check_sync_bn(sync_bn: bool, device) -> None:

@@ -39,11 +39,18 @@ class Engine(Protocol):
 
 
 def cpu_count() -> int:
-    """Cores this process may use (affinity-aware, unlike os.cpu_count)."""
+    """Cores this process may use (affinity-aware, unlike os.cpu_count).
+
+    Under torchrun the node's cores are shared by its LOCAL_WORLD_SIZE processes, so each rank
+    sizes its decode threads and onnxruntime pool to its share instead of oversubscribing.
+    """
+    from .distributed import env_info
+
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, env_info().local_world_size))
 
 
 def normalize_image(crop: np.ndarray, pre: "Preprocess") -> np.ndarray:

@@ -69,14 +69,15 @@ def class_weights(y, n_classes: int) -> np.ndarray:
     return counts.sum() / (n_classes * counts)
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of logits z (N, C), float32 in place on a copy."""
     z = z - z.max(1, keepdims=True)
     np.exp(z, out=z)
     z /= z.sum(1, keepdims=True)
     return z
 
 
-def _ce(z: np.ndarray, y: np.ndarray) -> float:
+def cross_entropy(z: np.ndarray, y: np.ndarray) -> float:
     """Mean cross-entropy of logits z (N, C) for labels y."""
     z = z - z.max(1, keepdims=True)
     lse = np.log(np.exp(z).sum(1))
@@ -131,7 +132,7 @@ def _fit(obj: _Objective, xvb, yv, l2: float, cfg: HeadConfig, w0: np.ndarray) -
         if xvb is None or state["it"] % cfg.check_every:
             return
         w = intermediate_result.x.reshape(-1, obj.c)
-        vloss = _ce(xvb @ w.astype(np.float32), yv)
+        vloss = cross_entropy(xvb @ w.astype(np.float32), yv)
         if vloss < state["best"][0] - 1e-6:
             state["best"], state["bad"] = (vloss, w.copy()), 0
         else:
@@ -144,7 +145,7 @@ def _fit(obj: _Objective, xvb, yv, l2: float, cfg: HeadConfig, w0: np.ndarray) -
     w = res.x.reshape(-1, obj.c)
     if xvb is None:
         return w
-    final = _ce(xvb @ w.astype(np.float32), yv)
+    final = cross_entropy(xvb @ w.astype(np.float32), yv)
     return w if final <= state["best"][0] else state["best"][1]
 
 
@@ -165,7 +166,7 @@ def _search(obj: _Objective, xvb, yv, grid: list[float], cfg: HeadConfig, w: np.
         row = {"l2": l2}
         if xvb is not None:
             lv = xvb @ w.astype(np.float32)
-            row["val_loss"] = _ce(lv, yv)
+            row["val_loss"] = cross_entropy(lv, yv)
             row["val_accuracy"] = float((lv.argmax(1) == yv).mean())
         results.append((row, w.copy()))
         if xvb is not None and _past_the_best(results, cfg.grid_patience):

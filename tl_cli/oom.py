@@ -14,13 +14,11 @@ def is_oom(exc: BaseException) -> bool:
     torch raises `torch.OutOfMemoryError` on CUDA; older builds and other allocators raise a
     RuntimeError whose message says "out of memory". Tests simulate OOM by raising either.
     """
-    try:
-        import torch
+    import sys
 
-        if isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
-            return True
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        pass
+    torch = sys.modules.get("torch")  # not imported (onnxruntime path): it cannot be torch's OOM
+    if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
+        return True
     return isinstance(exc, (RuntimeError, MemoryError)) and "out of memory" in str(exc).lower()
 
 

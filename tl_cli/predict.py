@@ -176,9 +176,9 @@ class _HeadOnEngine:
         self.engine, self.weight, self.bias = engine, weight, bias
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        z = self.engine(x) @ self.weight.T + self.bias
-        z = np.exp(z - z.max(1, keepdims=True))
-        return z / z.sum(1, keepdims=True)
+        from .head import softmax
+
+        return softmax(self.engine(x) @ self.weight.T + self.bias)
 
     @classmethod
     def try_load(cls, run: Run, device: str, weights: str | None, engines_dir: Path | None) -> "_HeadOnEngine | None":
@@ -249,5 +249,4 @@ def load_predictor(model: str | os.PathLike | None = None, workspace: Workspace 
         from .export import OnnxPredictor
 
         return OnnxPredictor(Path(model))
-    ws = workspace or Workspace.open()
-    return Predictor(load_run(model or ws.latest_run()), device=device, engines_dir=ws.root / "engines")
+    return Predictor.from_workspace(model, workspace, device=device)

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from .data import Dataset
-from .head import train_head
+from .head import cross_entropy, train_head
 from .preprocess import Preprocess
 from .train_data import LabelledImages, collate
 
@@ -72,8 +72,9 @@ def penultimate_features(net: nn.Module, root, samples, pre: Preprocess, batch_s
     return torch.cat(captured).numpy(), torch.cat(labels).numpy()
 
 
-def cached_features(ws, ds: Dataset, spec, weights_id: str, split: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """The split's features from the workspace's `tl extract` cache, if every image is in it (else None)."""
+def cached_features(ws, ds: Dataset, spec, weights_id: str) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """[(features, labels) of train, of val] from the workspace's `tl extract` cache, read once;
+    None unless every image of both splits is in it."""
     from .cache import FeatureCache, stat_files
     from .errors import CacheError
     from .extract import cache_identity
@@ -81,27 +82,26 @@ def cached_features(ws, ds: Dataset, spec, weights_id: str, split: str) -> tuple
     cache = FeatureCache(ws.caches, cache_identity(spec, weights_id, ds.root))
     if not cache.main.is_file():
         return None
-    samples = ds.split(split)
-    stats = stat_files(ds.root, [s.relpath for s in samples])
+    train, val = ds.split("train"), ds.split("val")
+    rel = [s.relpath for s in train + val]
+    stats = stat_files(ds.root, rel)
     try:
         with cache:
             if len(cache.lookup(stats)) < len(stats):
                 return None
-            feats = cache.read([s.relpath for s in samples])
+            feats = np.asarray(cache.read(rel), np.float32)
     except CacheError:  # in use by a running `tl extract`, or unreadable: compute the features instead
         return None
-    return np.asarray(feats, np.float32), np.array([s.label for s in samples], np.int64)
+    labels = np.array([s.label for s in train + val], np.int64)
+    n = len(train)
+    return [(feats[:n], labels[:n]), (feats[n:], labels[n:])]
 
 
 def fit_probe(net: nn.Module, ds: Dataset, spec, weights_id: str, ws, batch_size: int, workers: int,
               device: torch.device, use_cache: bool) -> Probe:
     """Fit the softmax head on the frozen features of `net` (train split; L2 chosen on val)."""
     t = time.perf_counter()
-    splits = None
-    if use_cache:
-        splits = [cached_features(ws, ds, spec, weights_id, s) for s in ("train", "val")]
-        if any(s is None for s in splits) and ds.split("val"):
-            splits = None
+    splits = cached_features(ws, ds, spec, weights_id) if use_cache else None
     source = "cache" if splits else "model"
     if splits is None:
         splits = [penultimate_features(net, ds.root, ds.split(s), spec.preprocess, batch_size, workers, device)
@@ -109,9 +109,7 @@ def fit_probe(net: nn.Module, ds: Dataset, spec, weights_id: str, ws, batch_size
     (xt, yt), (xv, yv) = splits
     has_val = len(yv) > 0
     head = train_head(xt, yt, xv if has_val else None, yv if has_val else None, len(ds.classes))
-    logits = head.logits(xt)
-    z = logits - logits.max(1, keepdims=True)
-    train_loss = float((np.log(np.exp(z).sum(1)) - z[np.arange(len(yt)), yt]).mean())
+    train_loss = cross_entropy(head.logits(xt), yt)
     return Probe(head.weight, head.bias, head.l2, train_loss, head.train_accuracy, head.val_accuracy, len(yt),
                  time.perf_counter() - t, source)
 

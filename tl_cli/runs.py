@@ -107,11 +107,6 @@ class Run:
     def tensors(self) -> dict:
         return load_tensors(self.dir / WEIGHTS)
 
-    @property
-    def val_fraction(self) -> float:
-        """The validation share the run was trained with."""
-        return val_fraction_of(self.meta)
-
 
 def val_fraction_of(meta: dict) -> float:
     """The validation share recorded in a run's meta (or an export's copy of it), default 0.2.
