@@ -12,11 +12,9 @@ and the misclassified files, written as an evaluation folder a user can open and
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import io
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,8 +136,9 @@ def default_output_dir(predictor: BasePredictor, ev: Evaluation) -> Path:
     """`<run>/evaluations/<date>-<data>-<split>` (beside an .onnx file when evaluating an export)."""
     base = Path(predictor.source)
     base = base if base.is_dir() else base.parent
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", ev.root.name)[:40] or "data"
+    from .runs import stamp_and_slug
+
+    stamp, slug = stamp_and_slug(ev.root.name)
     path, n = base / "evaluations" / f"{stamp}-{slug}-{ev.split}", 1
     while path.exists():
         n += 1

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .atomic import TMP_PREFIX
 from .errors import RunError
 from .runs import META, Run, list_runs, load_run
 from .workspace import Workspace
@@ -215,7 +216,7 @@ def _files(run_dir: Path) -> tuple[tuple[str, int], ...]:
     for dirpath, dirnames, filenames in os.walk(run_dir):
         dirnames.sort()
         for f in sorted(filenames):
-            if f.startswith(".tmp-"):
+            if f.startswith(TMP_PREFIX):
                 continue  # leftovers of an interrupted write, not part of the run
             p = Path(dirpath) / f
             out.append((p.relative_to(run_dir).as_posix(), p.stat().st_size))

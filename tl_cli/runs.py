@@ -39,9 +39,13 @@ def versions() -> dict[str, str]:
     return out
 
 
+def stamp_and_slug(name: str) -> tuple[str, str]:
+    """Now as YYYYmmdd-HHMMSS, and `name` made safe for a folder name (runs, evaluations)."""
+    return _dt.datetime.now().strftime("%Y%m%d-%H%M%S"), re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] or "data"
+
+
 def new_run_dir(runs_root: Path, route: str, dataset_name: str) -> Path:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset_name)[:40] or "data"
+    stamp, slug = stamp_and_slug(dataset_name)
     base = runs_root / f"{stamp}-{route}-{slug}"
     for n in range(1, 1000):
         path = base if n == 1 else Path(f"{base}-{n}")

@@ -76,7 +76,7 @@ def get_spec(name: str) -> BackboneSpec:
         return _REGISTRY[name]
     # Names are only ever looked up in the registry; something path-like gets a pointed answer
     # (and is never imported or opened) so a typo can't turn into loading a file.
-    if "/" in name or "\\" in name or os.sep in name or name.startswith(".") or name.endswith(_FILE_SUFFIXES):
+    if "/" in name or "\\" in name or name.startswith(".") or name.endswith(_FILE_SUFFIXES):
         raise UnknownBackbone(
             f"backbone {name!r} looks like a file path, not a backbone name",
             hint="pass weights files with --weights FILE and a registered name with --backbone",

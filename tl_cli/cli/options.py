@@ -29,6 +29,10 @@ ValFractionOpt = Annotated[
 ]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable image instead of skipping it.")]
 ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help="Run folder to use (default: the latest run).")]
+ModelOrOnnxOpt = Annotated[
+    Optional[Path],
+    typer.Option("--model", "-m", help="Run folder, or an .onnx file from `tl export` (default: the latest run)."),
+]
 FormatOpt = Annotated[str, typer.Option("--format", "-f", help="Output format: table, json or csv.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (CPU runs are reproducible).")]
 EngineOpt = Annotated[

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from .app import command, err, out, workspace
-from .options import BatchSizeOpt, DeviceOpt, FormatOpt, WorkersOpt, WorkspaceOpt, check_format
+from .options import BatchSizeOpt, DeviceOpt, FormatOpt, ModelOrOnnxOpt, WorkersOpt, WorkspaceOpt, check_format
 
 FORMATS = ("table", "json", "csv")
 
@@ -21,7 +21,7 @@ FORMATS = ("table", "json", "csv")
                            "ls *.jpg | tl predict -   tl predict 'inbox/**/*.png' --model model.onnx")
 def predict_cmd(
     paths: Annotated[list[str], typer.Argument(help="Image files, folders (recursive), globs, or - to read paths from stdin.")],
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Run folder, or an .onnx file from `tl export` (default: the latest run).")] = None,
+    model: ModelOrOnnxOpt = None,
     topk: Annotated[int, typer.Option("--topk", "-k", min=1, help="How many classes to show per image.")] = 1,
     fmt: FormatOpt = "table",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write results to this file (table -> csv).")] = None,
@@ -94,7 +94,7 @@ def _print_table(preds) -> None:
                             "tl evaluate ./photos_test --format json > metrics.json")
 def evaluate_cmd(
     data_dir: Annotated[Path, typer.Argument(help="Labelled folder of class sub-folders.")],
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Run folder, or an .onnx file from `tl export` (default: the latest run).")] = None,
+    model: ModelOrOnnxOpt = None,
     fmt: FormatOpt = "table",
     split: Annotated[str, typer.Option("--split", help="all images of the folder, or only the val or train split the run used.")] = "all",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for the files (default <run>/evaluations/<date>-<data>-<split>).")] = None,
