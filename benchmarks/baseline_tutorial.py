@@ -34,7 +34,7 @@ def main() -> None:
     from torchvision.datasets import ImageFolder
 
     from tl_cli.backbones import create_backbone, get_spec
-    from tl_cli.preprocess import eval_transform, open_rgb
+    from tl_cli.data.preprocess import eval_transform, open_rgb
 
     pre = get_spec(args.backbone).preprocess
     net, _ = create_backbone(args.backbone)

@@ -68,7 +68,7 @@ subprocess.Popen = RusagePopen  # type: ignore[misc]
 
 def count_images(data: Path) -> int:
     sys.path.insert(0, str(ROOT))
-    from tl_cli.data import scan_dataset
+    from tl_cli.data.scan import scan_dataset
 
     return len(scan_dataset(data).samples)
 
@@ -81,9 +81,9 @@ def forward_only(onnx: str, data: str, n: int, batch_size: int) -> None:
     """Child mode: decode n images first, then time the ONNX engine alone on them."""
     sys.path.insert(0, str(ROOT))
     from tl_cli.backbones import get_spec
-    from tl_cli.data import scan_dataset
-    from tl_cli.engines import OnnxEngine, normalize_batch
-    from tl_cli.loader import iter_batches
+    from tl_cli.data.scan import scan_dataset
+    from tl_cli.features.engines import OnnxEngine, normalize_batch
+    from tl_cli.data.decode import iter_batches
 
     ds = scan_dataset(data)
     pre = get_spec("efficientnet_lite0").preprocess

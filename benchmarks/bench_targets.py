@@ -5,7 +5,7 @@
   head        softmax head on 10,000 x 1,280 synthetic features (5 classes), L2 grid + early stopping
   rss         peak RSS of `tl extract --no-train` on the 600- and the 4,317-image folders
   float16     linear-probe val accuracy with float16 vs float32 feature storage (catsdogs, flowers)
-  finetune    training images/s at --freeze 0 / half / all-but-last (when tl_cli.finetune exists)
+  finetune    training images/s at --freeze 0 / half / all-but-last (when tl_cli.finetune.trainer exists)
 
     python benchmarks/bench_targets.py --data ../shared/data
 """
@@ -62,7 +62,7 @@ def t_predict(tmp: Path) -> dict:
 
 HEAD_CODE = """
 import json, time, numpy as np
-from tl_cli.head import train_head
+from tl_cli.head.softmax import train_head
 rng = np.random.default_rng(0); C, D = 5, 1280
 mu = rng.normal(0, 1, (C, D))
 def draw(n):
@@ -104,9 +104,9 @@ def t_rss(data: Path, tmp: Path) -> list[dict]:
 
 F16_CODE = """
 import json, sys, numpy as np
-from tl_cli.extract import ExtractConfig, extract_features
-from tl_cli.head import train_head
-from tl_cli.workspace import Workspace
+from tl_cli.features.extract import ExtractConfig, extract_features
+from tl_cli.head.softmax import train_head
+from tl_cli.runs.workspace import Workspace
 r = extract_features(sys.argv[1], ExtractConfig(), Workspace.open(sys.argv[2]))
 tr, va = r.splits == "train", r.splits == "val"
 out = {}
@@ -133,9 +133,9 @@ def t_float16(data: Path, tmp: Path) -> list[dict]:
 def t_finetune(data: Path) -> list[dict]:
     import importlib.util
 
-    if importlib.util.find_spec("tl_cli.finetune") is None:
+    if importlib.util.find_spec("tl_cli.finetune.trainer") is None:
         return [{"target": "finetune images/s at --freeze 0 / half / all-but-last", "value": "skipped: "
-                 "tl_cli.finetune is not on this branch", "goal": "reported", "met": None}]
+                 "tl_cli.finetune.trainer is not on this branch", "goal": "reported", "met": None}]
     code = ROOT / "benchmarks" / "finetune_speed.py"
     if not code.is_file():
         return [{"target": "finetune images/s", "value": "skipped: benchmarks/finetune_speed.py absent",

@@ -29,12 +29,12 @@ def main() -> None:
     args = ap.parse_args()
 
     from tl_cli.backbones import create_backbone, get_spec
-    from tl_cli.data import scan_dataset
-    from tl_cli.device import resolve_device
-    from tl_cli.finetune import build_optimizer, train_step
-    from tl_cli.finetune_config import FinetuneConfig
-    from tl_cli.finetune_model import FinetuneModel
-    from tl_cli.train_data import make_loaders
+    from tl_cli.data.scan import scan_dataset
+    from tl_cli.runtime.device import resolve_device
+    from tl_cli.finetune.trainer import build_optimizer, train_step
+    from tl_cli.finetune.config import FinetuneConfig
+    from tl_cli.finetune.model import FinetuneModel
+    from tl_cli.finetune.data import make_loaders
 
     device = resolve_device(args.device)
     spec = get_spec(args.backbone)

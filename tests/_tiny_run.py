@@ -11,7 +11,7 @@ from pathlib import Path
 
 from conftest import make_folder
 
-from tl_cli.runs import Run, load_run
+from tl_cli.runs.store import Run, load_run
 
 
 def tiny_run(data: Path, workspace: Path, val_fraction: float = 0.35) -> Run:
@@ -19,9 +19,9 @@ def tiny_run(data: Path, workspace: Path, val_fraction: float = 0.35) -> Run:
 
     The validation share is not the default 0.2, so tests see whether `--split val` reads the run's.
     """
-    from tl_cli.extract import ExtractConfig
-    from tl_cli.small_data import train_small_data
-    from tl_cli.workspace import Workspace
+    from tl_cli.features.extract import ExtractConfig
+    from tl_cli.head.small_data import train_small_data
+    from tl_cli.runs.workspace import Workspace
 
     if not data.exists():
         make_folder(data)
@@ -35,7 +35,7 @@ def head_run(run_dir: Path, classes: list[str], backbone: str = "efficientnet_li
     import torch
 
     from tl_cli.backbones import get_spec, resolve_weights
-    from tl_cli.runs import save_run
+    from tl_cli.runs.store import save_run
 
     spec = get_spec(backbone)
     choice = resolve_weights(spec)
@@ -57,8 +57,8 @@ def full_run(run_dir: Path, classes: list[str], backbone: str = "lenet5", seed: 
     import torch
 
     from tl_cli.backbones import create_backbone, get_spec
-    from tl_cli.model import attach_head
-    from tl_cli.runs import save_run
+    from tl_cli.backbones.wrapper import attach_head
+    from tl_cli.runs.store import save_run
 
     torch.manual_seed(seed)
     net, _ = create_backbone(backbone, pretrained=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import tl_cli.small_data as small_data  # noqa: E402
+import tl_cli.head.small_data as small_data  # noqa: E402
 from tl_cli.backbones.wrapper import Backbone  # noqa: E402
 
 DELAY = float(os.environ.get("SLOW_TL_DELAY", "0.3"))

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tl_cli.cli import app
-from tl_cli.predict import Predictor
+from tl_cli.inference.predict import Predictor
 
 runner = CliRunner()
 LENET = ["--backbone", "lenet5", "--no-pretrained", "--workers", "0"]

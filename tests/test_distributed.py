@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from conftest import make_folder, write_image
-from tl_cli import distributed
-from tl_cli.distributed import DistInfo, my_shard
+from tl_cli.runtime import distributed
+from tl_cli.runtime.distributed import DistInfo, my_shard
 from tl_cli.errors import ConfigError
-from tl_cli.extract import ExtractConfig, extract_features
-from tl_cli.workspace import Workspace
+from tl_cli.features.extract import ExtractConfig, extract_features
+from tl_cli.runs.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -141,7 +141,7 @@ DDP_ARGS = ["-b", "lenet5", "--no-pretrained", "--freeze", "2", "--optimizer", "
 
 def ddp_reference_config():
     """The same run as DDP_ARGS, for one process in this one."""
-    from tl_cli.finetune_config import FinetuneConfig
+    from tl_cli.finetune.config import FinetuneConfig
 
     return FinetuneConfig(backbone="lenet5", pretrained=False, freeze=2, optimizer="sgd", lr=0.05, head_lr=0.05,
                           augment=False, dropout=0.0, epochs=6, batch_size=4, workers=0, patience=0, seed=3,
@@ -203,9 +203,9 @@ def test_ddp_finetune_equals_one_process_with_the_same_global_batch(ddp_data, dd
     """2 gloo ranks with 2 images each per step train the same weights as 1 process with 4 (SGD, seed 3)."""
     import torch
 
-    from tl_cli.checkpoint import load_checkpoint
-    from tl_cli.finetune import start
-    from tl_cli.runs import load_run
+    from tl_cli.finetune.checkpoint import load_checkpoint
+    from tl_cli.finetune.trainer import start
+    from tl_cli.runs.store import load_run
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -237,8 +237,8 @@ def test_ddp_probe_equals_one_process_probe(ddp_data, tmp_path):
 
     import torch
 
-    from tl_cli.checkpoint import load_checkpoint
-    from tl_cli.finetune import start
+    from tl_cli.finetune.checkpoint import load_checkpoint
+    from tl_cli.finetune.trainer import start
 
     args = [*DDP_ARGS[:-2], "--epochs", "2", "--lr", "0.001", "--head-lr", "0.001", "--label-smoothing", "0"]  # last two: --head-init random
     two = two_process_run(ddp_data, tmp_path / "two", args)
@@ -265,8 +265,8 @@ def test_ddp_resume_after_a_kill_equals_the_uninterrupted_run(ddp_data, tmp_path
 
     import torch
 
-    from tl_cli.checkpoint import load_checkpoint
-    from tl_cli.runs import load_run
+    from tl_cli.finetune.checkpoint import load_checkpoint
+    from tl_cli.runs.store import load_run
 
     ws = tmp_path / "killed"
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", TL_WORKSPACE=str(ws), TL_DIST_TIMEOUT_MIN="2")
@@ -301,9 +301,9 @@ def test_ddp_resume_after_a_kill_equals_the_uninterrupted_run(ddp_data, tmp_path
 
 
 def test_global_batch_must_split_evenly_over_ranks(ddp_data, monkeypatch):
-    from tl_cli.ddp import local_batch_size
-    from tl_cli.finetune import start
-    from tl_cli.finetune_config import FinetuneConfig
+    from tl_cli.finetune.ddp import local_batch_size
+    from tl_cli.finetune.trainer import start
+    from tl_cli.finetune.config import FinetuneConfig
 
     assert local_batch_size(8, DistInfo(rank=1, world_size=4)) == 2
     with pytest.raises(ConfigError, match="multiple of the 3 processes"):
@@ -316,8 +316,8 @@ def test_global_batch_must_split_evenly_over_ranks(ddp_data, monkeypatch):
 
 
 def test_sync_bn_needs_cuda(ddp_data):
-    from tl_cli.finetune import start
-    from tl_cli.finetune_config import FinetuneConfig
+    from tl_cli.finetune.trainer import start
+    from tl_cli.finetune.config import FinetuneConfig
 
     cfg = FinetuneConfig(backbone="lenet5", pretrained=False, freeze=0, epochs=2, workers=0, device="cpu", sync_bn=True)
     ws = Workspace.open()
@@ -330,8 +330,8 @@ def test_ranks_steps_together_are_the_one_process_steps(ddp_data):
     """The sampler property behind DDP == one process: step k of 2 ranks (2 images each) holds the
     images of step k of one process (4 images), and the order changes with the epoch."""
     from tl_cli.backbones import get_spec
-    from tl_cli.data import scan_dataset
-    from tl_cli.train_data import make_loaders
+    from tl_cli.data.scan import scan_dataset
+    from tl_cli.finetune.data import make_loaders
 
     ds = scan_dataset(ddp_data)
     pre = get_spec("lenet5").preprocess
@@ -355,8 +355,8 @@ def test_ranks_steps_together_are_the_one_process_steps(ddp_data):
 def test_every_epoch_reshuffles(ddp_data, monkeypatch):
     from torch.utils.data.distributed import DistributedSampler
 
-    from tl_cli.finetune import start
-    from tl_cli.finetune_config import FinetuneConfig
+    from tl_cli.finetune.trainer import start
+    from tl_cli.finetune.config import FinetuneConfig
 
     seen = []
     original = DistributedSampler.set_epoch

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from tl_cli.backbones import create_backbone, get_spec
 from tl_cli.backbones.efficientnet_lite import Conv2dSame
-from tl_cli.preprocess import resize_crop, to_tensor
+from tl_cli.data.preprocess import resize_crop, to_tensor
 
 ESPRESSO = 967
 CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from tl_cli.backbones import create_backbone, get_spec, resolve_weights
-from tl_cli.engines import (OnnxEngine, TorchEngine, choose_engine, make_engine, normalize_batch, normalize_image,
+from tl_cli.features.engines import (OnnxEngine, TorchEngine, choose_engine, make_engine, normalize_batch, normalize_image,
                             onnx_path)
 from tl_cli.errors import ConfigError
-from tl_cli.extract import ExtractConfig, extract_features
-from tl_cli.loader import iter_batches, load_crop
-from tl_cli.preprocess import load_tensor
+from tl_cli.features.extract import ExtractConfig, extract_features
+from tl_cli.data.decode import iter_batches, load_crop
+from tl_cli.data.preprocess import load_tensor
 
 pytest.importorskip("onnxruntime")
 
@@ -100,7 +100,7 @@ def test_extract_with_onnx_equals_torch_and_shares_the_cache(image_folder, tmp_p
     # the engine is a speed choice, not a different feature: torch reuses the onnx rows
     b = extract_features(image_folder, ExtractConfig(engine="torch", **base))
     assert b.n_extracted == 0 and b.cache_key == a.cache_key
-    from tl_cli.workspace import Workspace
+    from tl_cli.runs.workspace import Workspace
 
     ws = Workspace.open(tmp_path / "other")
     c = extract_features(image_folder, ExtractConfig(engine="torch", **base), workspace=ws)
@@ -130,7 +130,7 @@ def test_a_cached_onnx_engine_does_not_import_torch(tmp_path):
     make_engine("onnx", spec, choice, "cpu", tmp_path, lambda: create_backbone("lenet5", pretrained=False)[0])
     code = (
         "import sys; from pathlib import Path; from tl_cli.backbones import get_spec, resolve_weights;"
-        "from tl_cli.engines import make_engine; s = get_spec('lenet5');"
+        "from tl_cli.features.engines import make_engine; s = get_spec('lenet5');"
         f"e, _ = make_engine('auto', s, resolve_weights(s, pretrained=False), 'auto', Path({str(tmp_path)!r}), None);"
         "print(e.name, 'torch' in sys.modules)"
     )
@@ -144,10 +144,10 @@ def test_predict_on_the_engine_equals_eager_torch_and_skips_torch(image_folder):
     import subprocess
     import sys
 
-    from tl_cli.predict import Predictor, _HeadOnEngine
-    from tl_cli.runs import load_run
-    from tl_cli.small_data import train_small_data
-    from tl_cli.workspace import Workspace
+    from tl_cli.inference.predict import Predictor, _HeadOnEngine
+    from tl_cli.runs.store import load_run
+    from tl_cli.head.small_data import train_small_data
+    from tl_cli.runs.workspace import Workspace
 
     res = train_small_data(image_folder, ExtractConfig(backbone="lenet5", pretrained=False, workers=0))
     files = sorted(str(p) for p in image_folder.rglob("*.jpg"))[::4]
@@ -160,7 +160,7 @@ def test_predict_on_the_engine_equals_eager_torch_and_skips_torch(image_folder):
     np.testing.assert_allclose(pf, pr, rtol=1e-4, atol=1e-5)
     assert [p.labels for p in fast.predict(files, topk=2)] == [p.labels for p in ref.predict(files, topk=2)]
     root = Path(__file__).resolve().parents[1]
-    code = ("import sys; from tl_cli.predict import Predictor; from tl_cli.workspace import Workspace;"
+    code = ("import sys; from tl_cli.inference.predict import Predictor; from tl_cli.runs.workspace import Workspace;"
             f"p = Predictor.from_workspace(workspace=Workspace.open({str(Workspace.open().root)!r}));"
             f"print(p.predict([{files[0]!r}])[0].labels[0], 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,

@@ -10,10 +10,10 @@ import torch
 
 from conftest import write_image
 from tl_cli.backbones import create_backbone, get_spec
-from tl_cli.extract import ExtractConfig, extract_features
-from tl_cli.preprocess import Preprocess, load_tensor
-from tl_cli.small_data import train_small_data
-from tl_cli.workspace import Workspace
+from tl_cli.features.extract import ExtractConfig, extract_features
+from tl_cli.data.preprocess import Preprocess, load_tensor
+from tl_cli.head.small_data import train_small_data
+from tl_cli.runs.workspace import Workspace
 
 LENET = ExtractConfig(backbone="lenet5", pretrained=False, workers=0, batch_size=8)
 
@@ -32,7 +32,7 @@ def test_rerun_takes_everything_from_cache(image_folder, monkeypatch):
     first = extract_features(image_folder, LENET)
     assert first.n_extracted == 36 and first.n_cached == 0
 
-    import tl_cli.extract as ex
+    import tl_cli.features.extract as ex
 
     def forbidden(*a, **k):
         raise AssertionError("the backbone must not run on a cached dataset")

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tl_cli.checkpoint import CHECKPOINT, load_checkpoint
+from tl_cli.finetune.checkpoint import CHECKPOINT, load_checkpoint
 from tl_cli.errors import ConfigError, RunError, UnsafeFile
-from tl_cli.finetune import resume, start
-from tl_cli.finetune_config import FinetuneConfig
-from tl_cli.progress import Reporter
-from tl_cli.runs import load_run
-from tl_cli.workspace import Workspace
+from tl_cli.finetune.trainer import resume, start
+from tl_cli.finetune.config import FinetuneConfig
+from tl_cli.runtime.progress import Reporter
+from tl_cli.runs.store import load_run
+from tl_cli.runs.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -174,8 +174,8 @@ def test_same_seed_same_weights_other_seed_other_order(image_folder, tmp_path):
     assert any(not torch.equal(wa[k], wc[k]) for k in wa)
 
     from tl_cli.backbones import get_spec
-    from tl_cli.data import scan_dataset
-    from tl_cli.train_data import make_loaders
+    from tl_cli.data.scan import scan_dataset
+    from tl_cli.finetune.data import make_loaders
 
     ds = scan_dataset(image_folder)
     pre = get_spec("lenet5").preprocess
@@ -224,8 +224,8 @@ def test_early_stopping_keeps_the_best_epoch(image_folder):
 def test_training_data_loads_in_spawned_workers(image_folder):
     """macOS and Windows start DataLoader workers with "spawn": the datasets must pickle."""
     from tl_cli.backbones import get_spec
-    from tl_cli.data import scan_dataset
-    from tl_cli.train_data import make_loaders
+    from tl_cli.data.scan import scan_dataset
+    from tl_cli.finetune.data import make_loaders
 
     loaders = make_loaders(scan_dataset(image_folder), get_spec("lenet5").preprocess, 8, 1, True, 0)
     for loader in (loaders.train, loaders.val):

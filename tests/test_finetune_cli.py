@@ -10,10 +10,10 @@ import torch
 from typer.testing import CliRunner
 
 from tl_cli.cli import app
-from tl_cli.finetune_model import FinetuneModel
-from tl_cli.preprocess import Preprocess, load_tensor
-from tl_cli.runs import load_run
-from tl_cli.workspace import Workspace
+from tl_cli.finetune.model import FinetuneModel
+from tl_cli.data.preprocess import Preprocess, load_tensor
+from tl_cli.runs.store import load_run
+from tl_cli.runs.workspace import Workspace
 
 runner = CliRunner()
 LENET = ["--backbone", "lenet5", "--no-pretrained", "--workers", "0", "--batch-size", "8"]
@@ -82,7 +82,7 @@ def test_cli_errors_are_one_line(image_folder):
 
 
 def test_resume_with_a_changed_setting_names_it(image_folder, monkeypatch):
-    from tl_cli import finetune as ft
+    from tl_cli.finetune import trainer as ft
 
     calls = {"n": 0}
     real = ft._end_epoch

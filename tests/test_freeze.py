@@ -9,9 +9,9 @@ import torch.nn as nn
 
 from tl_cli.backbones import create_backbone
 from tl_cli.errors import ConfigError
-from tl_cli.finetune import build_optimizer, lr_factor, train_step
-from tl_cli.finetune_config import FinetuneConfig
-from tl_cli.finetune_model import FinetuneModel
+from tl_cli.finetune.trainer import build_optimizer, lr_factor, train_step
+from tl_cli.finetune.config import FinetuneConfig
+from tl_cli.finetune.model import FinetuneModel
 
 # (backbone, k, input side): small inputs keep the steps fast; the layer numbering does not
 # depend on the input size for these networks.
@@ -117,7 +117,7 @@ def test_resume_overrides_only_resource_settings():
 def test_finetune_numbers_layers_like_tl_layers(name):
     from tl_cli.backbones import get_spec
     from tl_cli.backbones.describe import meta_backbone
-    from tl_cli.layers import enumerate_layers
+    from tl_cli.backbones.layers import enumerate_layers
 
     spec = get_spec(name)
     shown = enumerate_layers(meta_backbone(spec), spec.preprocess.input_size)  # what `tl layers` prints

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tl_cli.head import HeadConfig, class_weights, train_head
+from tl_cli.head.softmax import HeadConfig, class_weights, train_head
 
 
 def _blobs(n, d=20, c=3, sep=3.0, seed=0):
@@ -66,7 +66,7 @@ def test_balanced_weights_help_the_minority_class():
 
 def test_loss_and_gradient_equal_torch_autograd():
     """The hand-written objective is the weighted cross-entropy + L2 that torch would compute."""
-    from tl_cli.head import _Objective
+    from tl_cli.head.softmax import _Objective
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(50, 7)).astype(np.float32)
@@ -91,7 +91,7 @@ def test_no_torch_import_for_the_head():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    code = ("import sys, numpy as np; from tl_cli.head import train_head;"
+    code = ("import sys, numpy as np; from tl_cli.head.softmax import train_head;"
             "x = np.random.default_rng(0).normal(size=(40, 6)); y = (x[:, 0] > 0).astype(int);"
             "train_head(x[:30], y[:30], x[30:], y[30:], 2); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(root)})

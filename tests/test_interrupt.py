@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from conftest import COLOURS, make_folder, write_image
 from tl_cli.cli import app
-from tl_cli.extract import ExtractConfig, extract_features
-from tl_cli.workspace import Workspace
+from tl_cli.features.extract import ExtractConfig, extract_features
+from tl_cli.runs.workspace import Workspace
 
 LENET = ExtractConfig(backbone="lenet5", pretrained=False, workers=0, batch_size=4)
 SLOW_TL = Path(__file__).with_name("slow_tl.py")
@@ -194,7 +194,7 @@ def test_concurrent_state_updates_keep_every_key(isolated_workspace, monkeypatch
     """Two processes finishing at once (say `tl extract` and `tl finetune`) both update state.json."""
     import threading
 
-    import tl_cli.workspace as workspace_module
+    import tl_cli.runs.workspace as workspace_module
 
     ws = Workspace.open()
     ws.ensure()

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from tl_cli.backbones import create_backbone, get_spec
-from tl_cli.checkpoint import load_checkpoint
-from tl_cli.data import scan_dataset
-from tl_cli.finetune import resume, start
-from tl_cli.finetune_config import FinetuneConfig
-from tl_cli.head import train_head
-from tl_cli.preprocess import load_tensor
-from tl_cli.runs import load_run
-from tl_cli.workspace import Workspace
+from tl_cli.finetune.checkpoint import load_checkpoint
+from tl_cli.data.scan import scan_dataset
+from tl_cli.finetune.trainer import resume, start
+from tl_cli.finetune.config import FinetuneConfig
+from tl_cli.head.softmax import train_head
+from tl_cli.data.preprocess import load_tensor
+from tl_cli.runs.store import load_run
+from tl_cli.runs.workspace import Workspace
 
 from test_finetune import KillAfter, Notes, assert_same, last_weights, weights
 
@@ -115,7 +115,7 @@ def test_resume_with_probe_equals_uninterrupted(hard_folder, tmp_path, kill_afte
 
 
 def test_probe_reuses_the_extract_cache(hard_folder, tmp_path):
-    from tl_cli.extract import ExtractConfig, extract_features
+    from tl_cli.features.extract import ExtractConfig, extract_features
 
     ws = Workspace.open(tmp_path / "ws")
     extract_features(hard_folder, ExtractConfig(backbone="lenet5", pretrained=False, engine="torch", workers=0), ws)

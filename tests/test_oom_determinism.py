@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from tl_cli.errors import OutOfMemory
-from tl_cli.extract import ExtractConfig, extract_features
-from tl_cli.oom import HalvingForward, is_oom
-from tl_cli.workspace import Workspace
+from tl_cli.features.extract import ExtractConfig, extract_features
+from tl_cli.runtime.oom import HalvingForward, is_oom
+from tl_cli.runs.workspace import Workspace
 
 LENET = ExtractConfig(backbone="lenet5", pretrained=False, workers=0, batch_size=8)
 
@@ -125,7 +125,7 @@ def test_separate_tl_extract_processes_give_identical_features(image_folder, tmp
 
 # -- training --------------------------------------------------------------------------------
 def _ft_cfg(**kw):
-    from tl_cli.finetune_config import FinetuneConfig
+    from tl_cli.finetune.config import FinetuneConfig
 
     # freeze=2 keeps LeNet's batch-norm layers in eval mode, so micro-batches change nothing.
     base = dict(backbone="lenet5", pretrained=False, freeze=2, epochs=2, batch_size=8, workers=0, dropout=0.0,
@@ -135,8 +135,8 @@ def _ft_cfg(**kw):
 
 def test_train_step_in_micro_batches_equals_the_whole_batch():
     from tl_cli.backbones import create_backbone
-    from tl_cli.finetune import build_optimizer, train_step
-    from tl_cli.finetune_model import FinetuneModel
+    from tl_cli.finetune.trainer import build_optimizer, train_step
+    from tl_cli.finetune.model import FinetuneModel
 
     cfg = _ft_cfg()
     torch.manual_seed(0)
@@ -156,9 +156,9 @@ def test_train_step_in_micro_batches_equals_the_whole_batch():
 
 
 def test_finetune_with_simulated_oom_goes_on_in_micro_batches(image_folder, tmp_path, monkeypatch):
-    from tl_cli.finetune import start
-    from tl_cli.finetune_model import FinetuneModel
-    from tl_cli.progress import Reporter
+    from tl_cli.finetune.trainer import start
+    from tl_cli.finetune.model import FinetuneModel
+    from tl_cli.runtime.progress import Reporter
 
     normal = start(image_folder, _ft_cfg(), Workspace.open(tmp_path / "a"))
     real_forward = FinetuneModel.forward
@@ -183,7 +183,7 @@ def test_finetune_with_simulated_oom_goes_on_in_micro_batches(image_folder, tmp_
     assert sizes[:3] == [8, 4, 2] and max(sizes[3:]) == 2  # halved once, then kept
     assert any("out of memory: training goes on in micro-batches of 2" in m for m in log.lines)
     assert [h["epoch"] for h in oom.history] == [0, 1, 2]  # 0: the linear probe
-    from tl_cli.runs import load_run
+    from tl_cli.runs.store import load_run
 
     a, b = load_run(normal.run_dir).tensors(), load_run(oom.run_dir).tensors()
     for k in a:

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from tl_cli.cli import app
 from tl_cli.errors import ExportError
-from tl_cli.predict import load_predictor
+from tl_cli.inference.predict import load_predictor
 
 runner = CliRunner()
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
@@ -201,9 +201,9 @@ def test_onnx_export_matches_pytorch_on_real_images(tmp_path):
     pytest.importorskip("onnxruntime")
     import torch
 
-    from tl_cli.export import ExportConfig, export_run, run_exported
-    from tl_cli.model import build_from_run
-    from tl_cli.preprocess import Preprocess, load_tensor
+    from tl_cli.inference.export import ExportConfig, export_run, run_exported
+    from tl_cli.inference.load import build_from_run
+    from tl_cli.data.preprocess import Preprocess, load_tensor
 
     run = head_run(tmp_path / "run", ["cat", "coffee", "rocket"])
     photos = sorted((SAMPLE / "photos").rglob("*.jpg"))[::6]
@@ -232,14 +232,14 @@ def test_onnx_export_matches_pytorch_on_real_images(tmp_path):
 def test_torchscript_export_matches_pytorch(run, tmp_path):
     import torch
 
-    from tl_cli.export import ExportConfig, export_run
+    from tl_cli.inference.export import ExportConfig, export_run
 
     r = tl("export", "--format", "torchscript", "--output", tmp_path / "clf.pt")
     assert r.exit_code == 0, r.output
     assert "checked on 3 images from" in r.stdout
     res = export_run(run, ExportConfig("torchscript"), tmp_path / "clf2.pt")
     x = torch.stack([torch.randn(3, 32, 32)] * 1)
-    from tl_cli.model import build_from_run
+    from tl_cli.inference.load import build_from_run
 
     with torch.no_grad():
         ref = build_from_run(run)(x)
@@ -269,7 +269,7 @@ def test_onnx_export_cli_and_predict_on_it(run, tmp_path):
 
 
 def test_failed_check_leaves_nothing(run, tmp_path, monkeypatch):
-    import tl_cli.export as export
+    import tl_cli.inference.export as export
 
     real = export.run_exported
     monkeypatch.setattr(export, "run_exported", lambda path, fmt, x: real(path, fmt, x) + 1e-3)
@@ -290,7 +290,7 @@ def test_onnx_model_without_its_json_is_a_clear_error(run, tmp_path):
 
 
 def test_evaluation_folder_is_replaced_whole(run, tmp_path):
-    from tl_cli.atomic import atomic_dir
+    from tl_cli.runtime.atomic import atomic_dir
 
     target = tmp_path / "ev"
     target.mkdir()
@@ -340,7 +340,7 @@ def test_empty_input_is_an_error_and_help_has_examples(run, tmp_path):
 
 
 def test_run_val_fraction_reads_every_meta_shape():
-    from tl_cli.runs import val_fraction_of as run_val_fraction
+    from tl_cli.runs.store import val_fraction_of as run_val_fraction
 
     assert run_val_fraction({"val_fraction": 0.3, "config": {"extract": {"val_fraction": 0.1}}}) == 0.3  # fine-tuned
     assert run_val_fraction({"dataset": {"val_fraction": 0.25}}) == 0.25
@@ -353,7 +353,7 @@ def test_full_network_runs_export_and_predict(tmp_path):
     pytest.importorskip("onnxruntime")
     from conftest import make_folder
 
-    from tl_cli.export import ExportConfig, export_run
+    from tl_cli.inference.export import ExportConfig, export_run
 
     run = full_run(tmp_path / "run", ["blue", "green", "red"])
     data = make_folder(tmp_path / "d", 3)

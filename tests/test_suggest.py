@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tl_cli.cli import app
-from tl_cli.data import scan_dataset
+from tl_cli.data.scan import scan_dataset
 from tl_cli.errors import ConfigError, DataError
 from tl_cli.suggest import (EXTRACT_BELOW, RETRAIN_ABOVE, backbone_layer_count, freeze_for, frozen_fraction, recommend,
                             suggest)
@@ -112,7 +112,7 @@ def test_cli_table_json_and_errors(image_folder, tmp_path):
 def test_cli_defaults_to_the_last_dataset(image_folder):
     r = runner.invoke(app, ["suggest"])
     assert r.exit_code == 2 and "no dataset given" in r.output
-    from tl_cli.workspace import Workspace
+    from tl_cli.runs.workspace import Workspace
 
     Workspace.open().remember(last_dataset=image_folder)
     r = runner.invoke(app, ["suggest", "--backbone", "lenet5", "--format", "json"])

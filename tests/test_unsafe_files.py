@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 
 from tl_cli.backbones import get_spec, load_state_dict_file
 from tl_cli.cli import app
-from tl_cli.data import is_safe_relpath, resolve_inside
+from tl_cli.data.scan import is_safe_relpath, resolve_inside
 from tl_cli.errors import DataError, RunError, UnknownBackbone, UnsafeFile
-from tl_cli.extract import ExtractConfig, extract_features
-from tl_cli.predict import Predictor
-from tl_cli.small_data import train_small_data
+from tl_cli.features.extract import ExtractConfig, extract_features
+from tl_cli.inference.predict import Predictor
+from tl_cli.head.small_data import train_small_data
 
 LENET = ExtractConfig(backbone="lenet5", pretrained=False, workers=0, batch_size=8)
 runner = CliRunner()
@@ -75,7 +75,7 @@ def test_malicious_run_weights_are_refused(tmp_path, image_folder):
     plant(res.run_dir / "model.safetensors", marker, "torch")
     with pytest.raises(RunError, match="unreadable weights"):
         Predictor.from_workspace(str(res.run_dir))
-    from tl_cli.runs import load_arrays, load_tensors
+    from tl_cli.runs.store import load_arrays, load_tensors
 
     for load in (load_tensors, load_arrays):  # both readers say the same thing
         with pytest.raises(RunError, match="unreadable weights"):

@@ -14,12 +14,12 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_folder
-from tl_cli.atomic import write_bytes
+from tl_cli.runtime.atomic import write_bytes
 from tl_cli.cli import app
 from tl_cli.errors import WorkspaceError
-from tl_cli.extract import ExtractConfig
-from tl_cli.small_data import train_small_data
-from tl_cli.workspace import Workspace
+from tl_cli.features.extract import ExtractConfig
+from tl_cli.head.small_data import train_small_data
+from tl_cli.runs.workspace import Workspace
 
 LENET = ExtractConfig(backbone="lenet5", pretrained=False, workers=0, batch_size=8)
 LENET_ARGS = ["--backbone", "lenet5", "--no-pretrained", "--workers", "0"]
@@ -84,7 +84,7 @@ def test_disk_full_while_saving_the_run(image_folder, isolated_workspace, monkey
 def test_read_only_filesystem(image_folder, isolated_workspace, monkeypatch):
     """EROFS from the filesystem (works as root too, unlike chmod)."""
     train_small_data(image_folder, LENET, train=False)
-    import tl_cli.atomic as atomic
+    import tl_cli.runtime.atomic as atomic
 
     def erofs(*a, **k):
         raise OSError(errno.EROFS, "Read-only file system")
@@ -170,7 +170,7 @@ def test_interrupted_atomic_write_leaves_old_file(tmp_path):
     target = tmp_path / "meta.json"
     target.write_text(json.dumps({"old": True}))
     with pytest.raises(WorkspaceError):
-        from tl_cli.atomic import atomic_path
+        from tl_cli.runtime.atomic import atomic_path
 
         with atomic_path(target) as tmp:
             tmp.write_text("{half")

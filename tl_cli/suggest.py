@@ -22,8 +22,8 @@ import shlex
 from dataclasses import asdict, dataclass
 from typing import Mapping
 
-from .backbones import DEFAULT_BACKBONE
-from .errors import ConfigError
+from tl_cli.backbones import DEFAULT_BACKBONE
+from tl_cli.errors import ConfigError
 
 EXTRACT_BELOW = 100  # train images per class below which only a head is trained
 RETRAIN_ABOVE = 2000  # above this, every layer is trained from the pretrained weights
@@ -159,9 +159,9 @@ def recommend(
 
 def backbone_layer_count(backbone: str) -> int:
     """Layers of a registered backbone as `tl layers` numbers them (meta device: no weights needed)."""
-    from .backbones import get_spec
-    from .backbones.describe import meta_backbone
-    from .layers import count_layers
+    from tl_cli.backbones import get_spec
+    from tl_cli.backbones.describe import meta_backbone
+    from tl_cli.backbones.layers import count_layers
 
     spec = get_spec(backbone)
     return count_layers(meta_backbone(spec), spec.preprocess.input_size)
@@ -178,7 +178,7 @@ def suggest(data_dir: str | os.PathLike, backbone: str = DEFAULT_BACKBONE, val_f
         >>> suggest("photos").route
         'extract'
     """
-    from .data import scan_dataset
+    from tl_cli.data.scan import scan_dataset
 
     ds = scan_dataset(data_dir, val_fraction)
     counts = {c: [0, 0] for c in ds.classes}

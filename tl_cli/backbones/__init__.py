@@ -1,6 +1,6 @@
 """Backbones: the registry and the built-in networks."""
 
-from .registry import (
+from tl_cli.backbones.registry import (
     BackboneSpec,
     WeightsChoice,
     create_backbone,

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..preprocess import Preprocess
-from .registry import BackboneSpec, register_backbone
+from tl_cli.data.preprocess import Preprocess
+from tl_cli.backbones.registry import BackboneSpec, register_backbone
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
 def _lenet():
-    from .lenet import LeNet5
-    from .wrapper import Backbone
+    from tl_cli.backbones.lenet import LeNet5
+    from tl_cli.backbones.wrapper import Backbone
 
     return Backbone(LeNet5(), "fc3")
 
@@ -33,8 +33,8 @@ register_backbone(
 
 
 def _lite0():
-    from .efficientnet_lite import EfficientNetLite
-    from .wrapper import Backbone
+    from tl_cli.backbones.efficientnet_lite import EfficientNetLite
+    from tl_cli.backbones.wrapper import Backbone
 
     return Backbone(EfficientNetLite(), "_fc")
 
@@ -92,7 +92,7 @@ def _tv_builder(name: str, classifier_path: str, drop: tuple[str, ...]):
     def build():
         import torchvision
 
-        from .wrapper import Backbone
+        from tl_cli.backbones.wrapper import Backbone
 
         kwargs = {}
         if name in ("googlenet", "inception_v3"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .registry import BackboneSpec, get_spec, list_backbones
+from tl_cli.backbones.registry import BackboneSpec, get_spec, list_backbones
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ def meta_backbone(spec: BackboneSpec):
 
 
 def describe(name: str) -> BackboneSummary:
-    from ..layers import enumerate_layers
+    from tl_cli.backbones.layers import enumerate_layers
 
     spec = get_spec(name)
     net = meta_backbone(spec)

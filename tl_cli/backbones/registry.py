@@ -15,8 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from ..errors import UnknownBackbone, UnsafeFile, WeightsNotFound
-from ..preprocess import Preprocess
+from tl_cli.errors import UnknownBackbone, UnsafeFile, WeightsNotFound
+from tl_cli.data.preprocess import Preprocess
 
 if TYPE_CHECKING:  # torch is imported lazily so `tl --help` stays fast
     import torch.nn as nn
@@ -88,7 +88,7 @@ def get_spec(name: str) -> BackboneSpec:
 
 def _ensure_loaded() -> None:
     # Importing the package registers the built-in backbones.
-    from . import builtin  # noqa: F401
+    from tl_cli.backbones import builtin  # noqa: F401
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""`Backbone`: a classification network split into body (features) and classifier."""
+"""`Backbone`: a classification network split into body (features) and classifier; `attach_head`
+replaces that classifier by the new head tl trains."""
 
 from __future__ import annotations
 
@@ -50,3 +51,12 @@ class Backbone(nn.Module):
                 continue  # e.g. auxiliary classifiers that tl drops
             mapped[("classifier." + k[len(prefix):]) if k.startswith(prefix) else ("net." + k)] = v
         self.load_state_dict(mapped, strict=True)
+
+
+def attach_head(backbone: nn.Module, n_classes: int, dropout: float = 0.0) -> nn.Module:
+    """Replace the backbone's ImageNet classifier by Dropout + Linear(feature_dim, n_classes).
+
+    The new Linear is the last "layer" in `tl layers` numbering, as the old classifier was.
+    """
+    backbone.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbone.feature_dim, n_classes))
+    return backbone

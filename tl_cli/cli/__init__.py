@@ -7,23 +7,23 @@ Each import below registers that module's commands (one line per module, in the 
 from __future__ import annotations
 
 # ruff: noqa: F401
-from . import extract  # extract
+from tl_cli.cli import extract  # extract
 
-from . import finetune  # finetune, retrain
+from tl_cli.cli import finetune  # finetune, retrain
 
-from . import predict  # predict, evaluate
+from tl_cli.cli import predict  # predict, evaluate
 
 # export, info, runs, suggest (issues 3, 4)
 
-from . import export  # export
+from tl_cli.cli import export  # export
 
-from . import suggest  # suggest
+from tl_cli.cli import suggest  # suggest
 
-from . import info  # info, runs
+from tl_cli.cli import info  # info, runs
 
-from . import backbones  # backbones, layers
+from tl_cli.cli import backbones  # backbones, layers
 
-from .app import app
+from tl_cli.cli.app import app
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ def report_error(exc: BaseException) -> int:
     """Print one line (plus a hint) for an exception and return the exit code."""
     from rich.markup import escape
 
-    from ..errors import TLError
+    from tl_cli.errors import TLError
 
     rank = os.environ.get("RANK", "0")
     where = f"rank {rank}: " if rank != "0" else ""  # under torchrun, say which process failed
@@ -72,6 +72,6 @@ def command(*args, **kwargs):
 
 
 def workspace(path):
-    from ..workspace import Workspace
+    from tl_cli.runs.workspace import Workspace
 
     return Workspace.open(path)

@@ -6,9 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..backbones.builtin import DEFAULT_BACKBONE
-from .app import command, out
-from .options import BackboneOpt
+from tl_cli.backbones.builtin import DEFAULT_BACKBONE
+from tl_cli.cli.app import command, out
+from tl_cli.cli.options import BackboneOpt
 
 
 @command("backbones", epilog="Example:  tl backbones")
@@ -16,7 +16,7 @@ def backbones_cmd() -> None:
     """List the registered backbones, their size, and whether their weights are on this machine."""
     from rich.table import Table
 
-    from ..backbones.describe import describe_all
+    from tl_cli.backbones.describe import describe_all
 
     t = Table(title="backbones (default: " + DEFAULT_BACKBONE + ")", title_justify="left")
     for col in ("name", "params", "features", "layers", "input", "weights here"):
@@ -35,9 +35,9 @@ def layers_cmd(
     """The numbered layer table that `--freeze N` counts (needs no pretrained weights)."""
     from rich.table import Table
 
-    from ..backbones import get_spec
-    from ..backbones.describe import meta_backbone
-    from ..layers import check_freeze, enumerate_layers
+    from tl_cli.backbones import get_spec
+    from tl_cli.backbones.describe import meta_backbone
+    from tl_cli.backbones.layers import check_freeze, enumerate_layers
 
     spec = get_spec(backbone)
     layers = enumerate_layers(meta_backbone(spec), spec.preprocess.input_size)

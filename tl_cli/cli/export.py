@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import command, err, out, workspace
-from .options import ModelOpt, WorkspaceOpt
+from tl_cli.cli.app import command, err, out, workspace
+from tl_cli.cli.options import ModelOpt, WorkspaceOpt
 
 
 @command("export", epilog="Examples:  tl export --format onnx   tl export --model .tl/runs/RUN --format torchscript -o clf.pt   "
@@ -24,8 +24,8 @@ def export_cmd(
     The preprocessing goes in JSON beside it; the export is checked against PyTorch on sample
     images before it is kept.
     """
-    from ..export import ExportConfig, export_run
-    from ..runs import load_run
+    from tl_cli.inference.export import ExportConfig, export_run
+    from tl_cli.runs.store import load_run
 
     cfg = ExportConfig(format=fmt)
     run = load_run(model or workspace(ws_path).latest_run())

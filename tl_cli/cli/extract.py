@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from ..backbones.builtin import DEFAULT_BACKBONE
-from .app import command, err, out, workspace
-from .options import (BackboneOpt, BatchSizeOpt, DeviceOpt, EngineOpt, PretrainedOpt, StrictOpt, ValFractionOpt, WeightsOpt,
+from tl_cli.backbones.builtin import DEFAULT_BACKBONE
+from tl_cli.cli.app import command, err, out, workspace
+from tl_cli.cli.options import (BackboneOpt, BatchSizeOpt, DeviceOpt, EngineOpt, PretrainedOpt, StrictOpt, ValFractionOpt, WeightsOpt,
                       WorkersOpt, WorkspaceOpt)
 
 
@@ -38,10 +38,10 @@ def extract_cmd(
     Re-running on the same folder reuses every cached feature; new images are the only ones
     run through the network.
     """
-    from ..extract import ExtractConfig
-    from ..head import HeadConfig
-    from ..progress import RichReporter
-    from ..small_data import train_small_data
+    from tl_cli.features.extract import ExtractConfig
+    from tl_cli.head.softmax import HeadConfig
+    from tl_cli.runtime.progress import RichReporter
+    from tl_cli.head.small_data import train_small_data
 
     cfg = ExtractConfig(
         backbone=backbone, weights=str(weights) if weights else None, pretrained=pretrained,

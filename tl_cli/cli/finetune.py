@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import command, err, out, workspace
-from .options import WorkspaceOpt
+from tl_cli.cli.app import command, err, out, workspace
+from tl_cli.cli.options import WorkspaceOpt
 
 # Every training option defaults to None = "not given": a new run takes the route's default
 # (FinetuneConfig.for_route), a resumed run keeps its saved value, and a given value that
@@ -105,11 +105,11 @@ _register("retrain", "A lot of data: train the whole network from its pretrained
 
 
 def _train(route: str, data_dir: Path | None, resume: bool, run: Path | None, ws_path, opts: dict) -> None:
-    from .. import finetune as ft
-    from ..errors import ConfigError
-    from ..finetune_config import FinetuneConfig
-    from ..distributed import is_main
-    from ..progress import RichReporter
+    from tl_cli.finetune import trainer as ft
+    from tl_cli.errors import ConfigError
+    from tl_cli.finetune.config import FinetuneConfig
+    from tl_cli.runtime.distributed import is_main
+    from tl_cli.runtime.progress import RichReporter
 
     given = {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items() if v is not None}
     ws = workspace(ws_path)

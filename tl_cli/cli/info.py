@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from .app import command, out, workspace
-from .options import SummaryFormatOpt, WorkspaceOpt, check_format
+from tl_cli.cli.app import command, out, workspace
+from tl_cli.cli.options import SummaryFormatOpt, WorkspaceOpt, check_format
 
 DASH = "-"
 
@@ -26,7 +26,7 @@ def info_cmd(
     ws_path: WorkspaceOpt = None,
 ) -> None:
     """A run's backbone, classes, training (route, freeze, epochs), metrics, layers and files."""
-    from ..run_info import run_info
+    from tl_cli.runs.info import run_info
 
     check_format(fmt)
     info = run_info(run, workspace(ws_path), layers=not no_layers)
@@ -98,7 +98,7 @@ def runs_cmd(fmt: SummaryFormatOpt = "table", ws_path: WorkspaceOpt = None) -> N
     """The workspace's runs, newest first, with route, backbone, classes and validation accuracy."""
     from rich.table import Table
 
-    from ..run_info import workspace_runs
+    from tl_cli.runs.info import workspace_runs
 
     check_format(fmt)
     ws = workspace(ws_path)

@@ -43,7 +43,7 @@ SummaryFormatOpt = Annotated[str, typer.Option("--format", "-f", help="Output fo
 
 def check_format(fmt: str, allowed: tuple[str, ...] = ("table", "json")) -> None:
     """Reject a --format value the command does not produce (one line, exit 2)."""
-    from ..errors import ConfigError
+    from tl_cli.errors import ConfigError
 
     if fmt not in allowed:
         raise ConfigError(f"unknown --format {fmt!r}", hint=f"use {' or '.join(allowed)}")

@@ -11,8 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import command, err, out, workspace
-from .options import BatchSizeOpt, DeviceOpt, FormatOpt, ModelOrOnnxOpt, WorkersOpt, WorkspaceOpt, check_format
+from tl_cli.cli.app import command, err, out, workspace
+from tl_cli.cli.options import BatchSizeOpt, DeviceOpt, FormatOpt, ModelOrOnnxOpt, WorkersOpt, WorkspaceOpt, check_format
 
 FORMATS = ("table", "json", "csv")
 
@@ -31,14 +31,14 @@ def predict_cmd(
     ws_path: WorkspaceOpt = None,
 ) -> None:
     """Classify images with the latest run (or --model). Exit status 1 if any image failed."""
-    from ..atomic import write_text
-    from ..predict import expand_inputs, load_predictor
-    from ..progress import RichReporter
+    from tl_cli.runtime.atomic import write_text
+    from tl_cli.inference.predict import expand_inputs, load_predictor
+    from tl_cli.runtime.progress import RichReporter
 
     check_format(fmt, FORMATS)
     files, missing = expand_inputs(paths)
     if not files and not missing:
-        from ..errors import DataError
+        from tl_cli.errors import DataError
 
         raise DataError("no images in the given inputs", hint="pass image files, folders of images, or globs")
     predictor = load_predictor(model, workspace(ws_path), device=device)
@@ -107,10 +107,10 @@ def evaluate_cmd(
 
     Writes metrics.json, confusion.csv/.png, misclassified.csv and report.html.
     """
-    from ..evaluate import default_output_dir, evaluate, write_evaluation
-    from ..predict import load_predictor
-    from ..progress import RichReporter
-    from ..runs import val_fraction_of
+    from tl_cli.inference.evaluate import default_output_dir, evaluate, write_evaluation
+    from tl_cli.inference.predict import load_predictor
+    from tl_cli.runtime.progress import RichReporter
+    from tl_cli.runs.store import val_fraction_of
 
     check_format(fmt, FORMATS)
     predictor = load_predictor(model, workspace(ws_path), device=device)

@@ -9,9 +9,9 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from ..backbones import DEFAULT_BACKBONE
-from .app import command, out, workspace
-from .options import BackboneOpt, SummaryFormatOpt, ValFractionOpt, WorkspaceOpt, check_format
+from tl_cli.backbones import DEFAULT_BACKBONE
+from tl_cli.cli.app import command, out, workspace
+from tl_cli.cli.options import BackboneOpt, SummaryFormatOpt, ValFractionOpt, WorkspaceOpt, check_format
 
 
 @command("suggest", epilog="Example:  tl suggest ./photos   tl suggest ./photos --backbone resnet50 --format json")
@@ -23,7 +23,7 @@ def suggest_cmd(
     ws_path: WorkspaceOpt = None,
 ) -> None:
     """Count images per class and recommend extract, finetune --freeze N or retrain, saying why."""
-    from ..suggest import suggest
+    from tl_cli.suggest import suggest
 
     check_format(fmt)
     data = data_dir if data_dir is not None else workspace(ws_path).last_dataset()

@@ -1,0 +1,224 @@
+"""Finding images in a dataset folder, and the stable train/validation split.
+
+Layouts:
+    DATA/class_a/*.jpg, DATA/class_b/*.jpg          -> split by hashing file names
+    DATA/train/class_a/..., DATA/val/class_a/...    -> used as given
+Files are recognised as images by their first bytes, not their extension. Hidden files and
+folders are skipped; symlinked folders are followed once (loops terminate).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tl_cli.errors import DataError
+
+# Magic numbers of the formats Pillow decodes that photos come in.
+_MAGIC = (
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"BM", "bmp"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
+VAL_NAMES = ("val", "valid", "validation")
+
+
+def sniff_image(path: Path) -> str | None:
+    """The image format from the file's first bytes, or None if it is not an image we read."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return None
+    for magic, fmt in _MAGIC:
+        if head.startswith(magic):
+            return fmt
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image: path relative to the dataset root (POSIX form), class index, split."""
+
+    relpath: str
+    label: int
+    split: str  # "train" or "val"
+
+
+@dataclass
+class Dataset:
+    """What `scan_dataset` found."""
+
+    root: Path
+    classes: list[str]
+    samples: list[Sample]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (relpath, reason)
+    layout: str = "folders"  # or "train/val"
+
+    def split(self, name: str) -> list[Sample]:
+        return [s for s in self.samples if s.split == name]
+
+    def counts(self) -> dict[str, int]:
+        out = {c: 0 for c in self.classes}
+        for s in self.samples:
+            out[self.classes[s.label]] += 1
+        return out
+
+    def abspath(self, s: Sample) -> Path:
+        return resolve_inside(self.root, s.relpath)
+
+    def drop_classes(self, names: list[str], reason: str) -> "Dataset":
+        """A copy without the classes `names` (each listed in `skipped` as "name/: reason")."""
+        if not names:
+            return self
+        keep = [c for c in self.classes if c not in names]
+        new_index = {c: i for i, c in enumerate(keep)}
+        samples = [Sample(s.relpath, new_index[self.classes[s.label]], s.split)
+                   for s in self.samples if self.classes[s.label] in new_index]
+        skipped = self.skipped + [(f"{c}/", reason) for c in names]
+        return Dataset(self.root, keep, samples, skipped, self.layout)
+
+
+def is_safe_relpath(rel: str) -> bool:
+    """True for a relative POSIX path that stays inside the folder it is relative to.
+
+    Caches and runs store image paths relative to the dataset root; anything absolute, with a
+    `..` component or a NUL did not come from tl and is refused.
+    """
+    if not rel or "\0" in rel or rel.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in rel.split("/"))
+
+
+def resolve_inside(root: Path, rel: str) -> Path:
+    """`root / rel`, refusing a stored path that would point outside `root` (DataError)."""
+    if not is_safe_relpath(rel):
+        raise DataError(f"refusing a stored path outside the dataset folder: {rel!r}")
+    return root / rel
+
+
+def is_val(relpath_in_class: str, val_fraction: float) -> bool:
+    """Stable split: a file goes to validation iff the hash of its name falls below the fraction.
+
+    Depends only on the file's path inside its class folder, so adding or removing other images
+    never moves an image between splits, and the split is the same on every machine.
+    """
+    h = int.from_bytes(hashlib.sha1(relpath_in_class.encode("utf-8")).digest()[:8], "big")
+    return h / 2**64 < val_fraction
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name.startswith("__MACOSX")
+
+
+def _walk_files(folder: Path, stop_at: Path | None = None) -> list[Path]:
+    """All non-hidden files under `folder`, sorted, following symlinked folders once.
+
+    A link back to `folder`, `stop_at` (the dataset root) or one of their ancestors is a loop and
+    is not entered; each real folder is walked at most once, so every walk terminates.
+    """
+    out: list[Path] = []
+    visited: set[tuple[int, int]] = set()
+    ancestors = {os.path.realpath(folder)}
+    for start in (folder, stop_at):
+        if start is not None:
+            ancestors.update(str(p) for p in Path(os.path.realpath(start)).parents)
+            ancestors.add(os.path.realpath(start))
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        st = os.stat(dirpath)
+        key = (st.st_dev, st.st_ino)
+        if key in visited:  # a second link to the same folder
+            dirnames[:] = []
+            continue
+        visited.add(key)
+        dirnames[:] = sorted(
+            d for d in dirnames if not _hidden(d) and os.path.realpath(os.path.join(dirpath, d)) not in ancestors
+        )
+        for f in sorted(filenames):
+            if not _hidden(f):
+                out.append(Path(dirpath) / f)
+    return out
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.is_dir() and not _hidden(p.name)), key=lambda p: p.name)
+
+
+def scan_dataset(root: str | os.PathLike, val_fraction: float = 0.2, min_classes: int = 2) -> Dataset:
+    """Discover classes and images under `root`.
+
+    Args:
+        root: a folder of class sub-folders, or with `train/` and `val/` folders of them.
+        val_fraction: share of images (by name hash) used for validation without a val/ folder.
+        min_classes: fewer classes than this is an error (a classifier needs two).
+
+    Raises:
+        DataError: missing folder, no class folders, no images, fewer than `min_classes` classes
+            with images. Empty class folders are dropped and listed in `skipped`.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(f"dataset folder not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"not a folder: {root}", hint="pass a folder of class sub-folders")
+    root = root.resolve()
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    subdirs = {p.name.lower(): p for p in _class_dirs(root)}
+    val_dir = next((subdirs[n] for n in VAL_NAMES if n in subdirs), None)
+    if "train" in subdirs and val_dir is not None:
+        split_roots = [("train", subdirs["train"]), ("val", val_dir)]
+        layout = "train/val"
+    else:
+        split_roots = [(None, root)]
+        layout = "folders"
+
+    classes = sorted({p.name for _, base in split_roots for p in _class_dirs(base)})
+    if not classes:
+        raise DataError(
+            f"no class folders in {root}",
+            hint="put images in one sub-folder per class, e.g. DATA/cats/*.jpg, DATA/dogs/*.jpg",
+        )
+    found: list[tuple[str, str, str]] = []  # (relpath, class, split)
+    skipped: list[tuple[str, str]] = []
+    for split, base in split_roots:
+        for cdir in _class_dirs(base):
+            for f in _walk_files(cdir, stop_at=root):
+                rel = f.relative_to(root).as_posix()
+                if sniff_image(f) is None:
+                    if f.suffix.lower() in IMAGE_SUFFIXES:
+                        reason = "empty file" if _size(f) == 0 else "not an image (unknown content)"
+                        skipped.append((rel, reason))
+                    continue  # non-image files (notes, .json) are ignored silently
+                in_class = f.relative_to(cdir).as_posix()
+                s = split or ("val" if is_val(in_class, val_fraction) else "train")
+                found.append((rel, cdir.name, s))
+    if not found:
+        raise DataError(f"no images in {root}", hint="tl reads JPEG, PNG, GIF, BMP, TIFF and WebP files")
+    ds = Dataset(root, classes, [], skipped, layout)
+    by_name = {c: i for i, c in enumerate(classes)}
+    ds.samples = [Sample(rel, by_name[c], s) for rel, c, s in found]
+    # An empty class folder is skipped and named, not fatal: the rest of the data is still usable.
+    ds = ds.drop_classes([c for c, n in ds.counts().items() if n == 0], "class folder with no images")
+    if len(ds.classes) < min_classes:
+        raise DataError(
+            f"only one class ({ds.classes[0]}) with images in {root}: a classifier needs at least two",
+            hint="add a sub-folder of images for each other class",
+        )
+    return ds
+
+
+def _size(p: Path) -> int:
+    try:
+        return p.stat().st_size
+    except OSError:
+        return -1

@@ -1,0 +1,259 @@
+"""Inference engines for the frozen backbone: one interface, numpy in, numpy out.
+
+`TorchEngine` is eager PyTorch (the reference; on CUDA it uses bf16 autocast and channels_last).
+`OnnxEngine` runs the same network through onnxruntime on CPU: measured on our 2-core machine it
+is ~3x eager channels_last and ~10x eager NCHW float32, with features within 1e-5 of eager
+float32. The ONNX file is exported once per (backbone, weights, torch version) and kept in
+`<workspace>/engines/`, so later runs (and `tl predict`) never import torch for the backbone.
+
+Both engines take the batch already normalised, float32 NCHW (see `normalize_image`, which the
+decode threads apply), and return (N, feature_dim) float32 features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from tl_cli.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tl_cli.backbones import BackboneSpec, WeightsChoice
+    from tl_cli.data.preprocess import Preprocess
+
+ENGINES = ("auto", "torch", "onnx")
+# Bump when the export recipe changes, so stale files are not reused.
+EXPORT_FORMAT = "dynamo-opset18-v1"
+
+
+class Engine(Protocol):
+    name: str
+    precision: str  # "float32", or "bf16" where features differ beyond float32 tolerance
+
+    def __call__(self, x: np.ndarray) -> np.ndarray: ...
+
+
+def cpu_count() -> int:
+    """Cores this process may use (affinity-aware, unlike os.cpu_count).
+
+    Under torchrun the node's cores are shared by its LOCAL_WORLD_SIZE processes, so each rank
+    sizes its decode threads and onnxruntime pool to its share instead of oversubscribing.
+    """
+    from tl_cli.runtime.distributed import env_info
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, env_info().local_world_size))
+
+
+def normalize_image(crop: np.ndarray, pre: "Preprocess") -> np.ndarray:
+    """(S, S, 3) uint8 crop -> (3, S, S) float32, bit-identical to `preprocess.to_tensor`.
+
+    The same float32 operations in the same order as to_tensor ((v / 255 - mean) / std), so the
+    result is exactly equal, not just close. numpy releases the GIL in these loops, so decode
+    threads can run this beside the network.
+    """
+    x = crop.transpose(2, 0, 1).astype(np.float32)
+    x /= np.float32(255.0)
+    x -= np.asarray(pre.mean, dtype=np.float32)[:, None, None]
+    x /= np.asarray(pre.std, dtype=np.float32)[:, None, None]
+    return x
+
+
+def normalize_batch(u8: np.ndarray, pre: "Preprocess") -> np.ndarray:
+    """(N, S, S, 3) uint8 crops -> (N, 3, S, S) float32, bit-identical to `preprocess.to_tensor`."""
+    x = u8.transpose(0, 3, 1, 2).astype(np.float32)
+    x /= np.float32(255.0)
+    x -= np.asarray(pre.mean, dtype=np.float32)[None, :, None, None]
+    x /= np.asarray(pre.std, dtype=np.float32)[None, :, None, None]
+    return x
+
+
+def onnxruntime_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def choose_engine(name: str, device_type: str) -> str:
+    """Resolve "auto": onnxruntime on CPU when installed, torch otherwise (and always on CUDA)."""
+    if name not in ENGINES:
+        raise ConfigError(f"unknown engine {name!r}", hint=f"use one of {', '.join(ENGINES)}")
+    if name == "onnx":
+        if device_type != "cpu":
+            raise ConfigError("--engine onnx runs on the CPU only", hint="use --device cpu, or --engine torch on a GPU")
+        if not onnxruntime_available():
+            raise ConfigError("--engine onnx needs onnxruntime", hint="pip install onnxruntime, or use --engine torch")
+        return "onnx"
+    if name == "torch":
+        return "torch"
+    return "onnx" if device_type == "cpu" and onnxruntime_available() else "torch"
+
+
+class TorchEngine:
+    """Eager PyTorch `forward_features` in inference mode.
+
+    CPU: float32 channels_last (2-3x NCHW, within 1e-5 of it). CUDA: bf16 autocast and
+    channels_last (several times float32 on tensor cores; features differ by ~1e-2, so the cache
+    records the precision and keeps them apart from float32 ones), batches copied from pinned
+    memory without blocking, decoding and normalisation left to the loader's threads.
+    The CUDA path is written but has not been measured: no GPU was available when it was written.
+    """
+
+    name = "torch"
+
+    def __init__(self, net, device, bf16: bool | None = None):
+        import torch
+
+        self.device = device
+        self.bf16 = (device.type == "cuda") if bf16 is None else bf16
+        if device.type == "cuda":  # fixed input size: let cuDNN pick the fastest kernels once
+            torch.backends.cudnn.benchmark = True
+        self.precision = "bf16" if self.bf16 else "float32"
+        self.net = net.to(device).eval().to(memory_format=torch.channels_last)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            t = torch.from_numpy(x)
+            if self.device.type == "cuda":
+                t = t.pin_memory()
+            t = t.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                return self.net.forward_features(t).float().cpu().numpy()
+
+
+def session_options(threads: int | None = None):
+    """onnxruntime options for throughput: all graph optimisations, one intra-op thread per core."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # a CNN is a chain; parallel mode only adds overhead
+    so.intra_op_num_threads = threads or cpu_count()
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3  # errors only: the CLI's output is ours
+    return so
+
+
+class OnnxEngine:
+    """onnxruntime on CPU over an exported `forward_features` graph (dynamic batch)."""
+
+    name = "onnx"
+    precision = "float32"
+
+    def __init__(self, path: Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(self.path), session_options(threads), providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+def engine_fingerprint(spec: "BackboneSpec", choice: "WeightsChoice") -> str:
+    """What an exported graph depends on: backbone, weights, input size, torch and export recipe."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:  # pragma: no cover - torch is a hard dependency
+        torch_version = "?"
+    ident = {
+        "backbone": spec.name,
+        "weights": choice.identity,
+        "input_size": spec.preprocess.input_size,
+        "torch": torch_version,
+        "export": EXPORT_FORMAT,
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def onnx_path(engines_dir: Path, spec: "BackboneSpec", choice: "WeightsChoice") -> Path:
+    return Path(engines_dir) / f"{spec.name}-{engine_fingerprint(spec, choice)}.onnx"
+
+
+def _features_module(net):
+    """The module that is exported: image batch -> penultimate features."""
+    import torch
+
+    class Features(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net.forward_features(x)
+
+    return Features(net).eval()
+
+
+def export_onnx(net, input_size: int, path: Path) -> Path:
+    """Export `net.forward_features` to a single ONNX file at `path` (atomic), batch dimension dynamic.
+
+    The torch.export-based exporter is used: its graph runs ~1.5x faster in onnxruntime than the
+    legacy TorchScript exporter's on EfficientNet-Lite0 (measured side by side).
+    """
+    import contextlib
+    import io
+    import warnings
+
+    import torch
+
+    from tl_cli.runtime.atomic import atomic_path
+
+    module = _features_module(net)
+    x = torch.zeros(2, 3, input_size, input_size)  # batch 2: batch 1 would be specialised away
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings(), \
+            contextlib.redirect_stdout(io.StringIO()), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x,), str(tmp), input_names=["x"], output_names=["features"],
+                          dynamo=True, dynamic_shapes=({0: batch},), external_data=False, verbose=False)
+    return path
+
+
+def make_engine(name: str, spec: "BackboneSpec", choice: "WeightsChoice", device: str, engines_dir: Path,
+                build_net, threads: int | None = None) -> tuple[Engine, list[str]]:
+    """Build the engine `name` ("auto", "torch", "onnx") for `device` ("auto", "cpu", "cuda:N").
+
+    `build_net()` returns the eager backbone; it is only called when needed (torch engine, or an
+    ONNX export that is not cached yet), so a cached ONNX engine on a CPU machine never imports
+    torch (~2-4 s of start-up here). If the export fails under "auto", the torch engine is used
+    and a note says why.
+
+    Returns:
+        (engine, notes): notes are lines for the user (an export happened, a fallback was taken).
+
+    Example:
+        >>> eng, notes = make_engine("auto", spec, choice, "cpu", ws.root / "engines", build)
+        >>> eng(normalize_batch(crops, spec.preprocess)).shape
+        (32, 1280)
+    """
+    from tl_cli.runtime.device import device_type, resolve_device
+
+    kind = choose_engine(name, device_type(device))
+    notes: list[str] = []
+    if kind == "onnx":
+        path = onnx_path(engines_dir, spec, choice)
+        try:
+            if not path.is_file():
+                export_onnx(build_net(), spec.preprocess.input_size, path)
+                notes.append(f"exported the {spec.name} backbone to ONNX once: {path}")
+            return OnnxEngine(path, threads), notes
+        except Exception as exc:  # noqa: BLE001 - any exporter/runtime failure falls back to torch
+            if name == "onnx":
+                raise ConfigError(f"ONNX export of {spec.name} failed: {type(exc).__name__}: {str(exc)[:200]}",
+                                  hint="use --engine torch") from exc
+            notes.append(f"onnxruntime could not run {spec.name} ({type(exc).__name__}); used eager PyTorch")
+    return TorchEngine(build_net(), resolve_device(device)), notes

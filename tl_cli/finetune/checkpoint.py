@@ -1,0 +1,93 @@
+"""Training checkpoints: written atomically every epoch, read back without running code.
+
+A checkpoint holds only tensors and plain containers (dicts, lists, numbers, strings), written
+with `torch.save` and read with `torch.load(weights_only=True)`, so a tampered file cannot
+execute anything. Random states are converted to tensors and plain lists for the same reason.
+
+    checkpoint.pt   model, optimizer, schedule step, epoch, best-so-far, history, random states
+    best.safetensors  weights of the best epoch so far (written before the checkpoint that names it)
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tl_cli.runtime.atomic import atomic_path
+from tl_cli.errors import RunError, UnsafeFile
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.safetensors"
+FORMAT = 1
+
+
+def rng_state(loader_generator: torch.Generator | None = None) -> dict[str, Any]:
+    """Every random stream training draws from, as tensors and plain lists."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": [version, list(mt), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    if loader_generator is not None:
+        state["loader"] = loader_generator.get_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], loader_generator: torch.Generator | None = None) -> None:
+    torch.set_rng_state(state["torch"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if loader_generator is not None and "loader" in state:
+        loader_generator.set_state(state["loader"])
+
+
+def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
+    """Atomically replace the run's checkpoint: a kill mid-write leaves the previous one intact."""
+    with atomic_path(run_dir / CHECKPOINT, suffix=".pt") as tmp:
+        torch.save({"format": FORMAT, **state}, tmp)
+
+
+def load_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """Read a checkpoint without executing code.
+
+    Raises:
+        RunError: missing, truncated or otherwise damaged file, or an unknown format.
+        UnsafeFile: the file holds Python objects that would need code to load.
+    """
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        raise RunError(f"{run_dir} has no {CHECKPOINT}: nothing to resume",
+                       hint="the run was stopped before its first epoch ended; start it again")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "global" in str(exc).lower():  # a refused class or function, not mere corruption
+            raise UnsafeFile(f"{path}: refusing to load: it holds Python objects that need code to run",
+                             hint="tl checkpoints hold only tensors; start the run again") from exc
+        raise _damaged(path, exc) from exc
+    except Exception as exc:  # truncated zip, bad magic, I/O errors: all mean "damaged"
+        raise _damaged(path, exc) from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise RunError(f"{path}: not a tl checkpoint of format {FORMAT}")
+    missing = [k for k in ("model", "optimizer", "epoch", "rng") if k not in state]
+    if missing:
+        raise _damaged(path, KeyError(", ".join(missing)))
+    return state
+
+
+def _damaged(path: Path, exc: BaseException) -> RunError:
+    return RunError(f"{path}: damaged checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})",
+                    hint="delete the run folder and start again; checkpoints are written atomically, so this "
+                         "means the file was changed or the disk is failing")

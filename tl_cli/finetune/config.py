@@ -1,0 +1,159 @@
+"""The settings of a `tl finetune` / `tl retrain` run, saved as `config.json` beside it.
+
+`--resume` rebuilds the run from that file, never from current defaults. Only resource settings
+(`RESOURCE_FIELDS`) may differ on resume: they change how fast the run goes, not what it learns
+(batch size changes the step count, so the learning-rate schedule is defined per epoch fraction,
+not per step, and stays the same curve).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from tl_cli.runtime.atomic import write_json
+from tl_cli.backbones import DEFAULT_BACKBONE
+from tl_cli.errors import ConfigError, RunError
+
+CONFIG_FILE = "config.json"
+ROUTES = ("finetune", "retrain")
+OPTIMIZERS = ("adamw", "sgd")
+HEAD_INITS = ("probe", "random")
+# What may change on --resume: where and how fast the run goes, not what it computes.
+RESOURCE_FIELDS = frozenset({"batch_size", "device", "workers", "time_budget"})
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything that decides what a fine-tuning run learns (and a few resource settings).
+
+    Attributes:
+        route: "finetune" (first `freeze` layers fixed) or "retrain" (whole network, freeze 0).
+        backbone, weights, pretrained: which network to start from (see `tl backbones`).
+        freeze: layers 1..freeze keep their pretrained weights (`tl layers` numbering).
+        epochs: maximum number of epochs (early stopping and the time budget may end sooner).
+        batch_size: images per optimisation step, over all torchrun ranks together (each takes batch/N).
+        lr: learning rate of the trained backbone layers; head_lr: of the new head.
+        optimizer: "adamw" or "sgd" (with `momentum`, Nesterov).
+        weight_decay: decoupled (AdamW) or L2 (SGD); not applied to biases and norm weights.
+        warmup_epochs: linear warm-up from 0, then cosine decay to 0 at `epochs` (per step);
+            default one epoch, or a fifth of the epochs when there are fewer than five.
+        label_smoothing: cross-entropy label smoothing. dropout: before the new head.
+        patience: stop after this many epochs without a better validation result (0 = never).
+        augment: random resized crop + horizontal flip on training images.
+        seed: random seed; a CPU run with the same seed gives bit-identical weights.
+        device: "auto", "cpu", "cuda", "cuda:N". workers: decoding processes (None = automatic).
+        time_budget: seconds; the run stops before an epoch that would not fit (None = none).
+        val_fraction: validation share when the data has no val/ folder (same split as extract).
+        sync_bn: under torchrun on GPUs, batch norms use the statistics of the global batch
+            instead of each rank's share (SyncBatchNorm; CUDA only). No effect in one process.
+        head_init: "probe" (LP-FT: before epoch 1 the head is fitted on the frozen features as
+            `tl extract` fits it, and that model is scored as epoch 0) or "random".
+    """
+
+    route: str = "finetune"
+    backbone: str = DEFAULT_BACKBONE
+    weights: str | None = None
+    pretrained: bool = True
+    freeze: int = 0
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 3e-4
+    head_lr: float = 3e-3
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    weight_decay: float = 0.01
+    warmup_epochs: float | None = None  # None: min(1, epochs / 5), so short runs still decay
+    label_smoothing: float = 0.1
+    dropout: float = 0.2
+    patience: int = 4
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    workers: int | None = None
+    time_budget: float | None = None
+    val_fraction: float = 0.2
+    sync_bn: bool = False
+    head_init: str = "probe"
+
+    def __post_init__(self) -> None:
+        if self.warmup_epochs is None:
+            object.__setattr__(self, "warmup_epochs", min(1.0, self.epochs / 5))
+        checks = [
+            (self.route in ROUTES, f"route must be one of {ROUTES}, got {self.route!r}"),
+            (self.head_init in HEAD_INITS, f"--head-init must be probe or random, got {self.head_init!r}"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be adamw or sgd, got {self.optimizer!r}"),
+            (self.freeze >= 0, f"--freeze must be >= 0, got {self.freeze}"),
+            (self.route != "retrain" or self.freeze == 0, "tl retrain trains every layer: use tl finetune --freeze N"),
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.lr >= 0 and self.head_lr > 0, f"learning rates must be positive (lr {self.lr}, head lr {self.head_lr})"),
+            (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
+            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.warmup_epochs < self.epochs, f"--warmup-epochs must be in [0, epochs), got {self.warmup_epochs}"),
+            (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
+            (self.patience >= 0, f"--patience must be >= 0, got {self.patience}"),
+            (self.workers is None or self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
+            (self.time_budget is None or self.time_budget > 0, f"--time-budget must be > 0 seconds, got {self.time_budget}"),
+            (0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @classmethod
+    def for_route(cls, route: str, **overrides: Any) -> "FinetuneConfig":
+        """Defaults suited to the route, with `overrides` on top.
+
+        Retraining moves every pretrained layer, so its backbone learning rate is lower (a tenth
+        of the head's) to keep the pretrained features from being wrecked in the first epochs.
+        """
+        base = dict(route=route)
+        if route == "retrain":
+            base.update(freeze=0, lr=1e-4, head_lr=1e-3, epochs=15, patience=5)
+        base.update({k: v for k, v in overrides.items() if v is not None})  # None = the default
+        return cls(**base)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FinetuneConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise RunError(f"{CONFIG_FILE} has unknown settings: {', '.join(unknown)}",
+                           hint="it was written by another version of tl")
+        return cls(**d)
+
+    def save(self, run_dir: Path) -> None:
+        write_json(run_dir / CONFIG_FILE, self.to_dict())
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "FinetuneConfig":
+        path = run_dir / CONFIG_FILE
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError as exc:
+            raise RunError(f"{run_dir} has no {CONFIG_FILE}: not a fine-tuning run") from exc
+        except ValueError as exc:
+            raise RunError(f"{path}: not valid JSON ({exc})") from exc
+
+    def with_resume_overrides(self, overrides: dict[str, Any]) -> "FinetuneConfig":
+        """The saved config with the settings given on `--resume` applied.
+
+        Raises:
+            ConfigError: a setting other than a resource one differs from the saved run (named).
+        """
+        changed = {k: v for k, v in overrides.items() if getattr(self, k) != v}
+        bad = sorted(k for k in changed if k not in RESOURCE_FIELDS)
+        if bad:
+            detail = ", ".join(f"{k} (saved {getattr(self, k)!r}, given {changed[k]!r})" for k in bad)
+            raise ConfigError(
+                f"cannot change {detail} when resuming",
+                hint=f"only {', '.join(sorted(RESOURCE_FIELDS))} may change on --resume; start a new run to change the rest",
+            )
+        return replace(self, **changed)

@@ -1,0 +1,86 @@
+"""The small-data route end to end: cached features -> softmax head -> a saved run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from tl_cli.runtime import distributed
+from tl_cli.features.extract import ExtractConfig, ExtractResult, extract_features
+from tl_cli.head.softmax import HeadConfig, HeadResult, train_head
+from tl_cli.runtime.progress import Reporter
+from tl_cli.runs.store import new_run_dir, save_run
+from tl_cli.runs.workspace import Workspace
+
+
+@dataclass
+class SmallDataResult:
+    extract: ExtractResult | None  # None on ranks other than 0 under torchrun
+    head: HeadResult | None
+    run_dir: Path | None
+
+
+def train_small_data(
+    data_dir: str | os.PathLike,
+    cfg: ExtractConfig = ExtractConfig(),
+    head_cfg: HeadConfig = HeadConfig(),
+    workspace: Workspace | None = None,
+    reporter: Reporter | None = None,
+    train: bool = True,
+) -> SmallDataResult:
+    """`tl extract`: cache features, fit the head, save the run and make it the latest.
+
+    Returns the extraction summary, the head's metrics and the run folder (None with train=False).
+    Under torchrun the ranks share the extraction; rank 0 alone trains the head and saves the run
+    (a softmax layer on cached features is seconds of work: not worth distributing) while the
+    others wait, and gets this result; the other ranks get SmallDataResult(None, None, None).
+    """
+    ws = workspace or Workspace.open()
+    ex = extract_features(data_dir, cfg, ws, reporter)
+    if ex is None:
+        distributed.shutdown()
+        return SmallDataResult(None, None, None)
+    if not train:
+        distributed.shutdown()
+        return SmallDataResult(ex, None, None)
+    tr, va = ex.splits == "train", ex.splits == "val"
+    n_classes = len(ex.dataset.classes)
+    head = train_head(ex.features[tr], ex.labels[tr], ex.features[va] if va.any() else None,
+                      ex.labels[va] if va.any() else None, n_classes, head_cfg)
+    run_dir = new_run_dir(ws.runs, "extract", ex.dataset.root.name)
+    meta = {
+        "route": "extract",
+        "kind": "head",
+        "classes": ex.dataset.classes,
+        "backbone": cfg.backbone,
+        "weights": {"id": ex.weights_id, "file": cfg.weights, "pretrained": cfg.pretrained},
+        "preprocess": ex.preprocess.to_dict(),
+        "dataset": {
+            "root": str(ex.dataset.root),
+            "layout": ex.dataset.layout,
+            "fingerprint": ex.fingerprint,
+            "cache_key": ex.cache_key,
+            "n_train": int(tr.sum()),
+            "n_val": int(va.sum()),
+            "counts": ex.dataset.counts(),
+        },
+        "config": {"extract": cfg.to_dict(), "head": head_cfg.to_dict()},
+        "metrics": {
+            "val_accuracy": head.val_accuracy,
+            "val_loss": head.val_loss,
+            "train_accuracy": head.train_accuracy,
+            "l2": head.l2,
+            "l2_search": head.grid,
+        },
+    }
+    try:
+        save_run(run_dir, {"head.weight": head.weight, "head.bias": head.bias}, meta)
+    except BaseException:
+        # Disk full, read-only, Ctrl-C: no half-written run folder is left to be mistaken for one.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    ws.remember(latest_run=run_dir)
+    distributed.shutdown()
+    return SmallDataResult(ex, head, run_dir)

@@ -1,0 +1,283 @@
+"""Exporting a run's whole classifier (backbone + head) to ONNX or TorchScript, and running ONNX.
+
+The exported network takes what `Preprocess` produces: float32 NCHW images, RGB scaled to [0, 1],
+resized and centre-cropped, then normalised with the backbone's mean/std. It returns logits.
+Everything a consumer needs to feed it (preprocessing, class names, tensor names) is written as
+JSON beside the model: `model.onnx` -> `model.onnx.json`.
+
+Every export is checked before it is kept: the exported file is run on sample inputs (real
+images from the run's dataset when they are still there) and compared with eager PyTorch; if
+they differ beyond float32 tolerance the export fails and nothing is left at the output path.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tl_cli.runtime.atomic import atomic_path, write_json
+from tl_cli.errors import ConfigError, ExportError
+from tl_cli.inference.predict import BasePredictor
+from tl_cli.data.preprocess import Preprocess
+from tl_cli.runs.store import Run, versions
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+INPUT, OUTPUT = "input", "logits"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """How to export and how strictly to check the result.
+
+    Attributes:
+        format: "onnx" or "torchscript".
+        opset: ONNX opset (17: supported by every onnxruntime of the last years).
+        atol, rtol: allowed difference of logits from eager PyTorch (float32 rounding level).
+        n_samples: images the export is checked on (3, so the check also exercises a batch size
+            other than the one used for tracing).
+    """
+
+    format: str = "onnx"
+    opset: int = 17
+    atol: float = 1e-4
+    rtol: float = 1e-4
+    n_samples: int = 3
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ConfigError(f"unknown export format {self.format!r}", hint=f"use one of {', '.join(FORMATS)}")
+        if self.n_samples < 1:
+            raise ConfigError("n_samples must be >= 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    sidecar: Path
+    max_abs_diff: float
+    n_samples: int
+    sample_source: str  # "images from <root>", "given images" or "random inputs (...)"
+    seconds: float
+
+
+def sidecar_path(model_path: str | Path) -> Path:
+    """Where the JSON describing an exported model lives: `model.onnx` -> `model.onnx.json`."""
+    p = Path(model_path)
+    return p.with_name(p.name + ".json")
+
+
+def sample_inputs(run: Run, pre: Preprocess, n: int, paths: list[Path] | None = None):
+    """(n, 3, S, S) float32 inputs: the given images, else images spread over the run's dataset, else noise.
+
+    Real images matter: they exercise the value ranges the model sees in use, where random
+    noise can hide numerical differences (or show ones that never occur).
+    """
+    import torch
+
+    from tl_cli.errors import ImageError
+    from tl_cli.data.preprocess import load_tensor
+
+    source = "given images"
+    if paths is None:
+        paths, source = _dataset_images(run, n), f"images from {run.meta.get('dataset', {}).get('root')}"
+    tensors = []
+    for p in paths:
+        try:
+            tensors.append(load_tensor(p, pre))
+        except ImageError:
+            continue
+        if len(tensors) == n:
+            break
+    if tensors:
+        return torch.stack(tensors), source
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(n, 3, pre.input_size, pre.input_size, generator=g)
+    return noise, "random inputs (the run's images are not on this machine)"
+
+
+def _dataset_images(run: Run, n: int) -> list[Path]:
+    from tl_cli.data.scan import scan_dataset
+    from tl_cli.errors import DataError
+
+    root = run.meta.get("dataset", {}).get("root")
+    if not root or not Path(root).is_dir():
+        return []
+    try:
+        ds = scan_dataset(root, min_classes=1)
+    except DataError:
+        return []
+    step = max(1, len(ds.samples) // (2 * n))  # spread over classes (samples are class-ordered)
+    picks = ds.samples[::step][: 2 * n]  # twice as many as needed, in case some are unreadable
+    return [ds.abspath(s) for s in picks]
+
+
+def _write_onnx(net, example, path: Path, cfg: ExportConfig) -> None:
+    import torch
+
+    try:
+        import onnx  # noqa: F401  (the exporter needs it; fail with a clear message if absent)
+    except ImportError as exc:
+        raise ExportError("ONNX export needs the onnx package", hint="pip install 'tl-cli[onnx]'") from exc
+    torch.onnx.export(
+        net, (example,), str(path), dynamo=False, opset_version=cfg.opset,
+        input_names=[INPUT], output_names=[OUTPUT],
+        dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+    )
+
+
+def _write_torchscript(net, example, path: Path, cfg: ExportConfig) -> None:
+    import torch
+
+    with torch.no_grad():
+        traced = torch.jit.trace(net, example)
+    torch.jit.save(traced, str(path))
+
+
+def onnx_session(path: Path):
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ExportError("running ONNX models needs onnxruntime", hint="pip install 'tl-cli[onnx]'") from exc
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # warnings about unused initialisers are noise to a user
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def run_exported(path: Path, fmt: str, x) -> np.ndarray:
+    """Logits of an exported file on input `x` (float32 NCHW tensor)."""
+    import torch
+
+    if fmt == "onnx":
+        return onnx_session(path).run([OUTPUT], {INPUT: x.numpy()})[0]
+    with torch.no_grad():
+        return torch.jit.load(str(path), map_location="cpu")(x).numpy()
+
+
+def export_run(run: Run, cfg: ExportConfig = ExportConfig(), output: str | Path | None = None,
+               sample_paths: list[Path] | None = None) -> ExportResult:
+    """Export a run's classifier and check it against eager PyTorch.
+
+    Args:
+        output: file to write (default `<run>/model.onnx` or `<run>/model.pt`); its JSON goes beside it.
+        sample_paths: images to check on (default: images of the run's dataset, else noise).
+
+    Raises:
+        ExportError: the exporter failed, or the export's logits differ from PyTorch's beyond
+            cfg.atol/rtol (nothing is left at `output` then).
+
+    Example:
+        >>> export_run(load_run(".tl/runs/20250101-120000-extract-photos"), ExportConfig("onnx")).max_abs_diff
+        3.1e-06
+    """
+    import torch
+
+    from tl_cli.inference.load import build_from_run
+
+    t0 = time.perf_counter()
+    suffix = FORMATS[cfg.format]
+    output = Path(output) if output else run.dir / f"model{suffix}"
+    if output.suffix.lower() == ".json":
+        raise ConfigError(f"{output}: the export's own JSON is written beside it; choose another name")
+    pre = Preprocess.from_dict(run.meta["preprocess"])
+    net = build_from_run(run).cpu().float().eval()
+    x, source = sample_inputs(run, pre, cfg.n_samples, sample_paths)
+    with torch.no_grad():
+        ref = net(x).numpy()
+    example = torch.zeros(2, 3, pre.input_size, pre.input_size)  # batch 2 != check batch: tests the dynamic axis
+    with atomic_path(output, suffix=suffix) as tmp, warnings.catch_warnings():
+        # torch flags TorchScript and the TorchScript-based ONNX exporter as deprecated; both still
+        # work, and the check below is what tells whether the result is right.
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        # Tracing turns shape-dependent values (e.g. TF "SAME" padding) into constants; right here,
+        # because the input size is fixed by the preprocessing (only the batch varies).
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        try:
+            (_write_onnx if cfg.format == "onnx" else _write_torchscript)(net, example, tmp, cfg)
+            got = run_exported(tmp, cfg.format, x)
+        except ExportError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - exporter failures come in many types
+            raise ExportError(f"{cfg.format} export of {run.meta['backbone']} failed: {type(exc).__name__}: {exc}") from exc
+        diff = float(np.abs(got - ref).max()) if got.shape == ref.shape else float("inf")
+        if not (got.shape == ref.shape and np.allclose(got, ref, atol=cfg.atol, rtol=cfg.rtol)):
+            raise ExportError(
+                f"the {cfg.format} export differs from PyTorch by up to {diff:.3g} on {len(x)} sample inputs "
+                f"(allowed {cfg.atol:g} + {cfg.rtol:g} x |value|); nothing was written",
+                hint="report this with the backbone name; try the other --format meanwhile",
+            )
+    sidecar = sidecar_path(output)
+    write_json(sidecar, describe_export(run, cfg, output, pre, diff, len(x), source))
+    return ExportResult(output, sidecar, diff, len(x), source, time.perf_counter() - t0)
+
+
+def describe_export(run: Run, cfg: ExportConfig, output: Path, pre: Preprocess, diff: float, n: int, source: str) -> dict:
+    """The JSON written beside an export: everything needed to feed it and read its output."""
+    s = pre.input_size
+    return {
+        "format": cfg.format,
+        "file": output.name,
+        "classes": run.classes,
+        "backbone": run.meta["backbone"],
+        "preprocess": pre.to_dict(),
+        "input": {
+            "name": INPUT, "shape": ["batch", 3, s, s], "dtype": "float32", "layout": "NCHW, RGB",
+            "recipe": "scale pixels to [0, 1]; resize the shorter side to resize_size; centre-crop input_size; "
+                      "subtract mean and divide by std per channel",
+        },
+        "output": {"name": OUTPUT, "shape": ["batch", len(run.classes)], "meaning": "logits; softmax gives probabilities in the order of classes"},
+        "run": str(run.dir),
+        "trained": {k: run.meta[k] for k in ("dataset", "config", "metrics", "val_fraction") if k in run.meta},
+        "config": cfg.to_dict(),
+        "check": {"max_abs_diff": diff, "n_samples": n, "inputs": source},
+        "versions": versions(),
+    }
+
+
+class OnnxPredictor(BasePredictor):
+    """An exported .onnx classifier on onnxruntime, with the preprocessing from its JSON.
+
+    Example:
+        >>> OnnxPredictor(Path("model.onnx")).predict(["cat.jpg"])[0].labels
+        ['cat']
+    """
+
+    def __init__(self, path: Path):
+        import json
+
+        path = Path(path)
+        meta_path = sidecar_path(path)
+        if not path.is_file():
+            raise ExportError(f"no such ONNX file: {path}")
+        if not meta_path.is_file():
+            raise ExportError(f"{path} has no {meta_path.name} beside it (classes and preprocessing)",
+                              hint="export with `tl export --format onnx`, which writes both")
+        try:
+            self.meta = json.loads(meta_path.read_text())
+            self.classes = list(self.meta["classes"])
+            self.preprocess = Preprocess.from_dict(self.meta["preprocess"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ExportError(f"{meta_path}: unreadable export description ({exc})") from exc
+        self.path = path
+        self.source = str(path)
+        self.train_meta = self.meta.get("trained", {})
+        self.model = OnnxModel(onnx_session(path))
+
+
+class OnnxModel:
+    """An exported classifier on onnxruntime: numpy inputs -> numpy probabilities."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        z = self.session.run([OUTPUT], {INPUT: np.ascontiguousarray(x, dtype=np.float32)})[0].astype(np.float64)
+        z = np.exp(z - z.max(1, keepdims=True))  # softmax, shifted so exp never overflows
+        return (z / z.sum(1, keepdims=True)).astype(np.float32)

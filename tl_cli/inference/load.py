@@ -1,0 +1,41 @@
+"""Rebuild a run's trained classifier (backbone + new head) from its files, for predict and export."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from tl_cli.backbones import create_backbone
+from tl_cli.backbones.wrapper import attach_head
+from tl_cli.errors import RunError
+from tl_cli.runs.store import Run
+
+
+def build_from_run(run: Run, weights: str | None = None) -> nn.Module:
+    """Rebuild the trained classifier of a run, in eval mode, from its files alone.
+
+    Head-only runs rebuild the frozen backbone from its weights (checked against the digest
+    recorded at training time, so a changed weights file is caught); fine-tuned runs hold
+    every tensor themselves.
+    """
+    meta = run.meta
+    tensors = run.tensors()
+    n_classes = len(meta["classes"])
+    if meta.get("kind") == "head":
+        w = meta.get("weights", {})
+        net, choice = create_backbone(meta["backbone"], weights or w.get("file"), w.get("pretrained", True))
+        if choice.identity != w.get("id"):
+            raise RunError(
+                f"the {meta['backbone']} weights on this machine ({choice.identity}) differ from the ones "
+                f"this model was trained with ({w.get('id')})",
+                hint="pass the original weights with --weights FILE",
+            )
+        net = attach_head(net, n_classes)
+        net.classifier[1].weight.data.copy_(tensors["head.weight"])
+        net.classifier[1].bias.data.copy_(tensors["head.bias"])
+        return net.eval()
+    net, _ = create_backbone(meta["backbone"], pretrained=False)
+    net = attach_head(net, n_classes, 0.0)
+    missing, unexpected = net.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise RunError(f"{run.dir}: weights do not match {meta['backbone']} ({len(missing)} missing, {len(unexpected)} unexpected)")
+    return net.eval()
