@@ -9,6 +9,31 @@ import numpy as np
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+GPU_TESTS = Path(__file__).resolve().parent / "gpu"
+
+
+def _selects_gpu(markexpr: str) -> bool:
+    """True when `-m` asks for the gpu tests (`-m gpu`, `-m "gpu and not slow"`), not `not gpu`."""
+    words = markexpr.replace("(", " ").replace(")", " ").split()
+    return any(w == "gpu" and (i == 0 or words[i - 1] != "not") for i, w in enumerate(words))
+
+
+def pytest_configure(config):
+    """Pin the normal suite to the CPU, so that it passes on a GPU machine too.
+
+    Its tests compare with CPU float32 references and run torchrun with CPU assumptions; on a GPU
+    machine `--device auto` would otherwise pick CUDA. CUDA_VISIBLE_DEVICES="" hides every GPU
+    from this process and the tl processes it starts; it is set before any test imports torch.
+    `pytest -m gpu` (tests/gpu/) keeps the GPUs.
+    """
+    if not _selects_gpu(config.getoption("markexpr", "") or ""):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:  # everything under tests/gpu/ is a gpu test, whatever its file says
+        if GPU_TESTS in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.gpu)
 
 
 @pytest.fixture(autouse=True)
