@@ -42,13 +42,15 @@ class Probe:
 
 
 @torch.no_grad()
-def penultimate_features(net: nn.Module, root, samples, pre: Preprocess, batch_size: int, workers: int,
-                         device: torch.device, on_halve=None) -> tuple[np.ndarray, np.ndarray]:
-    """(features, labels) of `samples`: the input of `net.classifier`, in eval mode, plain preprocessing.
+def feature_batches(net: nn.Module, root, samples, pre: Preprocess, batch_size: int, workers: int,
+                    device: torch.device, on_halve=None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[(features, labels)] per batch of `batch_size` consecutive samples: the input of
+    `net.classifier`, in eval mode, plain preprocessing; unreadable images left out (a batch of
+    them only gives empty arrays, so batch b is always entry b).
 
     float32 on every device, as `tl extract` computes features and as prediction runs (see the
     precision policy in runtime/device.py). Out of memory halves the batch and goes on (the
-    extraction fallback). Unreadable images are left out (training skips them too).
+    extraction fallback).
     """
     from torch.utils.data import DataLoader
 
@@ -69,19 +71,30 @@ def penultimate_features(net: nn.Module, root, samples, pre: Preprocess, batch_s
     forward = HalvingForward(features, on_halve)
     was_training = net.training
     net.eval()
-    feats, labels = [], []
+    out = []
     try:
         for x, y, _ in loader:
             if x is None:
+                out.append((np.empty((0, 0), np.float32), np.empty(0, np.int64)))
                 continue
-            feats.append(forward(x))
-            labels.append(y)
+            out.append((forward(x).numpy(), y.numpy()))
     finally:
         hook.remove()
         net.train(was_training)
-    if not feats:
+    return out
+
+
+def _join(batches: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    batches = [b for b in batches if len(b[1])]
+    if not batches:
         return np.empty((0, 0), np.float32), np.empty(0, np.int64)
-    return torch.cat(feats).numpy(), torch.cat(labels).numpy()
+    return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+
+
+def penultimate_features(net: nn.Module, root, samples, pre: Preprocess, batch_size: int, workers: int,
+                         device: torch.device, on_halve=None) -> tuple[np.ndarray, np.ndarray]:
+    """(features, labels) of `samples`, in order: `feature_batches` put together."""
+    return _join(feature_batches(net, root, samples, pre, batch_size, workers, device, on_halve))
 
 
 def cached_features(ws, ds: Dataset, spec, weights_id: str,
@@ -121,28 +134,29 @@ def _sharded_features(net: nn.Module, ds: Dataset, split: str, pre: Preprocess, 
                       device: torch.device, on_halve) -> tuple[np.ndarray, np.ndarray]:
     """Features of one split, computed by every rank on its share and put together on every rank.
 
-    Under torchrun each rank runs whole batches dealt round-robin (`distributed.my_shard`), so
-    no rank waits for one to do all the work; in a single process this is the whole split.
+    Under torchrun each rank runs whole batches dealt round-robin (`distributed.my_shard`: batch b
+    to rank b mod N), so no rank waits for one to do all the work; every image runs in the batch
+    it would be in on one process and the batches are put back in one-process order, so the
+    features are those of one process, bit for bit (the head's fit would round differently).
     """
     from tl_cli.runtime import distributed
 
     samples = ds.split(split)
     if not distributed.active():
         return penultimate_features(net, ds.root, samples, pre, batch_size, workers, device, on_halve)
-    mine = distributed.my_shard(len(samples), batch_size)
-    x, y = penultimate_features(net, ds.root, [samples[i] for i in mine], pre, batch_size, workers, device, on_halve)
-    parts = [p for p in distributed.all_gather_object((x, y)) if len(p[1])]
-    if not parts:
-        return np.empty((0, 0), np.float32), np.empty(0, np.int64)
-    # Order does not matter to the head (a full-batch convex fit); keep it deterministic anyway.
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    info = distributed.env_info()
+    mine = distributed.my_shard(len(samples), batch_size, info)
+    local = feature_batches(net, ds.root, [samples[i] for i in mine], pre, batch_size, workers, device, on_halve)
+    per_rank = distributed.all_gather_object(local)
+    n_batches = -(-len(samples) // batch_size)
+    return _join([per_rank[b % info.world_size][b // info.world_size] for b in range(n_batches)])
 
 
 def fit_probe(net: nn.Module, ds: Dataset, spec, weights_id: str, ws, batch_size: int, workers: int,
               device: torch.device, use_cache: bool, on_halve=None) -> Probe:
     """Fit the softmax head on the frozen features of `net` (train split; L2 chosen on val).
 
-    Call on every rank under torchrun (with the per-rank batch size): rank 0 looks in the
+    Call on every rank under torchrun (with the global batch size): rank 0 looks in the
     feature cache, and if the features are not there every rank computes its share of them;
     rank 0 fits the head (seconds on features) and every rank gets the same Probe.
     """

@@ -339,15 +339,15 @@ def _start_from_probe(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Works
     """LP-FT (probe.py): fit the head on the frozen features, score that model as epoch 0 and checkpoint it.
 
     Epoch 0 competes for the best epoch like any other, so the kept model is never worse on
-    validation than the probe. Under torchrun every rank computes its share of the features (with
-    its own batch size, and the out-of-memory fallback of extraction); rank 0 fits the probe and
-    sends it to the others.
+    validation than the probe. Under torchrun every rank computes its share of the features (whole
+    batches of the global size dealt round-robin, as extraction does, with its out-of-memory
+    fallback); rank 0 fits the probe and sends it to the others.
     """
     from tl_cli.finetune.probe import fit_probe, load_into
 
     t = time.perf_counter()
     reporter.log("fitting the head on the frozen features first (linear probe; --head-init random skips it)")
-    probe = fit_probe(model.net, ds, spec, choice.identity, ws, ddp.local_batch_size(cfg.batch_size), workers, device,
+    probe = fit_probe(model.net, ds, spec, choice.identity, ws, cfg.batch_size, workers, device,
                       use_cache=True, on_halve=lambda b: reporter.log(f"out of memory: the probe goes on in batches of {b}"))
     load_into(model.net, probe)
     val_loss, val_acc = validate(model, loaders.val, device) if loaders.val is not None else (None, None)
