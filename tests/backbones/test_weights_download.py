@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers.weights_server import hashed_name, tiny_weights, weights_server
+from tests.helpers.weights_server import hashed_name, tiny_weights, weights_server
 from tl_cli.backbones import weights as W
 from tl_cli.backbones.registry import load_state_dict_file
 from tl_cli.errors import ConfigError, DownloadError, WeightsNotFound
