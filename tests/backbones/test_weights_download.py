@@ -289,3 +289,15 @@ def test_create_backbone_downloads_registered_weights_on_first_use(server):
             torch.testing.assert_close(v, state[k], rtol=0, atol=0)
     finally:
         del _REGISTRY[spec.name]
+
+
+def test_backbones_listing_says_torchvision_weights_come_on_first_use():
+    from tl_cli.backbones.builtin import torchvision_weights_file
+    from tl_cli.backbones.describe import describe
+
+    d = describe("resnet18")
+    assert d.downloadable and not d.weights_available
+    path = torchvision_weights_file("resnet18")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"x")
+    assert describe("resnet18").weights_available and not describe("lenet5").downloadable
