@@ -266,29 +266,51 @@ def test_killed_download_leaves_nothing_used_and_the_next_run_cleans_up(server):
     assert _leftovers() == [name]
 
 
-def test_create_backbone_downloads_registered_weights_on_first_use(server):
-    """End to end through the registry: a backbone whose weights_url points at download.pytorch.org."""
+@pytest.fixture
+def downloadable_lenet(server):
+    """A registered backbone (LeNet-5 with a state dict we serve) whose weights_url is on download.pytorch.org."""
     import dataclasses
 
     from tl_cli.backbones import create_backbone, get_spec
     from tl_cli.backbones.registry import _REGISTRY
 
     ref, _ = create_backbone("lenet5", pretrained=False)
-    buf = io.BytesIO()
     torch.manual_seed(3)
     state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in ref.state_dict().items()}
+    buf = io.BytesIO()
     torch.save(state, buf)
-    data = buf.getvalue()
-    url, _ = _serve(server, data, stem="lenet5_test")
+    url, _ = _serve(server, buf.getvalue(), stem="lenet5_test")
     spec = dataclasses.replace(get_spec("lenet5"), name="lenet5_download_test", has_pretrained=True, weights_url=url)
     _REGISTRY[spec.name] = spec
     try:
-        net, choice = create_backbone(spec.name)
-        assert choice.pretrained and choice.path == _hub() / url.rsplit("/", 1)[1]
-        for k, v in net.state_dict().items():
-            torch.testing.assert_close(v, state[k], rtol=0, atol=0)
+        yield spec, state
     finally:
         del _REGISTRY[spec.name]
+
+
+def test_create_backbone_downloads_registered_weights_on_first_use(downloadable_lenet):
+    from tl_cli.backbones import create_backbone
+
+    spec, state = downloadable_lenet
+    net, choice = create_backbone(spec.name)
+    assert choice.pretrained and choice.path == _hub() / spec.weights_url.rsplit("/", 1)[1]
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, state[k], rtol=0, atol=0)
+
+
+def test_tl_extract_downloads_once_then_uses_the_cache(downloadable_lenet, server, image_folder):
+    from typer.testing import CliRunner
+
+    from tl_cli.cli import app
+
+    spec, _ = downloadable_lenet
+    args = ["extract", str(image_folder), "--backbone", spec.name, "--workers", "0", "--no-train"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "downloading " + server.url + "/mirror/models/lenet5_test-" in " ".join(first.output.split())
+    second = CliRunner().invoke(app, args)
+    assert second.exit_code == 0 and "downloading" not in second.output
+    assert len(server.requests) == 1
 
 
 def test_backbones_listing_says_torchvision_weights_come_on_first_use():

@@ -55,6 +55,8 @@ def remove_unlocked_temporaries(folder: str | os.PathLike, name: str) -> int:
     A writer locks its temporary for as long as it writes it, so an unlocked one was left by a
     process that was killed.
     """
+    if fcntl is None:  # no locks to tell a live writer from a dead one: leave them all
+        return 0
     n = 0
     for p in Path(folder).glob(TMP_PREFIX + name + ".*"):
         try:
