@@ -16,7 +16,8 @@ def backbones_cmd(
     timm_pattern: Annotated[Optional[str], typer.Option(
         "--timm", help="List timm's pretrained models matching a glob pattern (offline), usable as --backbone timm/NAME.")] = None,
 ) -> None:
-    """List the registered backbones, their size, and whether their weights are on this machine."""
+    """List the registered backbones, their size, and whether their weights are on this machine
+    ("on first use": downloaded into torch hub's cache the first time the backbone is used)."""
     from rich.table import Table
 
     if timm_pattern is not None:
@@ -29,7 +30,7 @@ def backbones_cmd(
         t.add_column(col, justify="right" if col in ("params", "features", "layers", "input") else "left")
     for d in describe_all():
         t.add_row(d.name, f"{d.params / 1e6:.1f}M", str(d.feature_dim), str(d.layers), str(d.input_size),
-                  "[green]yes[/]" if d.weights_available else ("[dim]none exist[/]" if not d.has_pretrained else "[red]no[/]"))
+                  _weights_here(d))
     out.print(t)
 
 
@@ -41,6 +42,14 @@ def _timm_list(pattern: str) -> None:
         out.print(PREFIX + n)
     err.print(f"[dim]{len(names)} timm model(s) with pretrained weights match {pattern!r}; "
               "use one as --backbone timm/NAME[/]", highlight=False)
+
+
+def _weights_here(d) -> str:
+    if d.weights_available:
+        return "[green]yes[/]"
+    if not d.has_pretrained:
+        return "[dim]none exist[/]"
+    return "[yellow]on first use[/]" if d.downloadable else "[red]no[/]"
 
 
 @command("layers", epilog="Example:  tl layers --backbone vgg16 --freeze 10")
