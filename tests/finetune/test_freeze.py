@@ -9,7 +9,8 @@ import torch.nn as nn
 
 from tl_cli.backbones import create_backbone
 from tl_cli.errors import ConfigError
-from tl_cli.finetune.trainer import build_optimizer, lr_factor, train_step
+from tl_cli.finetune.schedule import build_optimizer, lr_factor
+from tl_cli.finetune.step import train_step
 from tl_cli.finetune.config import FinetuneConfig
 from tl_cli.finetune.model import FinetuneModel
 

@@ -135,7 +135,8 @@ def _ft_cfg(**kw):
 
 def test_train_step_in_micro_batches_equals_the_whole_batch():
     from tl_cli.backbones import create_backbone
-    from tl_cli.finetune.trainer import build_optimizer, train_step
+    from tl_cli.finetune.schedule import build_optimizer
+    from tl_cli.finetune.step import train_step
     from tl_cli.finetune.model import FinetuneModel
 
     cfg = _ft_cfg()

@@ -1,4 +1,8 @@
-"""Backbones: the registry and the built-in networks."""
+"""Backbones: the registry and the built-in networks.
+
+Importing this package registers the built-in backbones (`builtin` imports `registry`, never the
+other way round), so `list_backbones()` and `get_spec()` see them from any import path.
+"""
 
 from tl_cli.backbones.registry import (
     BackboneSpec,
@@ -11,7 +15,7 @@ from tl_cli.backbones.registry import (
     resolve_weights,
 )
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
+from tl_cli.backbones.builtin import DEFAULT_BACKBONE  # importing builtin registers the built-in backbones
 
 __all__ = [
     "BackboneSpec",

@@ -65,13 +65,11 @@ def register_backbone(spec: BackboneSpec) -> BackboneSpec:
 
 def list_backbones() -> list[str]:
     """Registered backbone names, in registration order."""
-    _ensure_loaded()
     return list(_REGISTRY)
 
 
 def get_spec(name: str) -> BackboneSpec:
     """The spec for `name`; an unknown name raises UnknownBackbone naming the closest ones."""
-    _ensure_loaded()
     if name in _REGISTRY:
         return _REGISTRY[name]
     # Names are only ever looked up in the registry; something path-like gets a pointed answer
@@ -84,11 +82,6 @@ def get_spec(name: str) -> BackboneSpec:
     close = difflib.get_close_matches(name.lower(), list(_REGISTRY), n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}?" if close else "run `tl backbones` to list them"
     raise UnknownBackbone(f"unknown backbone {name!r}", hint=hint)
-
-
-def _ensure_loaded() -> None:
-    # Importing the package registers the built-in backbones.
-    from tl_cli.backbones import builtin  # noqa: F401
 
 
 @dataclass(frozen=True)

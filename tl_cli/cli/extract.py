@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tl_cli.backbones.builtin import DEFAULT_BACKBONE
+from tl_cli.backbones import DEFAULT_BACKBONE
 from tl_cli.cli.app import command, err, out, workspace
 from tl_cli.cli.options import (BackboneOpt, BatchSizeOpt, DeviceOpt, EngineOpt, PretrainedOpt, StrictOpt, ValFractionOpt, WeightsOpt,
                       WorkersOpt, WorkspaceOpt)

@@ -18,6 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from tl_cli.errors import ImageError
+from tl_cli.data import preprocess
 from tl_cli.data.preprocess import Preprocess, open_rgb, resize_crop
 
 
@@ -48,11 +49,7 @@ def _try_crop(path: Path, pre: Preprocess, normalize: bool = False) -> np.ndarra
         crop = load_crop(path, pre)
     except ImageError as exc:
         return str(exc).split(": ", 1)[-1]
-    if normalize:
-        from tl_cli.features.engines import normalize_image
-
-        return normalize_image(crop, pre)
-    return crop
+    return preprocess.normalize(crop, pre) if normalize else crop
 
 
 def _assemble(start: int, results: list[np.ndarray | str]) -> Batch:
@@ -108,6 +105,6 @@ def default_threads() -> int:
     gaps the network leaves; on a GPU the network is fast and decoding is the limit, so every
     core is worth having (a 16-core GPU machine gets 16, not a fixed cap).
     """
-    from tl_cli.features.engines import cpu_count
+    from tl_cli.runtime.distributed import cpu_count
 
     return cpu_count()

@@ -141,15 +141,43 @@ def resize_crop(im, pre: Preprocess):
     return im.crop((left, top, left + pre.input_size, top + pre.input_size))
 
 
+def normalize(u8, pre: Preprocess):
+    """uint8 RGB crops (..., S, S, 3) -> float32 network input (..., 3, S, S), numpy: one image or a batch.
+
+    The one definition of the normalisation: (v / 255 - mean) / std, each step in float32, in this
+    order. `to_tensor` and `normalize_tensor` (the same operations on a torch device) give
+    bit-identical results. numpy releases the GIL in these loops, so decode threads can run this
+    beside the network.
+    """
+    import numpy as np
+
+    x = np.moveaxis(np.asarray(u8), -1, -3).astype(np.float32)
+    x /= np.float32(255.0)
+    x -= np.asarray(pre.mean, dtype=np.float32)[:, None, None]
+    x /= np.asarray(pre.std, dtype=np.float32)[:, None, None]
+    return x
+
+
+def normalize_tensor(u8, pre: Preprocess):
+    """(N, 3, S, S) uint8 torch tensor -> float32 network input on its device, bit-identical to `normalize`."""
+    import torch
+
+    dev = u8.device
+    x = u8.float()
+    # Device tensors, not Python numbers: CUDA divides by a host scalar as a multiply by its
+    # reciprocal, which can differ from numpy's division in the last bit.
+    x /= torch.tensor(255.0, device=dev)
+    x -= torch.tensor(pre.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    x /= torch.tensor(pre.std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    return x
+
+
 def to_tensor(im, pre: Preprocess):
-    """PIL RGB image -> normalised float32 CHW tensor."""
+    """PIL RGB image -> normalised float32 CHW tensor (`normalize`)."""
     import numpy as np
     import torch
 
-    a = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(pre.mean).view(3, 1, 1)
-    std = torch.tensor(pre.std).view(3, 1, 1)
-    return a.sub_(mean).div_(std)
+    return torch.from_numpy(normalize(np.asarray(im, dtype=np.uint8), pre))
 
 
 def load_tensor(path: str | Path, pre: Preprocess):

@@ -6,7 +6,7 @@ is ~3x eager channels_last and ~10x eager NCHW float32, with features within 1e-
 float32. The ONNX file is exported once per (backbone, weights, torch version) and kept in
 `<workspace>/engines/`, so later runs (and `tl predict`) never import torch for the backbone.
 
-Both engines take the batch already normalised, float32 NCHW (see `normalize_image`, which the
+Both engines take the batch already normalised, float32 NCHW (`data.preprocess.normalize`, which the
 decode threads apply), and return (N, feature_dim) float32 features.
 """
 
@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from tl_cli.errors import ConfigError
+from tl_cli.runtime.onnx import OPSET
 
 if TYPE_CHECKING:
     from tl_cli.backbones import BackboneSpec, WeightsChoice
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 ENGINES = ("auto", "torch", "onnx")
 # Bump when the export recipe changes, so stale files are not reused.
-EXPORT_FORMAT = "dynamo-opset18-v1"
+EXPORT_FORMAT = f"dynamo-opset{OPSET}-v1"
 
 
 class Engine(Protocol):
@@ -37,44 +37,6 @@ class Engine(Protocol):
     takes_uint8: bool  # takes (N, S, S, 3) uint8 crops and normalises them itself (CUDA)
 
     def __call__(self, x: np.ndarray) -> np.ndarray: ...
-
-
-def cpu_count() -> int:
-    """Cores this process may use (affinity-aware, unlike os.cpu_count).
-
-    Under torchrun the node's cores are shared by its LOCAL_WORLD_SIZE processes, so each rank
-    sizes its decode threads and onnxruntime pool to its share instead of oversubscribing.
-    """
-    from tl_cli.runtime.distributed import env_info
-
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, env_info().local_world_size))
-
-
-def normalize_image(crop: np.ndarray, pre: "Preprocess") -> np.ndarray:
-    """(S, S, 3) uint8 crop -> (3, S, S) float32, bit-identical to `preprocess.to_tensor`.
-
-    The same float32 operations in the same order as to_tensor ((v / 255 - mean) / std), so the
-    result is exactly equal, not just close. numpy releases the GIL in these loops, so decode
-    threads can run this beside the network.
-    """
-    x = crop.transpose(2, 0, 1).astype(np.float32)
-    x /= np.float32(255.0)
-    x -= np.asarray(pre.mean, dtype=np.float32)[:, None, None]
-    x /= np.asarray(pre.std, dtype=np.float32)[:, None, None]
-    return x
-
-
-def normalize_batch(u8: np.ndarray, pre: "Preprocess") -> np.ndarray:
-    """(N, S, S, 3) uint8 crops -> (N, 3, S, S) float32, bit-identical to `preprocess.to_tensor`."""
-    x = u8.transpose(0, 3, 1, 2).astype(np.float32)
-    x /= np.float32(255.0)
-    x -= np.asarray(pre.mean, dtype=np.float32)[None, :, None, None]
-    x /= np.asarray(pre.std, dtype=np.float32)[None, :, None, None]
-    return x
 
 
 def onnxruntime_available() -> bool:
@@ -106,7 +68,7 @@ class TorchEngine:
     head fitted on these features scores the same when served (runtime/device.py: precision
     policy). On CUDA the engine takes the batch as uint8 crops (`takes_uint8`): a quarter of the
     bytes to copy, and normalised on the GPU with the same float32 operations as
-    `normalize_batch`, so the input is bit-identical to the CPU's. It also takes a float32 batch
+    `preprocess.normalize`, so the input is bit-identical to the CPU's. It also takes a float32 batch
     already on the GPU (the nvJPEG decoder's). `bf16=True` (tests, measurements) runs bf16
     autocast instead; its features differ by ~1e-2 and are never cached as float32 ones.
     """
@@ -122,20 +84,15 @@ class TorchEngine:
         self.pre = pre
         self.takes_uint8 = device.type == "cuda" and pre is not None
         self.net = net.to(device).eval().to(memory_format=torch.channels_last)
-        if pre is not None:  # uint8 input is accepted on any device; CUDA is where it pays
-            self._mean = torch.tensor(pre.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-            self._std = torch.tensor(pre.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-            # A device tensor, not a Python number: CUDA divides by a host scalar as a multiply by
-            # its reciprocal, which can differ from numpy's division in the last bit.
-            self._255 = torch.tensor(255.0, dtype=torch.float32, device=device)
 
     def _input(self, x):
         import torch
 
+        from tl_cli.data.preprocess import normalize_tensor
+
         t = torch.from_numpy(x) if isinstance(x, np.ndarray) else x
-        if t.dtype == torch.uint8:  # (N, S, S, 3) crops: the normalisation of normalize_batch, on the device
-            t = t.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-            t = t.div_(self._255).sub_(self._mean).div_(self._std)
+        if t.dtype == torch.uint8:  # (N, S, S, 3) crops: normalised on the device
+            t = normalize_tensor(t.to(self.device, non_blocking=True).permute(0, 3, 1, 2), self.pre)
         return t.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
     def __call__(self, x) -> np.ndarray:
@@ -147,19 +104,6 @@ class TorchEngine:
                 return self.net.forward_features(t).float().cpu().numpy()
 
 
-def session_options(threads: int | None = None):
-    """onnxruntime options for throughput: all graph optimisations, one intra-op thread per core."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # a CNN is a chain; parallel mode only adds overhead
-    so.intra_op_num_threads = threads or cpu_count()
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3  # errors only: the CLI's output is ours
-    return so
-
-
 class OnnxEngine:
     """onnxruntime on CPU over an exported `forward_features` graph (dynamic batch)."""
 
@@ -168,10 +112,10 @@ class OnnxEngine:
     takes_uint8 = False
 
     def __init__(self, path: Path, threads: int | None = None):
-        import onnxruntime as ort
+        from tl_cli.runtime.onnx import ort_session
 
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(self.path), session_options(threads), providers=["CPUExecutionProvider"])
+        self.session = ort_session(self.path, threads)
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -216,28 +160,10 @@ def _features_module(net):
 
 
 def export_onnx(net, input_size: int, path: Path) -> Path:
-    """Export `net.forward_features` to a single ONNX file at `path` (atomic), batch dimension dynamic.
+    """Export `net.forward_features` to a single ONNX file at `path` (atomic), batch dimension dynamic."""
+    from tl_cli.runtime.onnx import export_onnx as export
 
-    The torch.export-based exporter is used: its graph runs ~1.5x faster in onnxruntime than the
-    legacy TorchScript exporter's on EfficientNet-Lite0 (measured side by side).
-    """
-    import contextlib
-    import io
-    import warnings
-
-    import torch
-
-    from tl_cli.runtime.atomic import atomic_path
-
-    module = _features_module(net)
-    x = torch.zeros(2, 3, input_size, input_size)  # batch 2: batch 1 would be specialised away
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings(), \
-            contextlib.redirect_stdout(io.StringIO()), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (x,), str(tmp), input_names=["x"], output_names=["features"],
-                          dynamo=True, dynamic_shapes=({0: batch},), external_data=False, verbose=False)
-    return path
+    return export(_features_module(net), (3, input_size, input_size), path, "x", "features")
 
 
 def make_engine(name: str, spec: "BackboneSpec", choice: "WeightsChoice", device: str, engines_dir: Path,
@@ -254,7 +180,7 @@ def make_engine(name: str, spec: "BackboneSpec", choice: "WeightsChoice", device
 
     Example:
         >>> eng, notes = make_engine("auto", spec, choice, "cpu", ws.root / "engines", build)
-        >>> eng(normalize_batch(crops, spec.preprocess)).shape
+        >>> eng(normalize(crops, spec.preprocess)).shape
         (32, 1280)
     """
     from tl_cli.runtime.device import device_type, resolve_device
