@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 import os
 import shlex
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Mapping
 
 from tl_cli.backbones import DEFAULT_BACKBONE
 from tl_cli.errors import ConfigError

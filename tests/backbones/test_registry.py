@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tl_cli.backbones import (BackboneSpec, create_backbone, get_spec, list_backbones, register_backbone,
-                              resolve_weights)
+from tl_cli.backbones import create_backbone, get_spec, list_backbones, register_backbone, resolve_weights
 from tl_cli.backbones.describe import describe, meta_backbone
 from tl_cli.errors import UnknownBackbone, UnsafeFile, WeightsNotFound
 

@@ -6,8 +6,6 @@ must not take, resize/crop geometry, and pixels within a stated tolerance of the
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 from PIL import Image

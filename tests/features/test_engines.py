@@ -10,11 +10,11 @@ import torch
 
 from tests.helpers.paths import REPO, SAMPLE_DATA
 from tl_cli.backbones import create_backbone, get_spec, resolve_weights
-from tl_cli.features.engines import OnnxEngine, TorchEngine, choose_engine, make_engine, onnx_path
-from tl_cli.errors import ConfigError
-from tl_cli.features.extract import ExtractConfig, extract_features
 from tl_cli.data.decode import iter_batches, load_crop
 from tl_cli.data.preprocess import load_tensor, normalize, normalize_tensor
+from tl_cli.errors import ConfigError
+from tl_cli.features.engines import OnnxEngine, TorchEngine, choose_engine, make_engine, onnx_path
+from tl_cli.features.extract import ExtractConfig, extract_features
 
 pytest.importorskip("onnxruntime")
 
@@ -145,9 +145,9 @@ def test_predict_on_the_engine_equals_eager_torch_and_skips_torch(image_folder):
     import subprocess
     import sys
 
+    from tl_cli.head.small_data import train_small_data
     from tl_cli.inference.predict import Predictor, _HeadOnEngine
     from tl_cli.runs.store import load_run
-    from tl_cli.head.small_data import train_small_data
     from tl_cli.runs.workspace import Workspace
 
     res = train_small_data(image_folder, ExtractConfig(backbone="lenet5", pretrained=False, workers=0))

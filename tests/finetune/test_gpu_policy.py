@@ -128,8 +128,8 @@ def test_9_resume_joins_the_process_group_for_the_runs_device(image_folder, tmp_
         raise Stop
 
     monkeypatch.setattr(distributed, "init", init)
-    for kwargs, expected in (({}, "cpu"), ({"overrides": {"device": "cuda"}}, "cuda"),
-                             ({"run_dir": tmp_path / "missing"}, "auto")):
+    cases = (({}, "cpu"), ({"overrides": {"device": "cuda"}}, "cuda"), ({"run_dir": tmp_path / "missing"}, "auto"))
+    for kwargs, _ in cases:
         with pytest.raises(Stop):
             trainer.resume(workspace=ws, **({"run_dir": r.run_dir} | kwargs))
-    assert seen == ["cpu", "cuda", "auto"]
+    assert seen == [expected for _, expected in cases] == ["cpu", "cuda", "auto"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from tests.helpers.gpu import GPU, PHOTOS, cosine_rows, lite0_weights_or_skip

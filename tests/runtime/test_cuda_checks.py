@@ -153,8 +153,9 @@ def test_13_cudnn_autotuning_unless_deterministic(monkeypatch):
 
 
 def test_13_training_speed_leaves_out_the_first_step():
-    from tl_cli.finetune.epoch import _speed
     import time
+
+    from tl_cli.finetune.epoch import _speed
 
     t0 = time.perf_counter() - 10.0  # a first step that took 9 s (CUDA start-up, autotuning)
     t_first = time.perf_counter() - 1.0

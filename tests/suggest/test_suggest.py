@@ -8,14 +8,12 @@ import math
 import pytest
 from typer.testing import CliRunner
 
+from tests.helpers.images import make_folder
+from tl_cli.backbones.describe import layer_count
 from tl_cli.cli import app
 from tl_cli.data.scan import scan_dataset
 from tl_cli.errors import ConfigError, DataError
-from tl_cli.backbones.describe import layer_count
-from tl_cli.suggest import (EXTRACT_BELOW, RETRAIN_ABOVE, freeze_for, frozen_fraction, recommend,
-                            suggest)
-
-from tests.helpers.images import make_folder
+from tl_cli.suggest import EXTRACT_BELOW, RETRAIN_ABOVE, freeze_for, frozen_fraction, recommend, suggest
 
 runner = CliRunner()
 

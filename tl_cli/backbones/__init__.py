@@ -4,6 +4,7 @@ Importing this package registers the built-in backbones (`builtin` imports `regi
 other way round), so `list_backbones()` and `get_spec()` see them from any import path.
 """
 
+from tl_cli.backbones.builtin import DEFAULT_BACKBONE  # importing builtin registers the built-in backbones
 from tl_cli.backbones.registry import (
     BackboneSpec,
     WeightsChoice,
@@ -14,8 +15,6 @@ from tl_cli.backbones.registry import (
     register_backbone,
     resolve_weights,
 )
-
-from tl_cli.backbones.builtin import DEFAULT_BACKBONE  # importing builtin registers the built-in backbones
 
 __all__ = [
     "BackboneSpec",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from tl_cli.data.preprocess import Preprocess
 from tl_cli.backbones.registry import BackboneSpec, register_backbone
+from tl_cli.data.preprocess import Preprocess
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -151,7 +151,8 @@ for _name, _cls, _dim, _in, _rs, _interp, _drop in _TORCHVISION:
             load_state_dict=_load_original,
             weights_source="torch hub cache ($TORCH_HOME/hub/checkpoints)",
             how_to_get_weights=(
-                f"on a machine with internet run `python -c \"import torchvision; torchvision.models.get_model('{_name}', weights='DEFAULT')\"`"
+                "on a machine with internet run `python -c \"import torchvision; "
+                f"torchvision.models.get_model('{_name}', weights='DEFAULT')\"`"
                 " and copy $TORCH_HOME/hub/checkpoints (default ~/.cache/torch) here"
             ),
             description=f"torchvision {_name} (ImageNet)",

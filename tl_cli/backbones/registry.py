@@ -10,13 +10,14 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
-from tl_cli.errors import UnknownBackbone, UnsafeFile, WeightsNotFound
 from tl_cli.data.preprocess import Preprocess
+from tl_cli.errors import UnknownBackbone, UnsafeFile, WeightsNotFound
 
 if TYPE_CHECKING:  # torch is imported lazily so `tl --help` stays fast
     import torch.nn as nn
@@ -42,13 +43,13 @@ class BackboneSpec:
     family: str
     preprocess: Preprocess
     feature_dim: int
-    build: Callable[[], "nn.Module"]
+    build: Callable[[], nn.Module]
     weights_source: str = ""
     find_weights: Callable[[], Path | None] = lambda: None
     how_to_get_weights: str = ""
     has_pretrained: bool = True
     description: str = ""
-    load_state_dict: Callable[["nn.Module", dict], None] | None = None
+    load_state_dict: Callable[[nn.Module, dict], None] | None = None
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -168,7 +169,8 @@ def load_state_dict_file(path: Path) -> dict:
     return obj
 
 
-def create_backbone(name: str, weights: str | os.PathLike | None = None, pretrained: bool = True) -> tuple["nn.Module", WeightsChoice]:
+def create_backbone(name: str, weights: str | os.PathLike | None = None,
+                    pretrained: bool = True) -> tuple[nn.Module, WeightsChoice]:
     """Build a backbone with its weights loaded, in eval mode.
 
     Args:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-
-
 from tl_cli.backbones import DEFAULT_BACKBONE
 from tl_cli.cli.app import command, out
 from tl_cli.cli.options import BackboneOpt, FreezeOpt

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-
-
 from tl_cli.cli.app import command, err, out, workspace
 from tl_cli.cli.options import FormatOpt, ModelOpt, OutputOpt, WorkspaceOpt
 

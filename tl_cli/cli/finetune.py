@@ -7,10 +7,35 @@ from pathlib import Path
 import typer
 
 from tl_cli.cli.app import command, err, out, workspace
-from tl_cli.cli.options import (AugmentOpt, BackboneOpt, BatchSizeOpt, DataDirArg, DeviceOpt, DropoutOpt, EpochsOpt,
-                                FreezeOpt, HeadInitOpt, HeadLrOpt, LrOpt, MomentumOpt, OptimizerOpt, PatienceOpt,
-                                PretrainedOpt, ResumeOpt, RunDirOpt, SeedOpt, SmoothingOpt, SyncBnOpt, TimeBudgetOpt,
-                                ValFractionOpt, WarmupOpt, WeightDecayOpt, WeightsOpt, WorkersOpt, WorkspaceOpt)
+from tl_cli.cli.options import (
+    AugmentOpt,
+    BackboneOpt,
+    BatchSizeOpt,
+    DataDirArg,
+    DeviceOpt,
+    DropoutOpt,
+    EpochsOpt,
+    FreezeOpt,
+    HeadInitOpt,
+    HeadLrOpt,
+    LrOpt,
+    MomentumOpt,
+    OptimizerOpt,
+    PatienceOpt,
+    PretrainedOpt,
+    ResumeOpt,
+    RunDirOpt,
+    SeedOpt,
+    SmoothingOpt,
+    SyncBnOpt,
+    TimeBudgetOpt,
+    ValFractionOpt,
+    WarmupOpt,
+    WeightDecayOpt,
+    WeightsOpt,
+    WorkersOpt,
+    WorkspaceOpt,
+)
 
 FINETUNE_EXAMPLES = """Examples:
 
@@ -73,8 +98,8 @@ def retrain_cmd(
 
 def _train(route: str, params: dict) -> None:
     """Start or resume a run with the options given on the command line (None = not given)."""
-    from tl_cli.finetune import trainer as ft
     from tl_cli.errors import ConfigError
+    from tl_cli.finetune import trainer as ft
     from tl_cli.finetune.config import FinetuneConfig
     from tl_cli.runtime.distributed import is_main
     from tl_cli.runtime.progress import RichReporter

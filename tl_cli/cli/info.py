@@ -20,7 +20,8 @@ def _v(x, fmt: str = "{}") -> str:
 
 @command("info", epilog="Examples:  tl info   tl info 20260101-120000-extract-photos   tl info .tl/runs/X --format json")
 def info_cmd(
-    run: Annotated[Optional[str], typer.Argument(help="Run folder, or a run name (or unique prefix) from `tl runs`; default the latest.")] = None,
+    run: Annotated[Optional[str], typer.Argument(
+        help="Run folder, or a run name (or unique prefix) from `tl runs`; default the latest.")] = None,
     fmt: FormatOpt = "table",
     no_layers: Annotated[bool, typer.Option("--no-layers", help="Skip the layer table.")] = False,
     ws_path: WorkspaceOpt = None,

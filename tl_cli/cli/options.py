@@ -40,7 +40,8 @@ WeightsOpt = Annotated[Optional[Path], _opt("--weights", help=(
     "State-dict file (.pth/.safetensors) to use instead of the backbone's pretrained weights."))]
 PretrainedOpt = Annotated[Optional[bool], _opt("--pretrained/--no-pretrained", help=(
     "--no-pretrained starts from random weights, explicitly (default: pretrained)."))]
-FreezeOpt = Annotated[_Int, _opt("--freeze", min=0, help="Layers 1..N keep their pretrained weights (numbered as in `tl layers`).")]
+FreezeOpt = Annotated[_Int, _opt("--freeze", min=0, help=(
+    "Layers 1..N keep their pretrained weights (numbered as in `tl layers`)."))]
 
 # ----------------------------------------------------------------------------- data and resources
 ValFractionOpt = Annotated[_Float, _opt("--val-fraction", min=0.0, max=0.95, help=(
@@ -61,7 +62,8 @@ SeedOpt = Annotated[_Int, _opt("--seed", help="Random seed; CPU runs with the sa
 DataDirArg = Annotated[Optional[Path], typer.Argument(help="Folder of class sub-folders (default: the workspace's last dataset).",
                                                       show_default=False)]
 EpochsOpt = Annotated[_Int, _opt("--epochs", "--max-epochs", min=1, help="Most epochs (default: 10 finetune, 15 retrain).")]
-LrOpt = Annotated[_Float, _opt("--lr", help="Learning rate of the trained backbone layers (default: 3e-4 finetune, 1e-4 retrain).")]
+LrOpt = Annotated[_Float, _opt("--lr", help=(
+    "Learning rate of the trained backbone layers (default: 3e-4 finetune, 1e-4 retrain)."))]
 HeadLrOpt = Annotated[_Float, _opt("--head-lr", help="Learning rate of the new head (default: 3e-3 finetune, 1e-3 retrain).")]
 OptimizerOpt = Annotated[Optional[str], _opt("--optimizer", help="adamw (default) or sgd (momentum, Nesterov).")]
 MomentumOpt = Annotated[_Float, _opt("--momentum", help="SGD momentum (default: 0.9).")]

@@ -31,8 +31,8 @@ def predict_cmd(
     ws_path: WorkspaceOpt = None,
 ) -> None:
     """Classify images with the latest run (or --model). Exit status 1 if any image failed."""
-    from tl_cli.runtime.atomic import write_text
     from tl_cli.inference.predict import expand_inputs, load_predictor
+    from tl_cli.runtime.atomic import write_text
     from tl_cli.runtime.progress import RichReporter
 
     check_format(fmt, FORMATS)
@@ -96,7 +96,8 @@ def evaluate_cmd(
     data_dir: Annotated[Path, typer.Argument(help="Labelled folder of class sub-folders.")],
     model: ModelOpt = None,
     fmt: FormatOpt = "table",
-    split: Annotated[str, typer.Option("--split", help="all images of the folder, or only the val or train split the run used.")] = "all",
+    split: Annotated[str, typer.Option(
+        "--split", help="all images of the folder, or only the val or train split the run used.")] = "all",
     output: OutputOpt = None,
     batch_size: BatchSizeOpt = 32,
     workers: WorkersOpt = None,
@@ -108,10 +109,10 @@ def evaluate_cmd(
     Writes metrics.json, confusion.csv/.png, misclassified.csv and report.html.
     """
     from tl_cli.inference.evaluate import default_output_dir, evaluate
-    from tl_cli.inference.report import write_evaluation
     from tl_cli.inference.predict import load_predictor
-    from tl_cli.runtime.progress import RichReporter
+    from tl_cli.inference.report import write_evaluation
     from tl_cli.runs.store import val_fraction_of
+    from tl_cli.runtime.progress import RichReporter
 
     check_format(fmt, FORMATS)
     predictor = load_predictor(model, workspace(ws_path), device=device)

@@ -10,16 +10,16 @@ number of images. Large JPEGs are downscaled by the decoder itself (`Image.draft
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from tl_cli.errors import ImageError
 from tl_cli.data import preprocess
 from tl_cli.data.preprocess import Preprocess, open_rgb, resize_crop
+from tl_cli.errors import ImageError
 
 
 @dataclass

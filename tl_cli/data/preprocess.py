@@ -47,7 +47,7 @@ class Preprocess:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
+    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 

@@ -75,7 +75,7 @@ class TorchEngine:
 
     name = "torch"
 
-    def __init__(self, net, device, bf16: bool = False, pre: "Preprocess | None" = None):
+    def __init__(self, net, device, bf16: bool = False, pre: Preprocess | None = None):
         import torch
 
         self.device = device
@@ -122,7 +122,7 @@ class OnnxEngine:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
 
-def engine_fingerprint(spec: "BackboneSpec", choice: "WeightsChoice") -> str:
+def engine_fingerprint(spec: BackboneSpec, choice: WeightsChoice) -> str:
     """What an exported graph depends on: backbone, weights, input size, torch and export recipe."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -140,7 +140,7 @@ def engine_fingerprint(spec: "BackboneSpec", choice: "WeightsChoice") -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def onnx_path(engines_dir: Path, spec: "BackboneSpec", choice: "WeightsChoice") -> Path:
+def onnx_path(engines_dir: Path, spec: BackboneSpec, choice: WeightsChoice) -> Path:
     return Path(engines_dir) / f"{spec.name}-{engine_fingerprint(spec, choice)}.onnx"
 
 
@@ -166,7 +166,7 @@ def export_onnx(net, input_size: int, path: Path) -> Path:
     return export(_features_module(net), (3, input_size, input_size), path, "x", "features")
 
 
-def make_engine(name: str, spec: "BackboneSpec", choice: "WeightsChoice", device: str, engines_dir: Path,
+def make_engine(name: str, spec: BackboneSpec, choice: WeightsChoice, device: str, engines_dir: Path,
                 build_net, threads: int | None = None) -> tuple[Engine, list[str]]:
     """Build the engine `name` ("auto", "torch", "onnx") for `device` ("auto", "cpu", "cuda:N").
 

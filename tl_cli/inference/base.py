@@ -5,9 +5,9 @@ of preprocessed images to class probabilities. `predict.Predictor` (a run) and
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 

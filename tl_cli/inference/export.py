@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tl_cli.runtime.atomic import atomic_path, write_json
-from tl_cli.runtime.onnx import OPSET, export_onnx, ort_session
+from tl_cli.data.preprocess import Preprocess
 from tl_cli.errors import ConfigError, ExportError
 from tl_cli.inference.onnx_model import INPUT, OUTPUT, sidecar_path
-from tl_cli.data.preprocess import Preprocess
 from tl_cli.runs.store import Run, versions
+from tl_cli.runtime.atomic import atomic_path, write_json
+from tl_cli.runtime.onnx import OPSET, export_onnx, ort_session
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 
@@ -75,8 +75,8 @@ def sample_inputs(run: Run, pre: Preprocess, n: int, paths: list[Path] | None = 
     """
     import torch
 
-    from tl_cli.errors import ImageError
     from tl_cli.data.preprocess import load_tensor
+    from tl_cli.errors import ImageError
 
     source = "given images"
     if paths is None:
@@ -210,7 +210,8 @@ def describe_export(run: Run, cfg: ExportConfig, output: Path, pre: Preprocess, 
             "recipe": "scale pixels to [0, 1]; resize the shorter side to resize_size; centre-crop input_size; "
                       "subtract mean and divide by std per channel",
         },
-        "output": {"name": OUTPUT, "shape": ["batch", len(run.classes)], "meaning": "logits; softmax gives probabilities in the order of classes"},
+        "output": {"name": OUTPUT, "shape": ["batch", len(run.classes)],
+                   "meaning": "logits; softmax gives probabilities in the order of classes"},
         "run": str(run.dir),
         "trained": {k: run.meta[k] for k in ("dataset", "config", "metrics", "val_fraction") if k in run.meta},
         "config": cfg.to_dict(),

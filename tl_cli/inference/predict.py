@@ -16,8 +16,8 @@ import numpy as np
 
 from tl_cli.data.preprocess import Preprocess
 from tl_cli.data.scan import IMAGE_SUFFIXES, _walk_files, sniff_image
-from tl_cli.inference.base import BasePredictor, Prediction
 from tl_cli.head.softmax import softmax
+from tl_cli.inference.base import BasePredictor, Prediction
 from tl_cli.runs.store import WEIGHTS, Run, load_arrays, load_run
 from tl_cli.runs.workspace import Workspace
 
@@ -91,10 +91,10 @@ class _HeadOnEngine:
         return softmax(self.engine(x) @ self.weight.T + self.bias)
 
     @classmethod
-    def try_load(cls, run: Run, device: str, weights: str | None, engines_dir: Path | None) -> "_HeadOnEngine | None":
+    def try_load(cls, run: Run, device: str, weights: str | None, engines_dir: Path | None) -> _HeadOnEngine | None:
         """The engine route when it applies (head run, CPU, onnxruntime, recorded weights present), else None."""
-        from tl_cli.runtime.device import device_type
         from tl_cli.features.engines import onnxruntime_available
+        from tl_cli.runtime.device import device_type
 
         w = run.meta.get("weights", {})
         if run.meta.get("kind") != "head" or engines_dir is None or weights is not None \
@@ -141,7 +141,7 @@ class Predictor(BasePredictor):
             self.model = TorchModel(run, resolve_device(device), weights)
 
     @classmethod
-    def from_workspace(cls, model: str | None = None, workspace: Workspace | None = None, **kw) -> "Predictor":
+    def from_workspace(cls, model: str | None = None, workspace: Workspace | None = None, **kw) -> Predictor:
         ws = workspace or Workspace.open()
         kw.setdefault("engines_dir", ws.root / "engines")
         return cls(load_run(model or ws.latest_run()), **kw)

@@ -63,8 +63,8 @@ def confusion_png(classes: list[str], cm: np.ndarray, title: str = "") -> bytes:
 
 def thumbnail_uri(path: str, size: int = THUMB_SIZE) -> str | None:
     """A small JPEG of the image as a data URI, or None if it cannot be read."""
-    from tl_cli.errors import ImageError
     from tl_cli.data.preprocess import open_rgb
+    from tl_cli.errors import ImageError
 
     try:
         im = open_rgb(path, draft_size=size)
@@ -100,7 +100,7 @@ def _e(x) -> str:
     return html.escape(str(x))
 
 
-def report_html(ev: "Evaluation", wrong: list["Misclassified"], png: bytes) -> str:
+def report_html(ev: Evaluation, wrong: list[Misclassified], png: bytes) -> str:
     """One self-contained HTML page: summary, per-class table, confusion matrix, mistakes with thumbnails."""
     m = ev.metrics
     macro = m["macro_avg"]
