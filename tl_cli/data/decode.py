@@ -101,7 +101,7 @@ def iter_batches(root: Path, relpaths: list[str], pre: Preprocess, batch_size: i
 def default_threads() -> int:
     """Decoding threads: one per core this process may use (its share of the node under torchrun).
 
-    On a CPU, decoding is ~5x cheaper than the forward pass, so these threads mostly fill the
+    On a CPU, decoding is much cheaper than the forward pass (benchmarks/README.md), so these threads mostly fill the
     gaps the network leaves; on a GPU the network is fast and decoding is the limit, so every
     core is worth having (a 16-core GPU machine gets 16, not a fixed cap).
     """

@@ -1,9 +1,9 @@
 """Inference engines for the frozen backbone: one interface, numpy in, numpy out.
 
 `TorchEngine` is eager PyTorch (the reference, and the engine on CUDA: float32, channels_last).
-`OnnxEngine` runs the same network through onnxruntime on CPU: measured on our 2-core machine it
-is ~3x eager channels_last and ~10x eager NCHW float32, with features within 1e-5 of eager
-float32. The ONNX file is exported once per (backbone, weights, torch version) and kept in
+`OnnxEngine` runs the same network through onnxruntime on CPU: several times faster than eager
+PyTorch there (benchmarks/README.md, "Measurements the design relies on"), with features within
+1e-5 of eager float32. The ONNX file is exported once per (backbone, weights, torch version) and kept in
 `<workspace>/engines/`, so later runs (and `tl predict`) never import torch for the backbone.
 
 Both engines take the batch already normalised, float32 NCHW (`data.preprocess.normalize`, which the
@@ -63,7 +63,7 @@ def choose_engine(name: str, device_type: str) -> str:
 class TorchEngine:
     """Eager PyTorch `forward_features` in inference mode, float32 on every device.
 
-    CPU: float32 channels_last (2-3x NCHW, within 1e-5 of it). CUDA: float32 channels_last
+    CPU: float32 channels_last (faster than NCHW, within 1e-5 of it; benchmarks/README.md). CUDA: float32 channels_last
     (cuDNN may use TF32, torch's default), the precision prediction and evaluation use too, so a
     head fitted on these features scores the same when served (runtime/device.py: precision
     policy). On CUDA the engine takes the batch as uint8 crops (`takes_uint8`): a quarter of the
@@ -172,7 +172,7 @@ def make_engine(name: str, spec: BackboneSpec, choice: WeightsChoice, device: st
 
     `build_net()` returns the eager backbone; it is only called when needed (torch engine, or an
     ONNX export that is not cached yet), so a cached ONNX engine on a CPU machine never imports
-    torch (~2-4 s of start-up here). If the export fails under "auto", the torch engine is used
+    torch (seconds of start-up; benchmarks/README.md). If the export fails under "auto", the torch engine is used
     and a note says why.
 
     Returns:

@@ -81,7 +81,7 @@ class TorchModel:
 class _HeadOnEngine:
     """A head-only run as the cached ONNX feature engine + a numpy Linear: no torch import.
 
-    `tl predict one.jpg` is then ~1 s cold instead of paying 2-4 s for `import torch`.
+    `tl predict one.jpg` in a cold process then skips `import torch`, most of its start-up (benchmarks/README.md).
     """
 
     def __init__(self, engine, weight: np.ndarray, bias: np.ndarray):

@@ -20,7 +20,7 @@ def export_onnx(module, input_shape: tuple[int, ...], path: Path, input_name: st
 
     `input_shape` is one input's shape without the batch, e.g. (3, 224, 224). The torch.export-based
     exporter is used: its graph runs faster in onnxruntime than the legacy TorchScript exporter's
-    (benchmarks/README.md).
+    (benchmarks/README.md, "Measurements the design relies on").
     """
     import contextlib
     import io
