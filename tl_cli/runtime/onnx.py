@@ -42,7 +42,8 @@ def export_onnx(module, input_shape: tuple[int, ...], path: Path, input_name: st
 
 
 def session_options(threads: int | None = None):
-    """onnxruntime options for throughput: all graph optimisations, one intra-op thread per core."""
+    """onnxruntime options for throughput: all graph optimisations, one intra-op thread per core,
+    threads that sleep rather than spin when idle."""
     import onnxruntime as ort
 
     from tl_cli.runtime.distributed import cpu_count
@@ -53,6 +54,9 @@ def session_options(threads: int | None = None):
     so.intra_op_num_threads = threads or cpu_count()
     so.inter_op_num_threads = 1
     so.log_severity_level = 3  # errors only: the CLI's output is ours
+    # No busy-waiting between operators: the decode threads need those cores while the network
+    # runs (extraction is faster without spinning: benchmarks/README.md).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
 
 
