@@ -20,6 +20,7 @@ from tl_cli.head.softmax import softmax
 from tl_cli.inference.base import BasePredictor, Prediction
 from tl_cli.runs.store import WEIGHTS, Run, load_arrays, load_run
 from tl_cli.runs.workspace import Workspace
+from tl_cli.runtime import cache_dirs
 
 
 def expand_inputs(items: list[str], stdin=None) -> tuple[list[Path], list[Prediction]]:
@@ -119,7 +120,7 @@ class _HeadOnEngine:
 class Predictor(BasePredictor):
     """A trained run, ready to classify images.
 
-    Head-only runs on CPU use the workspace's ONNX feature engine (exported once, shared with
+    Head-only runs on CPU use the per-user ONNX feature engine (exported once, shared with
     `tl extract`) and a numpy head; everything else runs in eager PyTorch.
 
     Example:
@@ -143,7 +144,7 @@ class Predictor(BasePredictor):
     @classmethod
     def from_workspace(cls, model: str | None = None, workspace: Workspace | None = None, **kw) -> Predictor:
         ws = workspace or Workspace.open()
-        kw.setdefault("engines_dir", ws.root / "engines")
+        kw.setdefault("engines_dir", cache_dirs.engines_dir())
         return cls(load_run(model or ws.latest_run()), **kw)
 
 

@@ -7,6 +7,7 @@ exporter at one opset, with a dynamic batch dimension.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from tl_cli.errors import ExportError
@@ -15,10 +16,11 @@ OPSET = 18  # what the torch.export-based exporter targets; onnxruntime >= 1.14 
 
 
 def export_onnx(module, input_shape: tuple[int, ...], path: Path, input_name: str, output_name: str,
-                opset: int = OPSET) -> Path:
+                opset: int = OPSET, check: Callable[[Path], None] | None = None) -> Path:
     """Export `module` (in eval mode, float32) to one ONNX file at `path` (atomic), batch dimension dynamic.
 
-    `input_shape` is one input's shape without the batch, e.g. (3, 224, 224). The torch.export-based
+    `input_shape` is one input's shape without the batch, e.g. (3, 224, 224). `check(tmp)` may
+    raise to reject the written file before it is renamed into place. The torch.export-based
     exporter is used: its graph runs faster in onnxruntime than the legacy TorchScript exporter's
     (benchmarks/README.md, "Measurements the design relies on").
     """
@@ -38,6 +40,8 @@ def export_onnx(module, input_shape: tuple[int, ...], path: Path, input_name: st
         torch.onnx.export(module, (x,), str(tmp), input_names=[input_name], output_names=[output_name],
                           opset_version=opset, dynamo=True, dynamic_shapes=({0: batch},), external_data=False,
                           verbose=False)
+        if check is not None:
+            check(Path(tmp))
     return path
 
 
