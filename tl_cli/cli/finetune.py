@@ -29,7 +29,7 @@ Optim = Annotated[Optional[str], typer.Option("--optimizer", help="adamw (defaul
 Momentum = Annotated[_Float, typer.Option("--momentum", help="SGD momentum (default: 0.9).", show_default=False)]
 WeightDecay = Annotated[_Float, typer.Option("--weight-decay", help="Weight decay (default: 0.01); not on biases and norms.", show_default=False)]
 Warmup = Annotated[_Float, typer.Option("--warmup-epochs", help="Linear warm-up, then cosine decay (default: 1, or epochs/5 if shorter).", show_default=False)]
-Smoothing = Annotated[_Float, typer.Option("--label-smoothing", help="Label smoothing (default: 0.1).", show_default=False)]
+Smoothing = Annotated[_Float, typer.Option("--label-smoothing", help="Label smoothing (default: 0, the probe start is fitted without it).", show_default=False)]
 Dropout = Annotated[_Float, typer.Option("--dropout", help="Dropout before the new head (default: 0.2).", show_default=False)]
 Patience = Annotated[_Int, typer.Option("--patience", min=0, help="Stop after this many epochs without a better validation result; 0 = never (default: 4 finetune, 5 retrain).", show_default=False)]
 Augment = Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Random resized crop + flip on training images (default: on).", show_default=False)]
@@ -41,6 +41,7 @@ ValFraction = Annotated[_Float, typer.Option("--val-fraction", min=0.0, max=0.95
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the last interrupted run (or --run RUN_DIR) from its last checkpoint.")]
 SyncBn = Annotated[Optional[bool], typer.Option("--sync-bn/--no-sync-bn", help="Under torchrun on GPUs: batch norms use the whole global batch's statistics (SyncBatchNorm, CUDA only).", show_default=False)]
 HeadInit = Annotated[Optional[str], typer.Option("--head-init", help="probe (default): start from the head `tl extract` would fit on the frozen features, scored as epoch 0 (LP-FT); random: a random head.", show_default=False)]
+Bn = Annotated[Optional[str], typer.Option("--bn", help="Batch norms of the trained layers: frozen (default: pretrained running statistics, scale and shift trained) or train (batch statistics).", show_default=False)]
 RunDir = Annotated[Optional[Path], typer.Option("--run", help="With --resume: the run folder to continue.", show_default=False)]
 
 FINETUNE_EXAMPLES = """Examples:
@@ -75,7 +76,7 @@ def _options(
     batch_size: BatchSize = None, lr: Lr = None, head_lr: HeadLr = None, optimizer: Optim = None, momentum: Momentum = None,
     weight_decay: WeightDecay = None, warmup_epochs: Warmup = None, label_smoothing: Smoothing = None, dropout: Dropout = None,
     patience: Patience = None, augment: Augment = None, seed: Seed = None, device: Device = None, workers: Workers = None,
-    time_budget: Budget = None, val_fraction: ValFraction = None, sync_bn: SyncBn = None, head_init: HeadInit = None, resume: Resume = False,
+    time_budget: Budget = None, val_fraction: ValFraction = None, sync_bn: SyncBn = None, head_init: HeadInit = None, bn: Bn = None, resume: Resume = False,
     run: RunDir = None, ws_path: WorkspaceOpt = None,
 ) -> None:
     """The options of `tl finetune`; `tl retrain` has the same ones less --freeze. Typer reads

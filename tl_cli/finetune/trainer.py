@@ -285,7 +285,7 @@ def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, repor
     spec = get_spec(cfg.backbone)
     _seed_everything(cfg.seed)
     backbone, choice = create_backbone(cfg.backbone, cfg.weights, cfg.pretrained)
-    model = FinetuneModel(backbone, len(ds.classes), cfg.freeze, spec.preprocess.input_size, cfg.dropout)
+    model = FinetuneModel(backbone, len(ds.classes), cfg.freeze, spec.preprocess.input_size, cfg.dropout, cfg.bn)
     if cfg.sync_bn and info.enabled:
         model.use_sync_batchnorm()
     model = model.to(device).to(memory_format=torch.channels_last)
@@ -295,7 +295,7 @@ def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, repor
                            dist=info)
     if loaders.n_train == 0:
         raise DataError(f"no training images in {ds.root}", hint="lower --val-fraction or add images")
-    st = {"epoch": 0, "best": {}, "bad_epochs": 0, "history": [], "finished": False, "stop_reason": "epochs"}
+    st = {"epoch": 0, "best": {}, "bad_epochs": 0, "history": [], "finished": False, "stop_reason": "epochs", "planned": 0}
     if ckpt is not None:
         model.net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
@@ -336,7 +336,9 @@ def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, repor
         first = longest == 0.0
         longest = max(longest, time.perf_counter() - t_epoch)
         reporter.log(format_row(row, improved=st["best"].get("epoch") == row["epoch"]))
-        if first and deadline and not st["finished"]:
+        if cfg.plan_epochs and not st["planned"] and deadline and not st["finished"]:
+            cfg = _plan(run_dir, cfg, st, longest, deadline, reporter)
+        elif first and deadline and not st["finished"]:
             _warn_if_budget_short(reporter, cfg, st["epoch"], longest, deadline)
     if not st["best"]:
         raise RunError(f"the time budget ({cfg.time_budget:g} s) ended before the first epoch did",
@@ -376,6 +378,29 @@ def _start_from_probe(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Works
     reporter.log(f"probe: L2 {probe.l2:g}, features {'from the tl extract cache' if probe.source == 'cache' else 'computed'} "
                  f"for {probe.n_train} training images in {probe.seconds:.1f} s")
     reporter.log(format_row(row, improved=True))
+
+
+def planned_epochs(done: int, epoch_s: float, left_s: float, cap: int) -> int:
+    """Epochs a run should have in all, `done` of them taken `epoch_s` each (the slowest), with
+    `left_s` seconds of budget left: as many as fit with a 5% margin, at least one more, at most `cap`."""
+    fit = int(max(left_s, 0.0) // (epoch_s * 1.05))
+    return max(done + 1, min(cap, done + fit))
+
+
+def _plan(run_dir: Path, cfg: FinetuneConfig, st: dict, epoch_s: float, deadline: float, reporter: Reporter):
+    """Fix the number of epochs to what fits the budget (after the first epoch, which is warm-up and
+    so runs the same whatever the total), and save it: --resume continues the same plan."""
+    from dataclasses import replace
+
+    left, cap = deadline - time.perf_counter(), cfg.epochs  # cfg.epochs is the cap (PLAN_CAP) until planned
+    n = planned_epochs(st["epoch"], epoch_s, left, cap)
+    st["planned"] = n
+    cfg = replace(cfg, epochs=n)
+    if distributed.is_main():
+        cfg.save(run_dir)
+    reporter.log(f"planned {n} epochs: epoch {st['epoch']} took {epoch_s:.0f} s and {left:.0f} s of the time budget "
+                 f"are left, so the learning rate decays to zero at epoch {n}" + (" (the most planned)" if n == cap else ""))
+    return cfg
 
 
 def _warn_if_budget_short(reporter: Reporter, cfg: FinetuneConfig, done: int, epoch_s: float, deadline: float) -> None:
@@ -429,11 +454,33 @@ def _run_epoch(model, opt, loaders, loss_fn, device, cfg: FinetuneConfig, epoch:
     }
 
 
-def _better(row: dict, best: dict) -> bool:
-    """Higher validation accuracy wins, lower validation loss breaks ties; no val: latest wins."""
+# A tie in accuracy goes to the later epoch only if its val loss is lower by 10% and by 0.01 nats:
+# on a few images two near-perfect models differ by 1e-6, which is not evidence.
+LOSS_MARGIN, LOSS_MARGIN_ABS = 0.1, 0.01
+
+
+def accuracy_noise(acc_a: float, acc_b: float, n: int) -> float:
+    """One binomial standard error of an accuracy measured on `n` images, at the pair's mean
+    accuracy, but never under half an image (so that two perfect scores are still a tie)."""
+    p = (acc_a + acc_b) / 2
+    return max(math.sqrt(p * (1 - p) / max(n, 1)), 0.5 / max(n, 1))
+
+
+def is_better(row: dict, best: dict, n_val: int) -> bool:
+    """Does epoch `row` replace `best` as the model kept? The simpler model (earlier epoch, the
+    probe first of all) stays unless the later one is better by more than validation noise.
+
+    Better means: validation accuracy higher by more than one standard error (accuracy_noise),
+    or, with the accuracies within noise and not lower, a validation loss lower by more than
+    LOSS_MARGIN (relative) and LOSS_MARGIN_ABS. No best yet, or no validation images: the latest wins.
+    """
     if not best or row["val_accuracy"] is None:
         return True
-    return (row["val_accuracy"], -row["val_loss"]) > (best["val_accuracy"], -best["val_loss"])
+    diff = row["val_accuracy"] - best["val_accuracy"]
+    noise = accuracy_noise(row["val_accuracy"], best["val_accuracy"], n_val)
+    if abs(diff) > noise:
+        return diff > 0
+    return diff >= 0 and best["val_loss"] - row["val_loss"] > max(LOSS_MARGIN * best["val_loss"], LOSS_MARGIN_ABS)
 
 
 def _end_epoch(run_dir: Path, cfg: FinetuneConfig, model: FinetuneModel, opt, loaders, st: dict, row: dict) -> None:
@@ -441,7 +488,7 @@ def _end_epoch(run_dir: Path, cfg: FinetuneConfig, model: FinetuneModel, opt, lo
     main = distributed.is_main()
     st["epoch"] = row["epoch"]
     st["history"].append(row)
-    if _better(row, st["best"]):
+    if is_better(row, st["best"], loaders.n_val):
         # Best weights first, then the checkpoint that names them: a kill in between replays
         # this (deterministic) epoch on resume and writes the same file again.
         if main:
