@@ -5,10 +5,36 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from tests.helpers.images import make_folder
+from tests.helpers.paths import SHARED_DATA
+
+GPU_TESTS = Path(__file__).resolve().parent / "gpu"
+
+
+def _selects_gpu(markexpr: str) -> bool:
+    """True when `-m` asks for the gpu tests (`-m gpu`, `-m "gpu and not slow"`), not `not gpu`."""
+    words = markexpr.replace("(", " ").replace(")", " ").split()
+    return any(w == "gpu" and (i == 0 or words[i - 1] != "not") for i, w in enumerate(words))
+
+
+def pytest_configure(config):
+    """Pin the normal suite to the CPU, so that it passes on a GPU machine too.
+
+    Its tests compare with CPU float32 references and run torchrun with CPU assumptions; on a GPU
+    machine `--device auto` would otherwise pick CUDA. CUDA_VISIBLE_DEVICES="" hides every GPU
+    from this process and the tl processes it starts; it is set before any test imports torch.
+    `pytest -m gpu` (tests/gpu/) keeps the GPUs.
+    """
+    if not _selects_gpu(config.getoption("markexpr", "") or ""):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:  # everything under tests/gpu/ is a gpu test, whatever its file says
+        if GPU_TESTS in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.gpu)
 
 
 @pytest.fixture(autouse=True)
@@ -19,27 +45,6 @@ def isolated_workspace(tmp_path, monkeypatch):
     monkeypatch.delenv("TL_DEBUG", raising=False)
     monkeypatch.chdir(tmp_path)
     return ws
-
-
-def write_image(path: Path, rgb: tuple[int, int, int], size=(40, 32), seed: int = 0, fmt: str | None = None) -> Path:
-    """A small noisy image of roughly one colour (classes by colour are learnable even by LeNet)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    a = np.clip(np.array(rgb)[None, None, :] + rng.normal(0, 25, (size[1], size[0], 3)), 0, 255).astype("uint8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(a).save(path, format=fmt)
-    return path
-
-
-COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}
-
-
-def make_folder(root: Path, n_per_class: int = 12, classes=("red", "green", "blue"), ext: str = ".jpg") -> Path:
-    for c in classes:
-        for i in range(n_per_class):
-            write_image(root / c / f"{c}_{i:03d}{ext}", COLOURS[c], seed=hash((c, i)) % 2**32)
-    return root
 
 
 @pytest.fixture

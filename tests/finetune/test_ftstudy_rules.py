@@ -12,16 +12,8 @@ from tl_cli.backbones import create_backbone
 from tl_cli.finetune.config import PLAN_CAP, FinetuneConfig
 from tl_cli.finetune.model import FinetuneModel
 from tl_cli.finetune.trainer import accuracy_noise, is_better, lr_factor, planned_epochs, start
-from tl_cli.runtime.progress import Reporter
 from tl_cli.runs.workspace import Workspace
-
-
-class Notes(Reporter):
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def log(self, message: str) -> None:
-        self.lines.append(message)
+from tests.helpers.finetune import Notes
 
 
 def _norms(model):

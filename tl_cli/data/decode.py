@@ -29,11 +29,13 @@ class Batch:
         None when no image of the batch could be read.
     index: positions (in the input list) of the rows of `pixels`.
     failed: (position, reason) for unreadable images.
+    n_cpu_decoded: images a GPU decoder left to the CPU (gpu_decode.py); 0 on the CPU path.
     """
 
     pixels: np.ndarray | None
     index: list[int]
     failed: list[tuple[int, str]]
+    n_cpu_decoded: int = 0
 
 
 def load_crop(path: str | Path, pre: Preprocess) -> np.ndarray:
@@ -100,8 +102,12 @@ def iter_batches(root: Path, relpaths: list[str], pre: Preprocess, batch_size: i
 
 
 def default_threads() -> int:
-    # One decoding thread per core: decoding is ~5x cheaper than the forward pass, so these
-    # threads are mostly idle and only fill the gaps the network leaves; more buys nothing.
+    """Decoding threads: one per core this process may use (its share of the node under torchrun).
+
+    On a CPU, decoding is ~5x cheaper than the forward pass, so these threads mostly fill the
+    gaps the network leaves; on a GPU the network is fast and decoding is the limit, so every
+    core is worth having (a 16-core GPU machine gets 16, not a fixed cap).
+    """
     from tl_cli.features.engines import cpu_count
 
-    return min(8, cpu_count())
+    return cpu_count()

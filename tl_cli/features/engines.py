@@ -1,6 +1,6 @@
 """Inference engines for the frozen backbone: one interface, numpy in, numpy out.
 
-`TorchEngine` is eager PyTorch (the reference; on CUDA it uses bf16 autocast and channels_last).
+`TorchEngine` is eager PyTorch (the reference, and the engine on CUDA: float32, channels_last).
 `OnnxEngine` runs the same network through onnxruntime on CPU: measured on our 2-core machine it
 is ~3x eager channels_last and ~10x eager NCHW float32, with features within 1e-5 of eager
 float32. The ONNX file is exported once per (backbone, weights, torch version) and kept in
@@ -34,6 +34,7 @@ EXPORT_FORMAT = "dynamo-opset18-v1"
 class Engine(Protocol):
     name: str
     precision: str  # "float32", or "bf16" where features differ beyond float32 tolerance
+    takes_uint8: bool  # takes (N, S, S, 3) uint8 crops and normalises them itself (CUDA)
 
     def __call__(self, x: np.ndarray) -> np.ndarray: ...
 
@@ -98,41 +99,57 @@ def choose_engine(name: str, device_type: str) -> str:
 
 
 class TorchEngine:
-    """Eager PyTorch `forward_features` in inference mode.
+    """Eager PyTorch `forward_features` in inference mode, float32 on every device.
 
-    CPU: float32 channels_last (2-3x NCHW, within 1e-5 of it). CUDA: bf16 autocast and
-    channels_last (several times float32 on tensor cores; features differ by ~1e-2, so the cache
-    records the precision and keeps them apart from float32 ones), batches copied from pinned
-    memory without blocking, decoding and normalisation left to the loader's threads.
-    The CUDA path is written but has not been measured: no GPU was available when it was written.
+    CPU: float32 channels_last (2-3x NCHW, within 1e-5 of it). CUDA: float32 channels_last
+    (cuDNN may use TF32, torch's default), the precision prediction and evaluation use too, so a
+    head fitted on these features scores the same when served (runtime/device.py: precision
+    policy). On CUDA the engine takes the batch as uint8 crops (`takes_uint8`): a quarter of the
+    bytes to copy, and normalised on the GPU with the same float32 operations as
+    `normalize_batch`, so the input is bit-identical to the CPU's. It also takes a float32 batch
+    already on the GPU (the nvJPEG decoder's). `bf16=True` (tests, measurements) runs bf16
+    autocast instead; its features differ by ~1e-2 and are never cached as float32 ones.
     """
 
     name = "torch"
 
-    def __init__(self, net, device, bf16: bool | None = None):
+    def __init__(self, net, device, bf16: bool = False, pre: "Preprocess | None" = None):
         import torch
 
         self.device = device
-        self.bf16 = (device.type == "cuda") if bf16 is None else bf16
-        if device.type == "cuda":  # fixed input size: let cuDNN pick the fastest kernels once
-            torch.backends.cudnn.benchmark = True
+        self.bf16 = bool(bf16)
         self.precision = "bf16" if self.bf16 else "float32"
+        self.pre = pre
+        self.takes_uint8 = device.type == "cuda" and pre is not None
         self.net = net.to(device).eval().to(memory_format=torch.channels_last)
+        if pre is not None:  # uint8 input is accepted on any device; CUDA is where it pays
+            self._mean = torch.tensor(pre.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+            self._std = torch.tensor(pre.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+            # A device tensor, not a Python number: CUDA divides by a host scalar as a multiply by
+            # its reciprocal, which can differ from numpy's division in the last bit.
+            self._255 = torch.tensor(255.0, dtype=torch.float32, device=device)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def _input(self, x):
+        import torch
+
+        t = torch.from_numpy(x) if isinstance(x, np.ndarray) else x
+        if t.dtype == torch.uint8:  # (N, S, S, 3) crops: the normalisation of normalize_batch, on the device
+            t = t.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+            t = t.div_(self._255).sub_(self._mean).div_(self._std)
+        return t.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+
+    def __call__(self, x) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
-            t = torch.from_numpy(x)
-            if self.device.type == "cuda":
-                t = t.pin_memory()
-            t = t.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            t = self._input(x)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 return self.net.forward_features(t).float().cpu().numpy()
 
 
 def session_options(threads: int | None = None):
-    """onnxruntime options for throughput: all graph optimisations, one intra-op thread per core."""
+    """onnxruntime options for throughput: all graph optimisations, one intra-op thread per core,
+    threads that sleep rather than spin when idle."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -141,6 +158,11 @@ def session_options(threads: int | None = None):
     so.intra_op_num_threads = threads or cpu_count()
     so.inter_op_num_threads = 1
     so.log_severity_level = 3  # errors only: the CLI's output is ours
+    # No busy-waiting between operators: the decode threads need those cores while the network
+    # runs. Measured on the 2-core machine (load 11-12, side by side): extraction 13.3 and 12.2
+    # images/s without spinning, 10.8 and 11.0 with it; the forward pass alone did not change
+    # beyond the noise.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
 
 
@@ -149,6 +171,7 @@ class OnnxEngine:
 
     name = "onnx"
     precision = "float32"
+    takes_uint8 = False
 
     def __init__(self, path: Path, threads: int | None = None):
         import onnxruntime as ort
@@ -256,4 +279,4 @@ def make_engine(name: str, spec: "BackboneSpec", choice: "WeightsChoice", device
                 raise ConfigError(f"ONNX export of {spec.name} failed: {type(exc).__name__}: {str(exc)[:200]}",
                                   hint="use --engine torch") from exc
             notes.append(f"onnxruntime could not run {spec.name} ({type(exc).__name__}); used eager PyTorch")
-    return TorchEngine(build_net(), resolve_device(device)), notes
+    return TorchEngine(build_net(), resolve_device(device), pre=spec.preprocess), notes

@@ -31,6 +31,9 @@ from tl_cli.runtime.progress import Reporter
 from tl_cli.runs.workspace import Workspace
 
 
+DECODERS = ("auto", "cpu", "gpu")
+
+
 @dataclass(frozen=True)
 class ExtractConfig:
     """Options of `tl extract` that decide what is computed and how fast.
@@ -42,6 +45,8 @@ class ExtractConfig:
         device: "auto", "cpu", "cuda", "cuda:1". strict: fail on the first unreadable image.
         engine: "auto" (onnxruntime on CPU when installed, else torch), "torch" or "onnx".
         chunk_rows: rows per cache chunk (what an interrupted run keeps).
+        decoder: "auto" (nvJPEG on the GPU when extracting on CUDA, else Pillow threads), "cpu"
+            (Pillow threads) or "gpu" (nvJPEG; CUDA only). See data/gpu_decode.py.
     """
 
     backbone: str = DEFAULT_BACKBONE
@@ -55,9 +60,13 @@ class ExtractConfig:
     chunk_rows: int = 512
     dtype: str = "float32"
     engine: str = "auto"
+    decoder: str = "auto"
 
     def __post_init__(self) -> None:
         from tl_cli.features.engines import ENGINES
+
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"unknown --decoder {self.decoder!r}", hint=f"use one of {', '.join(DECODERS)}")
 
         if self.engine not in ENGINES:
             raise ConfigError(f"unknown --engine {self.engine!r}", hint=f"use one of {', '.join(ENGINES)}")
@@ -99,23 +108,64 @@ class ExtractResult:
         return self.n_extracted / self.extract_seconds if self.extract_seconds > 0 else 0.0
 
 
-def _precision(cfg: ExtractConfig) -> str:
-    """Numeric precision of the features this config produces; part of the cache identity.
+def choose_decoder(cfg: ExtractConfig, device_type: str) -> str:
+    """"cpu" (Pillow threads) or "gpu" (nvJPEG) for this config on a device of `device_type`."""
+    from tl_cli.data import gpu_decode
 
-    onnxruntime and eager torch float32 agree within 1e-5, so they share a cache (the engine is
-    a speed choice, not a different feature). CUDA runs bf16 autocast, whose features differ by
-    ~1e-2: those are kept apart.
+    if cfg.decoder == "gpu":
+        if device_type != "cuda" or cfg.engine == "onnx" or not gpu_decode.available():
+            raise ConfigError("--decoder gpu needs a CUDA GPU, the torch engine and torchvision with nvJPEG",
+                              hint="use --decoder cpu")
+        return "gpu"
+    if cfg.decoder == "auto" and device_type == "cuda" and cfg.engine != "onnx" and gpu_decode.available():
+        return "gpu"
+    return "cpu"
+
+
+def feature_identity(spec, weights_id: str, root: Path, decoder: str = "cpu") -> dict:
+    """What a feature cache is keyed on (see cache.py). Every engine computes float32 features
+    (runtime/device.py: precision policy) and onnxruntime and torch agree within 1e-5, so they
+    share a cache; nvJPEG's pixels differ from Pillow's by more than float32 rounding, so its
+    features are kept apart ("decoder"; absent for Pillow, so existing caches keep their key)."""
+    from tl_cli.data.gpu_decode import DECODER
+
+    info = {
+        "backbone": spec.name,
+        "weights": weights_id,
+        "preprocess": spec.preprocess.to_dict(),
+        "feature_dim": spec.feature_dim,
+        "dataset_root": str(root),
+    }
+    if decoder == "gpu":
+        info["decoder"] = DECODER
+    return info
+
+
+def identities_for_device(spec, weights_id: str, root: Path, device_type: str) -> list[dict]:
+    """The cache identities `tl extract` with default settings makes on a device of this type, the
+    one it would make first: the probe of fine-tuning looks for its features under these."""
+    from tl_cli.data import gpu_decode
+
+    cpu = feature_identity(spec, weights_id, root)
+    if device_type == "cuda" and gpu_decode.available():
+        return [feature_identity(spec, weights_id, root, "gpu"), cpu]
+    return [cpu]
+
+
+def iter_decoded(root: Path, relpaths: list[str], pre: Preprocess, batch_size: int, threads: int,
+                 normalize: bool = True, decoder: str = "cpu", device=None):
+    """The decode stage of extraction (a seam: tests replace it to prove nothing is decoded).
+
+    `normalize=False` yields uint8 crops for an engine that normalises on its device; the GPU
+    decoder yields float32 network input on `device`.
     """
-    from tl_cli.runtime.device import device_type
+    if decoder == "gpu":
+        from tl_cli.data.gpu_decode import iter_gpu_batches
 
-    return "bf16" if cfg.engine != "onnx" and device_type(cfg.device) == "cuda" else "float32"
-
-
-def iter_decoded(root: Path, relpaths: list[str], pre: Preprocess, batch_size: int, threads: int):
-    """The decode stage of extraction (a seam: tests replace it to prove nothing is decoded)."""
+        return iter_gpu_batches(root, relpaths, pre, batch_size, threads, device)
     from tl_cli.data.decode import iter_batches
 
-    return iter_batches(root, relpaths, pre, batch_size, threads, normalize=True)
+    return iter_batches(root, relpaths, pre, batch_size, threads, normalize=normalize)
 
 
 def _save_pending(cache: FeatureCache, stats: list[FileStat], feats: list[np.ndarray]) -> None:
@@ -143,7 +193,8 @@ def _drop_unreadable_classes(ds: Dataset, good_rel: list[str], failed: list[tupl
     return ds, failed + [(f"{c}/", reason) for c in missing]
 
 
-def _batches(root: Path, todo: list[FileStat], pre: Preprocess, cfg: ExtractConfig, engine):
+def _batches(root: Path, todo: list[FileStat], pre: Preprocess, cfg: ExtractConfig, engine, decoder: str = "cpu",
+             raw_engine=None, done: "_Filled | None" = None):
     """Yield (indices into todo, features or None, [(index, reason)] unreadable) per batch, in todo order.
 
     Under torchrun each rank decodes and runs only its batches; each round every rank contributes
@@ -153,18 +204,24 @@ def _batches(root: Path, todo: list[FileStat], pre: Preprocess, cfg: ExtractConf
 
     threads = default_threads() if cfg.workers is None else cfg.workers
     rel = [s.relpath for s in todo]
+    decode = dict(normalize=not getattr(raw_engine, "takes_uint8", False), decoder=decoder,
+                  device=getattr(raw_engine, "device", None))
     if not distributed.active():
-        for b in iter_decoded(root, rel, pre, cfg.batch_size, threads):
+        for b in iter_decoded(root, rel, pre, cfg.batch_size, threads, **decode):
+            if done is not None:
+                done.n_cpu_decoded += b.n_cpu_decoded
             yield b.index, (engine(b.pixels) if b.pixels is not None else None), b.failed
         return
     info = distributed.env_info()
     mine = distributed.my_shard(len(rel), cfg.batch_size, info)
-    local = iter(iter_decoded(root, [rel[i] for i in mine], pre, cfg.batch_size, threads))
+    local = iter(iter_decoded(root, [rel[i] for i in mine], pre, cfg.batch_size, threads, **decode))
     n_batches = -(-len(rel) // cfg.batch_size)
     for _ in range(-(-n_batches // info.world_size)):
         payload = None
         b = next(local, None)
         if b is not None:
+            if done is not None:
+                done.n_cpu_decoded += b.n_cpu_decoded
             feats = engine(b.pixels) if b.pixels is not None else None
             payload = ([mine[i] for i in b.index], feats, [(mine[i], err) for i, err in b.failed])
         for got in distributed.all_gather_object(payload):  # rank order == batch order
@@ -179,11 +236,16 @@ class _Filled:
     failed: list[tuple[str, str]] = field(default_factory=list)
     oom_batch: int | None = None  # the batch size extraction went on with after running out of memory
     engine: str = ""  # the engine that ran ("onnx", "torch")
+    n_cpu_decoded: int = 0  # images the GPU decoder left to Pillow (this rank's)
 
 
 def _fill(cache: FeatureCache | None, root: Path, todo: list[FileStat], spec, choice, cfg: ExtractConfig,
-          device, engines_dir: Path, reporter: Reporter, notes: list[str]) -> _Filled:
-    """Run the engine over `todo` and write the rows into `cache` in chunks (cache None: another rank)."""
+          device, engines_dir: Path, reporter: Reporter, notes: list[str], decoder: str = "cpu") -> _Filled:
+    """Run the engine over `todo` and write the rows into `cache` in chunks (cache None: another rank).
+
+    The time (and images/s) counts from the first batch on: building the engine (loading
+    weights, CUDA start-up, an ONNX export) is not extraction speed.
+    """
     from tl_cli.features.engines import make_engine
 
     def build_net():
@@ -192,8 +254,8 @@ def _fill(cache: FeatureCache | None, root: Path, todo: list[FileStat], spec, ch
         return create_backbone(spec.name, cfg.weights, cfg.pretrained)[0]
 
     done = _Filled()
-    te = time.perf_counter()
     raw_engine, engine_notes = make_engine(cfg.engine, spec, choice, str(device), engines_dir, build_net)
+    te = time.perf_counter()
     notes.extend(engine_notes)
     done.engine = raw_engine.name
     # On OOM the batch is halved and extraction goes on from where it stopped.
@@ -202,7 +264,7 @@ def _fill(cache: FeatureCache | None, root: Path, todo: list[FileStat], spec, ch
     buf_stats: list[FileStat] = []
     buf_feats: list[np.ndarray] = []
     try:
-        for idx, feats, bad in _batches(root, todo, spec.preprocess, cfg, engine):
+        for idx, feats, bad in _batches(root, todo, spec.preprocess, cfg, engine, decoder, raw_engine, done):
             for i, err in bad:
                 if cfg.strict:  # every rank sees every batch, so every rank stops here
                     raise ImageError(f"{todo[i].relpath}: {err}", hint="remove it, or drop --strict")
@@ -228,17 +290,6 @@ def _fill(cache: FeatureCache | None, root: Path, todo: list[FileStat], spec, ch
     done.seconds = time.perf_counter() - te
     done.oom_batch = engine.limit
     return done
-
-
-def cache_identity(spec, weights_id: str, root: Path) -> dict:
-    """What a float32 feature cache is keyed on (see cache.py); tl finetune's probe reads the same one."""
-    return {
-        "backbone": spec.name,
-        "weights": weights_id,
-        "preprocess": spec.preprocess.to_dict(),
-        "feature_dim": spec.feature_dim,
-        "dataset_root": str(root),
-    }
 
 
 def extract_features(
@@ -269,6 +320,9 @@ def extract_features(
         dev = distributed.rank_device(cfg.device)
         info = distributed.init(dev.type)
         device = str(dev)
+    from tl_cli.runtime.device import device_type
+
+    decoder = choose_decoder(cfg, device_type(device))
     reporter = (reporter or Reporter()) if info.is_main else Reporter()
     ws = workspace or Workspace.open()
     spec = get_spec(cfg.backbone)
@@ -280,13 +334,11 @@ def extract_features(
     if not info.is_main:  # only rank 0 touches the workspace; it sends the to-do list
         todo = distributed.broadcast_object(None)
         if todo:
-            _fill(None, ds.root, todo, spec, choice, cfg, device, ws.root / "engines", reporter, [])
+            _fill(None, ds.root, todo, spec, choice, cfg, device, ws.root / "engines", reporter, [], decoder)
         return None
     ws.ensure(outside=ds.root)
     pre = spec.preprocess
-    info_key = cache_identity(spec, choice.identity, ds.root)
-    if _precision(cfg) != "float32":  # absent for float32 so existing caches keep their key
-        info_key["precision"] = _precision(cfg)
+    info_key = feature_identity(spec, choice.identity, ds.root, decoder)
     stats = stat_files(ds.root, [s.relpath for s in ds.samples])
     failed: list[tuple[str, str]] = list(ds.skipped)
     notes: list[str] = []
@@ -297,9 +349,11 @@ def extract_features(
         hits = cache.lookup(stats)
         todo = distributed.broadcast_object([s for s in stats if s.relpath not in hits])
         if todo:
-            done = _fill(cache, ds.root, todo, spec, choice, cfg, device, ws.root / "engines", reporter, notes)
+            done = _fill(cache, ds.root, todo, spec, choice, cfg, device, ws.root / "engines", reporter, notes, decoder)
         failed += done.failed
         bad_rel = {rel for rel, _ in done.failed}
+        if done.n_cpu_decoded:
+            notes.append(f"{done.n_cpu_decoded} image(s) were not plain JPEGs for nvJPEG and were decoded on the CPU")
         if done.oom_batch is not None:
             notes.append(f"ran out of memory at batch size {cfg.batch_size}; continued with {done.oom_batch}")
         good = [s for s in stats if s.relpath not in bad_rel]

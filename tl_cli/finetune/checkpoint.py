@@ -34,7 +34,8 @@ def rng_state(loader_generator: torch.Generator | None = None) -> dict[str, Any]
         "torch": torch.get_rng_state(),
         "python": [version, list(mt), gauss],
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # This process's GPU only: get_rng_state_all() would create a CUDA context on every GPU.
+        "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
     }
     if loader_generator is not None:
         state["loader"] = loader_generator.get_state()
@@ -47,8 +48,8 @@ def set_rng_state(state: dict[str, Any], loader_generator: torch.Generator | Non
     random.setstate((version, tuple(mt), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if len(state.get("cuda") or []) == 1 and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"][0])  # the current device's (see rng_state)
     if loader_generator is not None and "loader" in state:
         loader_generator.set_state(state["loader"])
 

@@ -18,11 +18,22 @@ from tl_cli.errors import ImageError
 from tl_cli.data.preprocess import Preprocess, eval_transform, open_rgb, train_transform
 
 
-def default_workers() -> int:
-    # Decoding is ~10x cheaper than the forward pass on CPU, so one worker per two cores keeps
-    # the network fed without stealing its threads; capped because each worker costs memory.
-    # Under torchrun the node's cores are shared by its LOCAL_WORLD_SIZE processes.
-    n = (os.cpu_count() or 1) // max(1, env_info().local_world_size)
+def default_workers(device_type: str = "cpu") -> int:
+    """DataLoader worker processes for training on a device of `device_type`.
+
+    CPU: decoding is ~10x cheaper than the forward and backward passes there, so one worker per
+    two cores keeps the network fed without stealing its threads, capped at 8 (each worker costs
+    memory). CUDA: the GPU trains faster than a few cores decode, so every core but one (the
+    training process's) decodes. Under torchrun the node's cores are shared by its
+    LOCAL_WORLD_SIZE processes.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    n = cores // max(1, env_info().local_world_size)
+    if device_type == "cuda":
+        return max(1, n - 1)
     return max(1, min(8, n // 2))
 
 

@@ -37,9 +37,10 @@ from tl_cli.backbones import create_backbone, get_spec
 from tl_cli.finetune.checkpoint import BEST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from tl_cli.data.scan import Dataset, scan_dataset
 from tl_cli.errors import ConfigError, DataError, RunError
-from tl_cli.finetune.config import FinetuneConfig
+from tl_cli.finetune.config import CONFIG_FILE, FinetuneConfig
 from tl_cli.finetune.model import FinetuneModel
-from tl_cli.runtime.oom import HalvingStep
+from tl_cli.runtime.oom import HalvingStep, apply_update
+from tl_cli.finetune.step import Amp, accumulate, to_device, train_step  # noqa: F401 - train_step: public here too
 from tl_cli.runtime.progress import Reporter
 from tl_cli.runs.store import META, load_tensors, new_run_dir, save_run, save_tensors
 from tl_cli.finetune.data import make_loaders
@@ -110,44 +111,12 @@ def set_lr(opt: torch.optim.Optimizer, factor: float) -> float:
     return opt.param_groups[-1]["lr"]  # the head's, for display
 
 
-def _autocast(device: torch.device):
-    # bf16 on CUDA: no loss scaling needed, ~2x the throughput of fp32 on recent GPUs.
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    # channels_last: the layout oneDNN (CPU) and cuDNN (tensor cores) run convolutions fastest in.
-    return x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-
-
-def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               loss_fn: nn.Module, device: torch.device, micro: int | None = None) -> tuple[float, int]:
-    """One optimisation step on a batch; returns (mean loss, number correct).
-
-    `micro` runs the batch in pieces of that many images, accumulating gradients weighted by
-    each piece's share, so the step equals the whole-batch one: the out-of-memory fallback.
-    """
-    opt.zero_grad(set_to_none=True)
-    n = len(y)
-    mean_loss, correct = 0.0, 0
-    for s in range(0, n, micro or n):
-        xs, ys = _to_device(x[s : s + (micro or n)], device), y[s : s + (micro or n)].to(device, non_blocking=True)
-        with _autocast(device):
-            logits = model(xs)
-        loss = loss_fn(logits.float(), ys)
-        (loss * (len(ys) / n)).backward()
-        mean_loss += loss.item() * (len(ys) / n)
-        correct += int((logits.argmax(1) == ys).sum())
-    opt.step()
-    return mean_loss, correct
-
-
 @torch.no_grad()
 def validate(model: nn.Module, loader, device: torch.device) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) over a loader (over all ranks' loaders), in eval mode; no label smoothing.
 
+    float32 on every device (no autocast): the accuracy that chooses the best epoch is the one
+    prediction and `tl evaluate` reproduce (precision policy, runtime/device.py).
     Under torchrun pass the model itself, not its DDP wrapper (see ddp.wrap).
     """
     was_training = model.training
@@ -156,8 +125,7 @@ def validate(model: nn.Module, loader, device: torch.device) -> tuple[float, flo
     for x, y, _ in loader:
         if x is None:
             continue
-        with _autocast(device):
-            logits = model(_to_device(x, device)).float()
+        logits = model(to_device(x, device)).float()
         y = y.to(device)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += int((logits.argmax(1) == y).sum())
@@ -222,7 +190,7 @@ def resume(run_dir: str | os.PathLike | None = None, overrides: dict | None = No
     """
     t0 = time.perf_counter()
     ws = workspace or Workspace.open()
-    info = distributed.init((overrides or {}).get("device", "auto"))
+    info = distributed.init((overrides or {}).get("device") or _saved_device(ws, run_dir))
     prepared = None
     if info.is_main:  # under torchrun rank 0 alone reads the run and sends it (checkpoint included)
         prepared = _prepare_resume(ws, run_dir, overrides, data_dir)
@@ -232,6 +200,16 @@ def resume(run_dir: str | os.PathLike | None = None, overrides: dict | None = No
         return prepared
     run_dir, cfg, ds, ckpt = prepared
     return _train(run_dir, cfg, ds, ws, reporter or Reporter(), ckpt, t0)
+
+
+def _saved_device(ws: Workspace, run_dir) -> str:
+    """The --device the run was started with (what resume computes on unless overridden); "auto"
+    where this process cannot read the run (under torchrun the workspace may be on node 0 only)."""
+    try:
+        run_dir = Path(run_dir) if run_dir is not None else Path(ws.state()["training_run"])
+        return str(json.loads((run_dir / CONFIG_FILE).read_text()).get("device") or "auto")
+    except Exception:  # noqa: BLE001 - rank 0 reports a missing or damaged run properly, right after
+        return "auto"
 
 
 def _prepare_resume(ws: Workspace, run_dir, overrides: dict | None, data_dir):
@@ -290,7 +268,8 @@ def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, repor
         model.use_sync_batchnorm()
     model = model.to(device).to(memory_format=torch.channels_last)
     opt = build_optimizer(model, cfg)
-    workers = default_workers() if cfg.workers is None else cfg.workers
+    workers = default_workers(device.type) if cfg.workers is None else cfg.workers
+    amp = Amp(device)
     loaders = make_loaders(ds, spec.preprocess, cfg.batch_size, workers, cfg.augment, cfg.seed, device.type == "cuda",
                            dist=info)
     if loaders.n_train == 0:
@@ -304,10 +283,11 @@ def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, repor
         per_rank = ckpt.get("rng_ranks")  # under torchrun: every rank's streams, restored rank by rank
         mine = per_rank[info.rank] if per_rank and len(per_rank) == info.world_size else ckpt["rng"]
         set_rng_state(mine, loaders.generator)
+        amp.load_state_dict(ckpt.get("amp"))
     elif info.enabled:
         _seed_everything(cfg.seed + 7919 * info.rank)  # same initial weights, different dropout per rank
     if ckpt is None and cfg.head_init == "probe":
-        _start_from_probe(run_dir, cfg, ds, ws, model, opt, loaders, st, spec, choice, device, workers, reporter)
+        _start_from_probe(run_dir, cfg, ds, ws, model, opt, loaders, st, spec, choice, device, workers, reporter, amp)
     net = ddp.wrap(model, device)  # after loading: DDP starts every rank from rank 0's weights
     resumed_from = st["epoch"]
     trainable, frozen = model.count_parameters()
@@ -328,11 +308,12 @@ def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, repor
             st["stop_reason"] = "time_budget"  # the next epoch would not fit: stop with the best so far
             break
         t_epoch = time.perf_counter()
-        row = _run_epoch(model, opt, loaders, loss_fn, device, cfg, st["epoch"], reporter, deadline, skipped, halving, net)
+        row = _run_epoch(model, opt, loaders, loss_fn, device, cfg, st["epoch"], reporter, deadline, skipped, halving, net,
+                         amp)
         if row is None:
             st["stop_reason"] = "time_budget"  # ran out mid-epoch: that partial epoch is discarded
             break
-        _end_epoch(run_dir, cfg, model, opt, loaders, st, row)
+        _end_epoch(run_dir, cfg, model, opt, loaders, st, row, amp)
         first = longest == 0.0
         longest = max(longest, time.perf_counter() - t_epoch)
         reporter.log(format_row(row, improved=st["best"].get("epoch") == row["epoch"]))
@@ -345,7 +326,7 @@ def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, repor
                        hint="start again with a larger --time-budget (no epoch was finished, so there is nothing to keep)")
     skipped = set().union(*distributed.all_gather_object(sorted(skipped)))
     if info.is_main:
-        _save_final(run_dir, cfg, ds, model, spec, choice, st, loaders)
+        _save_final(run_dir, cfg, ds, model, spec, choice, st, loaders, amp)
         ws.remember(latest_run=run_dir)
     distributed.shutdown()
     return FinetuneResult(run_dir, cfg, st["history"], st["best"]["epoch"], st["best"], st["stop_reason"],
@@ -355,26 +336,27 @@ def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, repor
 
 
 def _start_from_probe(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, model: FinetuneModel, opt,
-                      loaders, st: dict, spec, choice, device: torch.device, workers: int, reporter: Reporter) -> None:
+                      loaders, st: dict, spec, choice, device: torch.device, workers: int, reporter: Reporter,
+                      amp: Amp | None = None) -> None:
     """LP-FT (probe.py): fit the head on the frozen features, score that model as epoch 0 and checkpoint it.
 
     Epoch 0 competes for the best epoch like any other, so the kept model is never worse on
-    validation than the probe. Under torchrun rank 0 fits the probe and sends it to the others.
+    validation than the probe. Under torchrun every rank computes its share of the features (whole
+    batches of the global size dealt round-robin, as extraction does, with its out-of-memory
+    fallback); rank 0 fits the probe and sends it to the others.
     """
     from tl_cli.finetune.probe import fit_probe, load_into
 
     t = time.perf_counter()
     reporter.log("fitting the head on the frozen features first (linear probe; --head-init random skips it)")
-    probe = None
-    if distributed.is_main():
-        probe = fit_probe(model.net, ds, spec, choice.identity, ws, cfg.batch_size, workers, device, use_cache=True)
-    probe = distributed.broadcast_object(probe)
+    probe = fit_probe(model.net, ds, spec, choice.identity, ws, cfg.batch_size, workers, device,
+                      use_cache=True, on_halve=lambda b: reporter.log(f"out of memory: the probe goes on in batches of {b}"))
     load_into(model.net, probe)
     val_loss, val_acc = validate(model, loaders.val, device) if loaders.val is not None else (None, None)
     row = {"epoch": 0, "train_loss": probe.train_loss, "train_accuracy": probe.train_accuracy, "val_loss": val_loss,
            "val_accuracy": val_acc, "lr": 0.0, "seconds": time.perf_counter() - t,
            "images_per_second": probe.n_train / max(probe.seconds, 1e-9)}
-    _end_epoch(run_dir, cfg, model, opt, loaders, st, row)
+    _end_epoch(run_dir, cfg, model, opt, loaders, st, row, amp)
     reporter.log(f"probe: L2 {probe.l2:g}, features {'from the tl extract cache' if probe.source == 'cache' else 'computed'} "
                  f"for {probe.n_train} training images in {probe.seconds:.1f} s")
     reporter.log(format_row(row, improved=True))
@@ -413,9 +395,16 @@ def _warn_if_budget_short(reporter: Reporter, cfg: FinetuneConfig, done: int, ep
 
 def _run_epoch(model, opt, loaders, loss_fn, device, cfg: FinetuneConfig, epoch: int, reporter: Reporter,
                deadline: float | None, skipped: set[str], halving: HalvingStep | None = None,
-               net: nn.Module | None = None) -> dict | None:
+               net: nn.Module | None = None, amp: Amp | None = None) -> dict | None:
     """Train one epoch (through `net`, the DDP wrapper under torchrun) and validate; None if the
-    deadline passed mid-epoch. Loss, accuracy and speed are over all ranks."""
+    deadline passed mid-epoch. Loss, accuracy and speed are over all ranks.
+
+    The forward/backward of a step is retried in micro-batches after out-of-memory (`halving`),
+    the optimizer update runs once per step (`oom.apply_update`). images/s counts from the end
+    of the first step, so that CUDA and cuDNN start-up and the loader's first batch (worker
+    start-up) are not counted as training speed (with a single step, the whole epoch).
+    """
+    amp = amp or Amp(device, "float32")
     t = time.perf_counter()
     net = net or model
     loaders.sampler.set_epoch(epoch)  # a new order every epoch, the same on resume
@@ -423,24 +412,28 @@ def _run_epoch(model, opt, loaders, loss_fn, device, cfg: FinetuneConfig, epoch:
     n_batches = len(loaders.train)
     loss_sum, correct, seen = 0.0, 0, 0
     lr = 0.0
+    t_first, seen_first = None, 0  # time and images after the first step
     reporter.start(f"epoch {epoch + 1}/{cfg.epochs}", n_batches)
     try:
         for i, (x, y, errors) in enumerate(loaders.train):
             skipped.update(errors)
             if not ddp.any_rank(x is None):  # a step happens on all ranks or none (DDP syncs in backward)
                 lr = set_lr(opt, lr_factor(epoch + (i + 1) / n_batches, cfg.warmup_epochs, cfg.epochs))
-                step = functools.partial(train_step, net, opt, x, y, loss_fn, device)
-                loss, ok = halving(step, len(y)) if halving else step()
+                forward_backward = functools.partial(accumulate, net, opt, x, y, loss_fn, device, amp=amp)
+                loss, ok = halving(forward_backward, len(y)) if halving else forward_backward()
+                apply_update(lambda: amp.update(opt))
                 loss_sum, correct, seen = loss_sum + loss * len(y), correct + ok, seen + len(y)
-            speed = seen / max(time.perf_counter() - t, 1e-9)
+                if t_first is None:
+                    t_first, seen_first = time.perf_counter(), seen
+            speed = _speed(seen, seen_first, t, t_first)
             reporter.advance(1, loss=f"{loss_sum / max(seen, 1):.4f}", acc=f"{correct / max(seen, 1):.3f}",
                              img_s=f"{speed:.1f}/s")
             if deadline and ddp.any_rank(time.perf_counter() > deadline):
                 return None
     finally:
         reporter.stop()
-    train_seconds = time.perf_counter() - t
-    loss_sum, correct, seen = ddp.sum_over_ranks(loss_sum, correct, seen)
+    speed = _speed(seen, seen_first, t, t_first)
+    loss_sum, correct, seen, speed = ddp.sum_over_ranks(loss_sum, correct, seen, speed)
     val_loss, val_acc = validate(model, loaders.val, device) if loaders.val is not None else (None, None)
     return {
         "epoch": epoch + 1,
@@ -450,8 +443,16 @@ def _run_epoch(model, opt, loaders, loss_fn, device, cfg: FinetuneConfig, epoch:
         "val_accuracy": val_acc,
         "lr": lr,
         "seconds": time.perf_counter() - t,
-        "images_per_second": seen / max(train_seconds, 1e-9),
+        "images_per_second": speed,
     }
+
+
+def _speed(seen: int, seen_first: int, t0: float, t_first: float | None) -> float:
+    """Training images/s of this rank: after the first step when there were more, else overall."""
+    now = time.perf_counter()
+    if t_first is not None and seen > seen_first and now > t_first:
+        return (seen - seen_first) / (now - t_first)
+    return seen / max(now - t0, 1e-9)
 
 
 # A tie in accuracy goes to the later epoch only if its val loss is lower by 10% and by 0.01 nats:
@@ -483,7 +484,8 @@ def is_better(row: dict, best: dict, n_val: int) -> bool:
     return diff >= 0 and best["val_loss"] - row["val_loss"] > max(LOSS_MARGIN * best["val_loss"], LOSS_MARGIN_ABS)
 
 
-def _end_epoch(run_dir: Path, cfg: FinetuneConfig, model: FinetuneModel, opt, loaders, st: dict, row: dict) -> None:
+def _end_epoch(run_dir: Path, cfg: FinetuneConfig, model: FinetuneModel, opt, loaders, st: dict, row: dict,
+               amp: Amp | None = None) -> None:
     """Update the run state (on every rank: metrics are global, so all ranks decide alike); rank 0 writes."""
     main = distributed.is_main()
     st["epoch"] = row["epoch"]
@@ -509,6 +511,7 @@ def _end_epoch(run_dir: Path, cfg: FinetuneConfig, model: FinetuneModel, opt, lo
         "optimizer": opt.state_dict(),
         "scheduler": {"kind": "warmup_cosine", "progress_epochs": float(st["epoch"])},
         "rng": rngs[0],
+        **({"amp": amp.state_dict()} if amp is not None and amp.scaler is not None else {}),
         **({"rng_ranks": rngs} if len(rngs) > 1 else {}),
         **st,
     })
@@ -537,7 +540,7 @@ def format_row(row: dict, improved: bool = False) -> str:
 
 
 def _save_final(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, model: FinetuneModel, spec, choice, st: dict,
-                loaders) -> None:
+                loaders, amp: Amp | None = None) -> None:
     """model.safetensors (best epoch's full network) + meta.json, the files predict/evaluate read."""
     best = st["best"]
     meta = {
@@ -558,5 +561,7 @@ def _save_final(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, model: Finetune
                     "counts": ds.counts()},
         "config": {"finetune": cfg.to_dict()},
         "metrics": {k: best[k] for k in ("val_accuracy", "val_loss", "train_accuracy", "train_loss")},
+        # val_* were measured in float32, as predict/evaluate run; only training steps used `train`.
+        "precision": {"train": amp.dtype if amp is not None else "float32", "validation": "float32"},
     }
     save_run(run_dir, load_tensors(run_dir / BEST), meta)

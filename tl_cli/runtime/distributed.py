@@ -73,37 +73,41 @@ def timeout() -> timedelta:
 
 
 def rank_device(name: str = "auto"):
-    """The torch.device this process computes on.
+    """The torch.device this process computes on, made its current CUDA device.
 
     Single process: `device.resolve_device(name)`. Under torchrun: cuda:LOCAL_RANK for "auto"
     (when CUDA is present) and "cuda", the CPU for "cpu"; an explicit "cuda:N" is refused because
-    every rank would pick the same GPU.
+    every rank would pick the same GPU. A launcher that gives each rank a GPU of its own (SLURM
+    `--gpus-per-task=1`, per-rank CUDA_VISIBLE_DEVICES) leaves one GPU visible per process: the
+    rank then uses cuda:0, whatever its LOCAL_RANK.
 
     Raises:
-        ConfigError: cuda:N under torchrun, or more local ranks than visible GPUs.
+        ConfigError: cuda:N under torchrun, or more local ranks than visible GPUs (with several visible).
     """
     import torch
 
-    from tl_cli.runtime.device import resolve_device
+    from tl_cli.runtime.device import bind, resolve_device
 
     info = env_info()
     if not info.enabled:
         return resolve_device(name)
-    dev = resolve_device(name)
-    if dev.type != "cuda":
-        return dev
-    if name not in (None, "", "auto", "cuda"):
+    if name not in (None, "", "auto", "cuda", "cpu"):
         raise ConfigError(
             f"--device {name} under torchrun: every process would use the same GPU",
             hint="use --device cuda (each process takes cuda:LOCAL_RANK); pick GPUs with CUDA_VISIBLE_DEVICES",
         )
+    if name == "cpu" or not torch.cuda.is_available():
+        return resolve_device(name)  # the CPU, or the one-line "no CUDA" error for "cuda"
     n = torch.cuda.device_count()
-    if info.local_rank >= n:
+    index = 0 if n == 1 else info.local_rank
+    if index >= n:
         raise ConfigError(
             f"LOCAL_RANK {info.local_rank} but only {n} GPU(s) visible on this node",
             hint="use --nproc-per-node at most the number of GPUs",
         )
-    return torch.device("cuda", info.local_rank)
+    dev = torch.device("cuda", index)
+    bind(dev)
+    return dev
 
 
 def init(device_type: str = "auto") -> DistInfo:
@@ -111,8 +115,9 @@ def init(device_type: str = "auto") -> DistInfo:
 
     On a machine with CUDA (and `device_type` not "cpu") the group gets two backends, NCCL for
     CUDA tensors (gradients) and gloo for CPU ones (small objects, metrics), and this process is
-    bound to cuda:LOCAL_RANK; elsewhere gloo alone. The timeout of every collective comes from
-    TL_DIST_TIMEOUT_MIN (default 30 minutes).
+    bound to its GPU (`rank_device`); elsewhere gloo alone. NCCL connects lazily, on the first
+    CUDA collective, so a CPU run in such a group never touches it. The timeout of every
+    collective comes from TL_DIST_TIMEOUT_MIN (default 30 minutes).
     """
     info = env_info()
     if not info.enabled:
@@ -124,8 +129,7 @@ def init(device_type: str = "auto") -> DistInfo:
         backend = "gloo"
         if device_type != "cpu" and torch.cuda.is_available():
             backend = "cpu:gloo,cuda:nccl"
-            if info.local_rank < torch.cuda.device_count():
-                torch.cuda.set_device(info.local_rank)
+            rank_device("cuda")
         dist.init_process_group(backend=backend, timeout=timeout())
     return info
 

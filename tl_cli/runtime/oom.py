@@ -8,18 +8,29 @@ from typing import Any, Callable
 from tl_cli.errors import OutOfMemory
 
 
-def is_oom(exc: BaseException) -> bool:
-    """True for a CUDA (or MPS/CPU allocator) out-of-memory error.
+# How allocation failures read when they do not come as torch.OutOfMemoryError: cuBLAS and
+# cuDNN report their own status codes (raised as RuntimeError), the CUDA runtime its error name,
+# onnxruntime's arena "Failed to allocate memory".
+_OOM_MESSAGES = ("out of memory", "cublas_status_alloc_failed", "cudnn_status_alloc_failed",
+                 "cudaerrormemoryallocation", "failed to allocate memory")
 
-    torch raises `torch.OutOfMemoryError` on CUDA; older builds and other allocators raise a
-    RuntimeError whose message says "out of memory". Tests simulate OOM by raising either.
+
+def is_oom(exc: BaseException) -> bool:
+    """True for an out-of-memory error of CUDA, cuBLAS, cuDNN, or the CPU/MPS allocator.
+
+    torch raises `torch.OutOfMemoryError` when its caching allocator fails; cuBLAS and cuDNN
+    allocate their own workspaces and report failure as a RuntimeError naming their status
+    (CUBLAS_STATUS_ALLOC_FAILED, CUDNN_STATUS_ALLOC_FAILED). Tests simulate OOM by raising these.
     """
     import sys
 
     torch = sys.modules.get("torch")  # not imported (onnxruntime path): it cannot be torch's OOM
     if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
         return True
-    return isinstance(exc, (RuntimeError, MemoryError)) and "out of memory" in str(exc).lower()
+    if not isinstance(exc, (RuntimeError, MemoryError)):
+        return False
+    text = str(exc).lower()
+    return any(m in text for m in _OOM_MESSAGES)
 
 
 def free_memory() -> None:
@@ -106,12 +117,16 @@ class HalvingForward:
 
 
 class HalvingStep:
-    """Retry a training step in smaller micro-batches after out-of-memory.
+    """Retry the forward/backward of a training step in smaller micro-batches after out-of-memory.
 
-    `step(micro)` must run one whole optimisation step, splitting its batch into pieces of `micro`
-    images (None = the whole batch) and accumulating their gradients, so the update does not
-    depend on `micro` (up to batch-norm statistics of layers still training). On OOM the step is
-    run again from scratch with half the micro-batch; the smaller size is kept for later steps.
+    `accumulate(micro)` must clear the gradients, then run the forward and backward passes of the
+    whole batch in pieces of `micro` images (None = the whole batch), accumulating their gradients
+    weighted by each piece's share, so the gradient does not depend on `micro` (up to batch-norm
+    statistics of layers still training). On OOM it is run again from scratch with half the
+    micro-batch; the smaller size is kept for later steps. The optimizer update is *not* part of
+    it: the caller applies it once, after `accumulate` succeeded (`apply_update`), because an
+    update interrupted by OOM cannot be redone (AdamW would re-apply its moments, or find its
+    state half created).
 
     Raises:
         OutOfMemory: a micro-batch of one image does not fit.
@@ -121,10 +136,26 @@ class HalvingStep:
         self.on_halve = on_halve
         self.micro: int | None = None
 
-    def __call__(self, step: Callable[[int | None], Any], batch_size: int):
+    def __call__(self, accumulate: Callable[[int | None], Any], batch_size: int):
         while True:
-            out = _unless_oom(step, self.micro)
+            out = _unless_oom(accumulate, self.micro)
             if out is not _OOM:
                 return out
             size = min(self.micro or batch_size, batch_size)
             self.micro = _halve(size, "out of memory while training, even with one image at a time", self.on_halve)
+
+
+def apply_update(update: Callable[[], Any]):
+    """Run the optimizer update once; out of memory there is an OutOfMemory error, never a retry.
+
+    An optimizer step that ran out of memory has already changed part of its state (AdamW creates
+    `exp_avg` before `exp_avg_sq`, and updates parameters one tensor group at a time), so running
+    it again would fail (KeyError) or apply some moments twice. Its state is allocated at the
+    first step and reused, so this can only happen at the first step of a run.
+    """
+    out = _unless_oom(lambda _: update(), None)
+    if out is _OOM:
+        free_memory()
+        raise OutOfMemory("out of memory in the optimizer update (its state did not fit beside the model)",
+                          hint="use a smaller --batch-size or backbone, --optimizer sgd (less state), or --device cpu")
+    return out

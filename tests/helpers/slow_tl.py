@@ -1,0 +1,59 @@
+"""`python tests/slow_tl.py ARGS...`: the `tl` command line with a slowed-down backbone, so tests
+can interrupt it in the middle of an extraction.
+
+Environment: SLOW_TL_DELAY seconds of sleep per forward pass (default 0.3); SLOW_TL_CHUNK rows per
+cache chunk (default 4); SLOW_TL_LOG, a file that gets one line per finished forward pass;
+SLOW_TL_HOLD, a file: while it exists, every forward pass after the first waits (up to 2 minutes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import tl_cli.head.small_data as small_data  # noqa: E402
+from tl_cli.backbones.wrapper import Backbone  # noqa: E402
+
+DELAY = float(os.environ.get("SLOW_TL_DELAY", "0.3"))
+CHUNK = int(os.environ.get("SLOW_TL_CHUNK", "4"))
+LOG = os.environ.get("SLOW_TL_LOG")
+HOLD = os.environ.get("SLOW_TL_HOLD")
+
+_forward = Backbone.forward_features
+
+
+def slow_forward(self, x):
+    time.sleep(DELAY)
+    t0 = time.monotonic()
+    while HOLD and LOG and os.path.exists(HOLD) and os.path.exists(LOG) and time.monotonic() - t0 < 120:
+        time.sleep(0.05)
+    out = _forward(self, x)
+    if LOG:
+        with open(LOG, "a") as fh:
+            fh.write(f"{x.shape[0]}\n")
+    return out
+
+
+Backbone.forward_features = slow_forward
+_extract = small_data.extract_features
+
+
+def extract_in_small_chunks(data_dir, cfg, *args, **kwargs):
+    changes = {"chunk_rows": CHUNK}
+    if "engine" in {f.name for f in dataclasses.fields(cfg)}:
+        changes["engine"] = "torch"  # the slowed-down Python forward must be what runs
+    return _extract(data_dir, dataclasses.replace(cfg, **changes), *args, **kwargs)
+
+
+small_data.extract_features = extract_in_small_chunks
+
+if __name__ == "__main__":
+    from tl_cli.cli import main
+
+    sys.argv[0] = "tl"
+    main()
