@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import os
 import shlex
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Mapping
 
 from tl_cli.backbones import DEFAULT_BACKBONE
@@ -260,5 +260,9 @@ def suggest(data_dir: str | os.PathLike, backbone: str = DEFAULT_BACKBONE, val_f
     for s in ds.samples:
         counts[ds.classes[s.label]][0 if s.split == "train" else 1] += 1
     probe = measured_probe(ds, backbone, workspace) if workspace is not None else None
-    return recommend({c: (tr, va) for c, (tr, va) in counts.items()}, backbone_layer_count(backbone),
-                     backbone, shlex.quote(str(data_dir)), probe)
+    data_arg = shlex.quote(str(data_dir))
+    s = recommend({c: (tr, va) for c, (tr, va) in counts.items()}, backbone_layer_count(backbone), backbone, data_arg, probe)
+    if probe is None and workspace is not None:
+        s = replace(s, reasons=s.reasons + (f"no measured probe: after `tl extract {data_arg}` (features cached in this "
+                                            "workspace) tl suggest also weighs how well the pretrained features fit",))
+    return s

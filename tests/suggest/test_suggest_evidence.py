@@ -46,7 +46,8 @@ def test_suggest_measures_the_probe_from_the_extract_cache(image_folder, tmp_pat
     from tl_cli.runs.workspace import Workspace
 
     ws = Workspace.open(tmp_path / "ws")
-    assert suggest(image_folder, "lenet5", workspace=ws).probe is None  # nothing cached yet: the count alone
+    before = suggest(image_folder, "lenet5", workspace=ws)
+    assert before.probe is None and "no measured probe" in before.reasons[-1]  # nothing cached yet: the count alone
     res = train_small_data(image_folder, ExtractConfig(backbone="lenet5", pretrained=False, workers=0), workspace=ws)
     s = suggest(image_folder, "lenet5", workspace=ws)
     assert s.probe is not None
