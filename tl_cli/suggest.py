@@ -26,8 +26,8 @@ from __future__ import annotations
 import math
 import os
 import shlex
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
-from typing import Mapping
 
 from tl_cli.backbones import DEFAULT_BACKBONE
 from tl_cli.errors import ConfigError
@@ -230,16 +230,6 @@ def measured_probe(ds, backbone: str, workspace) -> ProbeEvidence | None:
     return ProbeEvidence(float(head.val_accuracy), len(yv))
 
 
-def backbone_layer_count(backbone: str) -> int:
-    """Layers of a registered backbone as `tl layers` numbers them (meta device: no weights needed)."""
-    from tl_cli.backbones import get_spec
-    from tl_cli.backbones.describe import meta_backbone
-    from tl_cli.backbones.layers import count_layers
-
-    spec = get_spec(backbone)
-    return count_layers(meta_backbone(spec), spec.preprocess.input_size)
-
-
 def suggest(data_dir: str | os.PathLike, backbone: str = DEFAULT_BACKBONE, val_fraction: float = 0.2,
             workspace=None) -> Suggestion:
     """Count a dataset's images per class with `tl extract`'s split and recommend a route, using
@@ -253,6 +243,7 @@ def suggest(data_dir: str | os.PathLike, backbone: str = DEFAULT_BACKBONE, val_f
         >>> suggest("photos").route
         'extract'
     """
+    from tl_cli.backbones.describe import layer_count
     from tl_cli.data.scan import scan_dataset
 
     ds = scan_dataset(data_dir, val_fraction)
@@ -261,7 +252,7 @@ def suggest(data_dir: str | os.PathLike, backbone: str = DEFAULT_BACKBONE, val_f
         counts[ds.classes[s.label]][0 if s.split == "train" else 1] += 1
     probe = measured_probe(ds, backbone, workspace) if workspace is not None else None
     data_arg = shlex.quote(str(data_dir))
-    s = recommend({c: (tr, va) for c, (tr, va) in counts.items()}, backbone_layer_count(backbone), backbone, data_arg, probe)
+    s = recommend({c: (tr, va) for c, (tr, va) in counts.items()}, layer_count(backbone), backbone, data_arg, probe)
     if probe is None and workspace is not None:
         s = replace(s, reasons=s.reasons + (f"no measured probe: after `tl extract {data_arg}` (features cached in this "
                                             "workspace) tl suggest also weighs how well the pretrained features fit",))

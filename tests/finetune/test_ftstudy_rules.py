@@ -11,7 +11,9 @@ import torch
 from tl_cli.backbones import create_backbone
 from tl_cli.finetune.config import PLAN_CAP, FinetuneConfig
 from tl_cli.finetune.model import FinetuneModel
-from tl_cli.finetune.trainer import accuracy_noise, is_better, lr_factor, planned_epochs, start
+from tl_cli.finetune.schedule import lr_factor
+from tl_cli.finetune.state import accuracy_noise, is_better
+from tl_cli.finetune.trainer import planned_epochs, start
 from tl_cli.runs.workspace import Workspace
 from tests.helpers.finetune import Notes
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
-from tl_cli.errors import UnknownBackbone, UnsafeFile, WeightsNotFound
 from tl_cli.data.preprocess import Preprocess
+from tl_cli.errors import UnknownBackbone, UnsafeFile, WeightsNotFound
 
 if TYPE_CHECKING:  # torch is imported lazily so `tl --help` stays fast
     import torch.nn as nn
@@ -36,19 +37,22 @@ class BackboneSpec:
         find_weights: returns the path of the pretrained weights file on this machine, or None.
         how_to_get_weights: one line telling the user how to make weights available.
         has_pretrained: False for backbones with no pretrained weights at all (LeNet-5).
+        weights_url: where the pretrained weights are downloaded from on first use when
+            `find_weights` finds none (torchvision's URL; see backbones/weights.py), or "".
     """
 
     name: str
     family: str
     preprocess: Preprocess
     feature_dim: int
-    build: Callable[[], "nn.Module"]
+    build: Callable[[], nn.Module]
     weights_source: str = ""
     find_weights: Callable[[], Path | None] = lambda: None
     how_to_get_weights: str = ""
     has_pretrained: bool = True
     description: str = ""
-    load_state_dict: Callable[["nn.Module", dict], None] | None = None
+    load_state_dict: Callable[[nn.Module, dict], None] | None = None
+    weights_url: str = ""
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -65,13 +69,11 @@ def register_backbone(spec: BackboneSpec) -> BackboneSpec:
 
 def list_backbones() -> list[str]:
     """Registered backbone names, in registration order."""
-    _ensure_loaded()
     return list(_REGISTRY)
 
 
 def get_spec(name: str) -> BackboneSpec:
     """The spec for `name`; an unknown name raises UnknownBackbone naming the closest ones."""
-    _ensure_loaded()
     if name in _REGISTRY:
         return _REGISTRY[name]
     # Names are only ever looked up in the registry; something path-like gets a pointed answer
@@ -84,11 +86,6 @@ def get_spec(name: str) -> BackboneSpec:
     close = difflib.get_close_matches(name.lower(), list(_REGISTRY), n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}?" if close else "run `tl backbones` to list them"
     raise UnknownBackbone(f"unknown backbone {name!r}", hint=hint)
-
-
-def _ensure_loaded() -> None:
-    # Importing the package registers the built-in backbones.
-    from tl_cli.backbones import builtin  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -112,8 +109,13 @@ def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike | None = None
         weights: an explicit weights file (state dict), overriding the default source.
         pretrained: False asks for the seeded random initialisation explicitly.
 
+    Pretrained weights with a `weights_url` are downloaded on first use (`weights.fetch_weights`:
+    TL_WEIGHTS_MIRROR, TL_OFFLINE, hash check).
+
     Raises:
-        WeightsNotFound: pretrained weights were asked for and are not on this machine.
+        WeightsNotFound: pretrained weights were asked for and are not on this machine (and
+            TL_OFFLINE=1, or there is nowhere to download them from).
+        DownloadError: the download failed (a WeightsNotFound).
     """
     if weights is not None:
         p = Path(weights).expanduser()
@@ -123,6 +125,10 @@ def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike | None = None
     if not pretrained or not spec.has_pretrained:
         return WeightsChoice(None, False)
     p = spec.find_weights()
+    if (p is None or not p.is_file()) and spec.weights_url:
+        from tl_cli.backbones.weights import fetch_weights
+
+        p = fetch_weights(spec.weights_url, label=spec.name)
     if p is None or not p.is_file():
         raise WeightsNotFound(
             f"pretrained weights for {spec.name} are not on this machine",
@@ -175,7 +181,8 @@ def load_state_dict_file(path: Path) -> dict:
     return obj
 
 
-def create_backbone(name: str, weights: str | os.PathLike | None = None, pretrained: bool = True) -> tuple["nn.Module", WeightsChoice]:
+def create_backbone(name: str, weights: str | os.PathLike | None = None,
+                    pretrained: bool = True) -> tuple[nn.Module, WeightsChoice]:
     """Build a backbone with its weights loaded, in eval mode.
 
     Args:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
-
-import typer
-
-from tl_cli.backbones.builtin import DEFAULT_BACKBONE
+from tl_cli.backbones import DEFAULT_BACKBONE
 from tl_cli.cli.app import command, out
-from tl_cli.cli.options import BackboneOpt
+from tl_cli.cli.options import BackboneOpt, FreezeOpt
 
 
 @command("backbones", epilog="Example:  tl backbones")
 def backbones_cmd() -> None:
-    """List the registered backbones, their size, and whether their weights are on this machine."""
+    """List the registered backbones, their size, and whether their weights are on this machine
+    ("on first use": downloaded into torch hub's cache the first time the backbone is used)."""
     from rich.table import Table
 
     from tl_cli.backbones.describe import describe_all
@@ -23,24 +20,32 @@ def backbones_cmd() -> None:
         t.add_column(col, justify="right" if col in ("params", "features", "layers", "input") else "left")
     for d in describe_all():
         t.add_row(d.name, f"{d.params / 1e6:.1f}M", str(d.feature_dim), str(d.layers), str(d.input_size),
-                  "[green]yes[/]" if d.weights_available else ("[dim]none exist[/]" if not d.has_pretrained else "[red]no[/]"))
+                  _weights_here(d))
     out.print(t)
+
+
+def _weights_here(d) -> str:
+    if d.weights_available:
+        return "[green]yes[/]"
+    if not d.has_pretrained:
+        return "[dim]none exist[/]"
+    return "[yellow]on first use[/]" if d.downloadable else "[red]no[/]"
 
 
 @command("layers", epilog="Example:  tl layers --backbone vgg16 --freeze 10")
 def layers_cmd(
     backbone: BackboneOpt = DEFAULT_BACKBONE,
-    freeze: Annotated[Optional[int], typer.Option("--freeze", help="Show which layers `--freeze N` keeps fixed.")] = None,
+    freeze: FreezeOpt = None,
 ) -> None:
     """The numbered layer table that `--freeze N` counts (needs no pretrained weights)."""
     from rich.table import Table
 
     from tl_cli.backbones import get_spec
-    from tl_cli.backbones.describe import meta_backbone
-    from tl_cli.backbones.layers import check_freeze, enumerate_layers
+    from tl_cli.backbones.describe import backbone_layers
+    from tl_cli.backbones.layers import check_freeze
 
     spec = get_spec(backbone)
-    layers = enumerate_layers(meta_backbone(spec), spec.preprocess.input_size)
+    layers = backbone_layers(backbone)
     if freeze is not None:
         check_freeze(freeze, len(layers))
     t = Table(title=f"{backbone}: {len(layers)} layers (input {spec.preprocess.input_size}px)", title_justify="left")

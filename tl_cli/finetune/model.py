@@ -62,7 +62,7 @@ class FinetuneModel(nn.Module):
             return [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         return [self.net.get_submodule(n) for layer in self.layers[:self.freeze] for n in layer.norms]
 
-    def train(self, mode: bool = True) -> "FinetuneModel":
+    def train(self, mode: bool = True) -> FinetuneModel:
         super().train(mode)
         for norm in self._frozen_norms:  # running statistics stay pretrained (see the module docstring)
             norm.eval()
