@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from tests.helpers.finetune import Notes
 from tl_cli.backbones import create_backbone
 from tl_cli.finetune.config import PLAN_CAP, FinetuneConfig
 from tl_cli.finetune.model import FinetuneModel
@@ -15,7 +16,6 @@ from tl_cli.finetune.schedule import lr_factor
 from tl_cli.finetune.state import accuracy_noise, is_better
 from tl_cli.finetune.trainer import planned_epochs, start
 from tl_cli.runs.workspace import Workspace
-from tests.helpers.finetune import Notes
 
 
 def _norms(model):

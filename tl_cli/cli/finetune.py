@@ -11,6 +11,7 @@ from tl_cli.cli.options import (
     AugmentOpt,
     BackboneOpt,
     BatchSizeOpt,
+    BnOpt,
     DataDirArg,
     DeviceOpt,
     DropoutOpt,

@@ -5,9 +5,11 @@ get `requires_grad=False` and its batch-norms stay in eval mode even while the m
 their running statistics never move. `bn="frozen"` (the default) keeps the batch-norms of the
 *trained* layers in eval mode too: they normalise with the pretrained running statistics while
 their scale and shift still train. Measured (benchmarks/finetune_study.md): switching the trained
-layers' norms to batch statistics is what made the first epoch after the linear probe fall below
-it (sample_data: accuracy 1.0 -> 0.44 and loss 0 -> 15.9 with no optimisation step at all),
-because the probe head was fitted on features normalised with the running statistics. Frozen layers are a prefix of the forward pass, so nothing
+layers' norms to batch statistics is what made training after the linear probe unstable on small
+data (sample_data: accuracy 1.0 -> 0.44 and loss 0 -> 15.9 with no optimisation step at all),
+because the probe head was fitted on features normalised with the running statistics.
+
+Frozen layers are a prefix of the forward pass, so nothing
 before the first trained layer needs a gradient: autograd records no backward work for them.
 """
 
