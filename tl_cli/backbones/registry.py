@@ -76,6 +76,10 @@ def get_spec(name: str) -> BackboneSpec:
     """The spec for `name`; an unknown name raises UnknownBackbone naming the closest ones."""
     if name in _REGISTRY:
         return _REGISTRY[name]
+    if name.startswith("timm/"):  # timm's zoo: specs made on demand from timm's pretrained configs
+        from tl_cli.backbones.timm_zoo import timm_spec
+
+        return timm_spec(name)
     # Names are only ever looked up in the registry; something path-like gets a pointed answer
     # (and is never imported or opened) so a typo can't turn into loading a file.
     if "/" in name or "\\" in name or name.startswith(".") or name.endswith(_FILE_SUFFIXES):
