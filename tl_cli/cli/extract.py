@@ -76,9 +76,8 @@ def extract_cmd(
 
 
 def render_leaderboard(board) -> None:
-    from rich.table import Table
-
     from rich import box
+    from rich.table import Table
 
     t = Table(title=f"tl extract: {board.data_dir}: {len(board.entries)} backbones, best first", title_justify="left",
               box=box.SIMPLE_HEAD, pad_edge=False)
