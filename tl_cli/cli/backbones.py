@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Optional
+
+import typer
+
 from tl_cli.backbones import DEFAULT_BACKBONE
-from tl_cli.cli.app import command, out
+from tl_cli.cli.app import command, err, out
 from tl_cli.cli.options import BackboneOpt, FreezeOpt
 
 
-@command("backbones", epilog="Example:  tl backbones")
-def backbones_cmd() -> None:
+@command("backbones", epilog="Examples:  tl backbones;  tl backbones --timm 'convnext_tiny*'")
+def backbones_cmd(
+    timm_pattern: Annotated[Optional[str], typer.Option(
+        "--timm",
+        help="List timm's pretrained models matching a glob pattern (offline), usable as --backbone timm/NAME.")] = None,
+) -> None:
     """List the registered backbones, their size, and whether their weights are on this machine
     ("on first use": downloaded into torch hub's cache the first time the backbone is used)."""
     from rich.table import Table
+
+    if timm_pattern is not None:
+        return _timm_list(timm_pattern)
 
     from tl_cli.backbones.describe import describe_all
 
@@ -22,6 +33,16 @@ def backbones_cmd() -> None:
         t.add_row(d.name, f"{d.params / 1e6:.1f}M", str(d.feature_dim), str(d.layers), str(d.input_size),
                   _weights_here(d))
     out.print(t)
+
+
+def _timm_list(pattern: str) -> None:
+    from tl_cli.backbones.timm_zoo import PREFIX, list_timm_pretrained
+
+    names = list_timm_pretrained(pattern)
+    for n in names:
+        out.print(PREFIX + n)
+    err.print(f"[dim]{len(names)} timm model(s) with pretrained weights match {pattern!r}; "
+              "use one as --backbone timm/NAME[/]", highlight=False)
 
 
 def _weights_here(d) -> str:

@@ -143,7 +143,8 @@ def engine_fingerprint(spec: BackboneSpec, choice: WeightsChoice) -> str:
 
 
 def onnx_path(engines_dir: Path, spec: BackboneSpec, choice: WeightsChoice) -> Path:
-    return Path(engines_dir) / f"{spec.name}-{engine_fingerprint(spec, choice)}.onnx"
+    safe = spec.name.replace("/", "--")  # timm/<model> -> timm--<model>: one file, no sub-folder
+    return Path(engines_dir) / f"{safe}-{engine_fingerprint(spec, choice)}.onnx"
 
 
 def _features_module(net):

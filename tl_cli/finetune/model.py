@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from tl_cli.backbones.layers import LayerInfo, check_freeze, enumerate_layers, frozen_module_names
+from tl_cli.backbones.layers import LayerInfo, check_freeze, enumerate_layers, frozen_module_names, frozen_parameter_names
 from tl_cli.backbones.wrapper import attach_head
 
 
@@ -46,6 +46,8 @@ class FinetuneModel(nn.Module):
         self.frozen = frozen_module_names(self.layers, freeze)
         for name in self.frozen:
             self.net.get_submodule(name).requires_grad_(False)
+        for name in frozen_parameter_names(self.layers, freeze):
+            self.net.get_parameter(name).requires_grad_(False)
         self._frozen_norms = self._norms_in_eval()
 
     def use_sync_batchnorm(self) -> None:
