@@ -23,6 +23,8 @@ from tl_cli.cli import info  # info, runs
 
 from tl_cli.cli import backbones  # backbones, layers
 
+from tl_cli.cli import check  # check
+
 from tl_cli.cli.app import app
 
 

@@ -9,8 +9,8 @@ import typer
 
 from tl_cli.backbones.builtin import DEFAULT_BACKBONE
 from tl_cli.cli.app import command, err, out, workspace
-from tl_cli.cli.options import (BackboneOpt, BatchSizeOpt, DeviceOpt, EngineOpt, PretrainedOpt, StrictOpt, ValFractionOpt, WeightsOpt,
-                      WorkersOpt, WorkspaceOpt)
+from tl_cli.cli.options import (BackboneOpt, BatchSizeOpt, DeviceOpt, EngineOpt, GroupPatternOpt, GroupsOpt, PretrainedOpt,
+                                StrictOpt, ValFractionOpt, WeightsOpt, WorkersOpt, WorkspaceOpt)
 
 
 @command(
@@ -24,6 +24,8 @@ def extract_cmd(
     weights: WeightsOpt = None,
     pretrained: PretrainedOpt = True,
     val_fraction: ValFractionOpt = 0.2,
+    group_pattern: GroupPatternOpt = None,
+    groups: GroupsOpt = None,
     batch_size: BatchSizeOpt = 32,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
@@ -48,12 +50,17 @@ def extract_cmd(
     cfg = ExtractConfig(
         backbone=backbone, weights=str(weights) if weights else None, pretrained=pretrained,
         val_fraction=val_fraction, batch_size=batch_size, workers=workers, device=device, strict=strict, engine=engine,
-        decoder=decoder,
+        decoder=decoder, group_pattern=group_pattern, groups=str(groups.expanduser().absolute()) if groups else None,
     )
     ws = workspace(ws_path)
     res = train_small_data(data_dir, cfg, HeadConfig(balanced=balanced), ws, RichReporter(err), train=not no_train)
     if res.extract is not None:  # under torchrun only rank 0 has the result and prints
         render_summary(res)
+        from tl_cli.check.quick import quick_check
+
+        note = quick_check(res.extract.features, res.extract.splits, res.extract.labels, res.extract.dataset.root)
+        if note:
+            err.print(f"check: {note}", markup=False, style="yellow")
 
 
 def render_summary(res) -> None:

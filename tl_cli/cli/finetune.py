@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from tl_cli.cli.app import command, err, out, workspace
-from tl_cli.cli.options import WorkspaceOpt
+from tl_cli.cli.options import GroupPatternOpt, GroupsOpt, WorkspaceOpt
 
 # Every training option defaults to None = "not given": a new run takes the route's default
 # (FinetuneConfig.for_route), a resumed run keeps its saved value, and a given value that
@@ -75,7 +75,8 @@ def _options(
     batch_size: BatchSize = None, lr: Lr = None, head_lr: HeadLr = None, optimizer: Optim = None, momentum: Momentum = None,
     weight_decay: WeightDecay = None, warmup_epochs: Warmup = None, label_smoothing: Smoothing = None, dropout: Dropout = None,
     patience: Patience = None, augment: Augment = None, seed: Seed = None, device: Device = None, workers: Workers = None,
-    time_budget: Budget = None, val_fraction: ValFraction = None, sync_bn: SyncBn = None, head_init: HeadInit = None, resume: Resume = False,
+    time_budget: Budget = None, val_fraction: ValFraction = None, sync_bn: SyncBn = None, head_init: HeadInit = None,
+    group_pattern: GroupPatternOpt = None, groups: GroupsOpt = None, resume: Resume = False,
     run: RunDir = None, ws_path: WorkspaceOpt = None,
 ) -> None:
     """The options of `tl finetune`; `tl retrain` has the same ones less --freeze. Typer reads
@@ -111,7 +112,8 @@ def _train(route: str, data_dir: Path | None, resume: bool, run: Path | None, ws
     from tl_cli.runtime.distributed import is_main
     from tl_cli.runtime.progress import RichReporter
 
-    given = {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items() if v is not None}
+    given = {k: (str(v.expanduser().absolute()) if isinstance(v, Path) and k == "groups" else
+                 str(v) if isinstance(v, Path) else v) for k, v in opts.items() if v is not None}
     ws = workspace(ws_path)
     reporter = RichReporter(err)
     try:
@@ -130,6 +132,12 @@ def _train(route: str, data_dir: Path | None, resume: bool, run: Path | None, ws
         raise typer.Exit(130) from None
     if is_main():  # under torchrun every rank has the result; one prints it
         render(res)
+        if not res.already_finished:
+            from tl_cli.check.quick import run_leak_note
+
+            note = run_leak_note(ws, res.run_dir)
+            if note:
+                err.print(f"check: {note}", markup=False, style="yellow")
 
 
 def render(res) -> None:

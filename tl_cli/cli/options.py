@@ -38,6 +38,17 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (CPU runs are 
 EngineOpt = Annotated[
     str, typer.Option("--engine", help="Backbone runtime: auto (onnxruntime on CPU, torch on CUDA), torch or onnx.")
 ]
+GroupPatternOpt = Annotated[
+    Optional[str],
+    typer.Option("--group-pattern", help="Keep images whose names differ only by this regex's first match on one "
+                 "side of the split (e.g. '_aug\\d+' puts rose_aug3.jpg with rose.jpg; retrain.py's '_nohash_.*$').",
+                 show_default=False),
+]
+GroupsOpt = Annotated[
+    Optional[Path],
+    typer.Option("--groups", help="A groups file (`tl check` writes groups.json): each group stays on one side of the split.",
+                 show_default=False),
+]
 SummaryFormatOpt = Annotated[str, typer.Option("--format", "-f", help="Output format: table or json.")]
 
 

@@ -51,6 +51,7 @@ class FinetuneConfig:
             instead of each rank's share (SyncBatchNorm; CUDA only). No effect in one process.
         head_init: "probe" (LP-FT: before epoch 1 the head is fitted on the frozen features as
             `tl extract` fits it, and that model is scored as epoch 0) or "random".
+        group_pattern, groups: keep groups of images on one side of the split (data/groups.py).
     """
 
     route: str = "finetune"
@@ -77,6 +78,8 @@ class FinetuneConfig:
     val_fraction: float = 0.2
     sync_bn: bool = False
     head_init: str = "probe"
+    group_pattern: str | None = None
+    groups: str | None = None
 
     def __post_init__(self) -> None:
         if self.warmup_epochs is None:
