@@ -33,17 +33,24 @@ def leaked_val_count(features: np.ndarray, splits: np.ndarray, threshold: float 
     return leaked
 
 
-def quick_check(features: np.ndarray, splits: np.ndarray, labels: np.ndarray, root: Path) -> str | None:
+def quick_check(features: np.ndarray, splits: np.ndarray, labels: np.ndarray, root: Path,
+                threshold: float | None = NEAR_THRESHOLD) -> str | None:
     """One line when the cached features show train/val leakage or exact duplicates, else None.
 
     Exact duplicates here are images with identical features (identical pixels after
-    preprocessing): free to find by hashing the rows.
+    preprocessing): free to find by hashing the rows. `threshold` None counts only those as
+    leakage (the near-duplicate threshold is calibrated for the default backbone only).
     """
     feats = np.ascontiguousarray(features, dtype=np.float32)
+    splits = np.asarray(splits)
     keys = [hashlib.sha1(row.tobytes()).digest() for row in feats]
     dups = len(keys) - len(set(keys))
-    leaked = leaked_val_count(feats, np.asarray(splits))
-    n_val = int((np.asarray(splits) == "val").sum())
+    if threshold is not None:
+        leaked = leaked_val_count(feats, splits, threshold)
+    else:
+        train = {k for k, s in zip(keys, splits) if s == "train"}
+        leaked = sum(1 for k, s in zip(keys, splits) if s == "val" and k in train)
+    n_val = int((splits == "val").sum())
     parts = []
     if leaked:
         parts.append(f"{leaked} of {n_val} validation images ({leaked / n_val:.0%}) have a copy or near-copy in training")
@@ -55,12 +62,16 @@ def quick_check(features: np.ndarray, splits: np.ndarray, labels: np.ndarray, ro
 
 
 def _cached_features(ws, root: Path, relpaths: list[str]) -> np.ndarray | None:
-    """Features of `relpaths` from any feature cache of `root` in the workspace holding them all."""
+    """Features of `relpaths` from a cache of `root` by the default backbone (the one the near-copy
+    threshold is calibrated for) in the workspace, if one holds them all."""
     import h5py
+
+    from tl_cli.backbones import DEFAULT_BACKBONE
 
     for key_file in sorted(ws.caches.glob("*/key.json")):
         try:
-            if json.loads(key_file.read_text()).get("dataset_root") != str(root):
+            key = json.loads(key_file.read_text())
+            if key.get("dataset_root") != str(root) or key.get("backbone") != DEFAULT_BACKBONE:
                 continue
             with h5py.File(key_file.parent / "features.h5", "r") as f:
                 rel = [r.decode() if isinstance(r, bytes) else r for r in f["relpath"][:]]

@@ -56,9 +56,12 @@ def extract_cmd(
     res = train_small_data(data_dir, cfg, HeadConfig(balanced=balanced), ws, RichReporter(err), train=not no_train)
     if res.extract is not None:  # under torchrun only rank 0 has the result and prints
         render_summary(res)
+        from tl_cli.check.neighbours import NEAR_THRESHOLD
         from tl_cli.check.quick import quick_check
 
-        note = quick_check(res.extract.features, res.extract.splits, res.extract.labels, res.extract.dataset.root)
+        ex = res.extract  # the near-copy threshold is calibrated for the default backbone's features
+        near = NEAR_THRESHOLD if ex.backbone == DEFAULT_BACKBONE else None
+        note = quick_check(ex.features, ex.splits, ex.labels, ex.dataset.root, near)
         if note:
             err.print(f"check: {note}", markup=False, style="yellow")
 
