@@ -31,10 +31,12 @@ def main(calib: str, *distinct: str) -> None:
         if "__" in r:
             stem, edit = r.rsplit("__", 1)
             by_edit[edit[:-4]].append(float(x[i] @ x[idx[stem + ".jpg"]]))
-    print("edited copy vs its original (min / 5th pct / median):")
+    ts = (0.85, 0.88, 0.90, 0.92, 0.95)
+    print("| edit | n | min | 5th pct | median | " + " | ".join(f"found at {t}" for t in ts) + " |")
     for edit, s in sorted(by_edit.items()):
         s = np.array(s)
-        print(f"  {edit:14s} n={len(s):3d}  {s.min():.3f} / {np.percentile(s, 5):.3f} / {np.median(s):.3f}")
+        print(f"| {edit} | {len(s)} | {s.min():.3f} | {np.percentile(s, 5):.3f} | {np.median(s):.3f} | "
+              + " | ".join(f"{(s >= t).mean():.0%}" for t in ts) + " |")
     for d in distinct:
         rel, x, y = features(d)
         best = []
@@ -45,6 +47,8 @@ def main(calib: str, *distinct: str) -> None:
             best.append(s.max(1))
         best = np.concatenate(best)
         qs = np.percentile(best, [50, 99, 99.9])
+        print(f"| {d} distinct | {len(best)} | | | {np.median(best):.3f} | "
+              + " | ".join(f"{(best >= t).mean():.1%} flagged" for t in ts) + " |")
         print(f"{d}: nearest other photo of the same class, n={len(best)}: median {qs[0]:.3f}, 99th pct {qs[1]:.3f}, "
               f"99.9th {qs[2]:.3f}, max {best.max():.3f}; above 0.90: {(best >= 0.90).sum()}, 0.92: "
               f"{(best >= 0.92).sum()}, 0.95: {(best >= 0.95).sum()}")

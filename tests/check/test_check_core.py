@@ -55,6 +55,18 @@ def test_duplicates_groups_exact_near_leakage_and_conflicts():
     assert near.members[1].similarity > 0.99
 
 
+def test_a_chain_of_similar_photos_is_split_around_leaders():
+    # 0~1~2~3~4~5 (each similar only to the next) and 6 with its three copies 7, 8, 9
+    rel = [f"c/{i}.jpg" for i in range(10)]
+    x = normalize(np.random.default_rng(0).normal(size=(10, 6)))
+    pairs = (np.array([0, 1, 2, 3, 4, 6, 6, 6]), np.array([1, 2, 3, 4, 5, 7, 8, 9]))
+    groups = find_duplicates(rel, np.zeros(10, int), np.array(["train"] * 10), ["c"], [""] * 10, [""] * 10, x, pairs)
+    got = sorted(sorted(int(m.path[2:-4]) for m in g.members) for g in groups)
+    assert [6, 7, 8, 9] in got and all(len(g) <= 3 for g in got if 6 not in g)
+    assert sorted(i for g in got for i in g) == list(range(10))  # nobody lost
+    assert next(g for g in groups if len(g.members) == 4).members[0].path == "c/6.jpg"  # the leader first
+
+
 def test_confident_joint_by_hand():
     labels = np.array([0, 0, 0, 1, 1, 1])
     probs = np.array([[.9, .1], [.8, .2], [.1, .9], [.2, .8], [.3, .7], [.6, .4]])
@@ -121,3 +133,16 @@ def test_quick_check_names_leakage_and_exact_copies(tmp_path):
     assert leaked_val_count(x, splits) == 2
     note = quick_check(x, splits, np.zeros(40), tmp_path)
     assert "2 of 10 validation images" in note and "1 image(s) are exact duplicates" in note and "tl check" in note
+
+
+def test_thumbnail_hash_pairs_rotated_and_flipped_copies_not_distinct_images():
+    from tl_cli.check.thumbhash import dihedral_hashes, rotated_pairs
+
+    rng = np.random.default_rng(0)
+    photos = [rng.uniform(0, 255, (9, 9)).astype(np.float32) for _ in range(30)]
+    copies = [np.rot90(photos[0]), np.fliplr(photos[1]), np.rot90(np.flipud(photos[2]), 3), photos[3] + 0.5]
+    hashes = [dihedral_hashes(g) for g in photos + copies]
+    i, j = rotated_pairs(hashes, np.ones(len(hashes), bool), max_bits=5)
+    assert set(zip(i.tolist(), j.tolist())) == {(0, 30), (1, 31), (2, 32), (3, 33)}
+    none = rotated_pairs(hashes, np.zeros(len(hashes), bool))
+    assert len(none[0]) == 0

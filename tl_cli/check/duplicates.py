@@ -2,7 +2,7 @@
 
 Exact: the same bytes, or the same decoded pixels (another container, stripped metadata).
 Near: cosine similarity of the cached features at or above a threshold calibrated on real photos
-(README, "tl check"). Pairs are joined into groups (connected components, as fastdup does), so
+(README, "tl check"), or a thumbnail hash that matches under a rotation or flip (thumbhash.py). Pairs are joined into groups (connected components, as fastdup does), so
 a photo and its five edited copies are one group. A group is flagged `conflicting_labels` when its
 members sit in different class folders and `leakage` when it spans train and validation.
 """
@@ -70,6 +70,39 @@ def _components(n: int, edges) -> list[list[int]]:
     return [sorted(c) for c in comps.values() if len(c) > 1]
 
 
+def _split_chain(comp: list[int], edges) -> list[list[int]]:
+    """Split a connected component into groups around leaders, so that A~B~C~...~Z (distinct
+    photos each similar to the next, common among blurry photos of one kind of flower) does not
+    become one group: the image with the most near copies leads a group of its copies; the rest is
+    split the same way; an image left alone joins the group of a neighbour. Every member is then a
+    near copy of its leader or of a member next to it.
+    """
+    if len(comp) <= 2:
+        return [comp]
+    inside = set(comp)
+    adj: dict[int, set[int]] = {i: set() for i in comp}
+    for a, b in edges:
+        if a in inside and b in inside and a != b:
+            adj[a].add(b)
+            adj[b].add(a)
+    group_of: dict[int, int] = {}
+    groups: list[list[int]] = []
+    free = set(comp)
+    while free:
+        lead = max(sorted(free), key=lambda i: len(adj[i] & free))
+        members = [lead] + sorted(adj[lead] & free)
+        if len(members) == 1:  # its copies all lead or joined other groups: go with one of them
+            groups[group_of[min(adj[lead])]].append(lead)
+            group_of[lead] = group_of[min(adj[lead])]
+            free.discard(lead)
+            continue
+        for m in members:
+            group_of[m] = len(groups)
+        groups.append(members)
+        free -= set(members)
+    return [sorted(g, key=lambda i: (i != g[0], i)) for g in groups]
+
+
 def _hash_edges(keys: list[str]) -> list[tuple[int, int]]:
     first: dict[str, int] = {}
     edges = []
@@ -85,13 +118,15 @@ def _hash_edges(keys: list[str]) -> list[tuple[int, int]]:
 
 def find_duplicates(relpaths: list[str], labels: np.ndarray, splits: np.ndarray, classes: list[str],
                     bytes_sha: list[str], pixels_sha: list[str], features_unit: np.ndarray,
-                    pairs: tuple[np.ndarray, np.ndarray]) -> list[Group]:
+                    pairs: tuple[np.ndarray, np.ndarray],
+                    rotated: tuple[np.ndarray, np.ndarray] = (np.zeros(0, int), np.zeros(0, int))) -> list[Group]:
     """Groups of exact and near duplicates.
 
     Args:
         relpaths, labels, splits: per image. bytes_sha, pixels_sha: hashes ("" = unknown).
         features_unit: (N, D) L2-normalised features (for each member's similarity).
         pairs: (i, j) index arrays of near pairs (similarity >= the threshold).
+        rotated: (i, j) pairs of rotated/flipped copies (check/thumbhash.py).
 
     Returns:
         Exact groups first (each a set of identical images), then near groups (connected
@@ -104,7 +139,10 @@ def find_duplicates(relpaths: list[str], labels: np.ndarray, splits: np.ndarray,
     exact = _components(n, exact_edges)
     byte_sets = {frozenset(c) for c in _components(n, by_bytes)}
     exact_sets = {frozenset(c) for c in exact}
-    near = [c for c in _components(n, exact_edges + list(zip(*pairs))) if frozenset(c) not in exact_sets]
+    feat_edges = [(int(a), int(b)) for a, b in zip(*pairs)]
+    edges = exact_edges + feat_edges + [(int(a), int(b)) for a, b in zip(*rotated)]
+    near = [g for c in _components(n, edges) if frozenset(c) not in exact_sets for g in _split_chain(c, edges)]
+    by_features = {i for e in feat_edges for i in e}
 
     def group(kind: str, idx: list[int], match: str) -> Group:
         lead = features_unit[idx[0]]
@@ -113,7 +151,8 @@ def find_duplicates(relpaths: list[str], labels: np.ndarray, splits: np.ndarray,
         return Group(kind, match, members)
 
     groups = [group("exact", c, "bytes" if frozenset(c) in byte_sets else "pixels") for c in exact]
-    groups += [group("near", c, "features") for c in near]
+    # "features": found by feature similarity; "thumbnail": only as a rotated or flipped copy.
+    groups += [group("near", c, "features" if any(i in by_features for i in c) else "thumbnail") for c in near]
     return sorted(groups, key=lambda g: (g.kind != "exact", not g.leakage, not g.conflicting_labels, g.members[0].path))
 
 

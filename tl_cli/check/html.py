@@ -100,6 +100,8 @@ def _label_issues(res: "CheckResult") -> list[str]:
     out = [f"<h2>Likely label errors: {len(res.label_issues)}</h2>",
            "<div class='sub'>Each suspect (red) beside the images its given class and its suggested class are "
            "surest about. Out-of-fold probabilities: no head saw the image it scored.</div>"]
+    if res.label_note:
+        out.append(f"<div class='warn'>{_e(res.label_note)}</div>")
     if not res.label_issues:
         out.append("<p>None found.</p>")
     for t in res.label_issues[:MAX_ITEMS]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tl_cli.runtime.atomic import write_json
 
-STATS_VERSION = 1
+STATS_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class ImageStats:
     width: int
     height: int
     gray_std: float  # std of the grey levels (0-255) of a 64x64 thumbnail: ~0 for a blank image
+    dhash: tuple[int, ...] = ()  # check/thumbhash.py: 8 dHashes (one per rotation/flip)
 
 
 def read_stats(path: Path) -> ImageStats:
@@ -45,11 +46,15 @@ def read_stats(path: Path) -> ImageStats:
             psha = hashlib.sha256(f"{w}x{h}".encode() + im.tobytes()).hexdigest()
             import numpy as np
 
-            g = np.asarray(im.convert("L").resize((64, 64)), dtype=np.float32)
+            from tl_cli.check.thumbhash import dihedral_hashes
+
+            grey = im.convert("L").resize((64, 64))
+            g = np.asarray(grey, dtype=np.float32)
             std = float(g.std())
+            dh = tuple(dihedral_hashes(np.asarray(grey.resize((9, 9), resample=3), dtype=np.float32)))
     except Exception:  # noqa: BLE001 - an unreadable image is reported by extraction, not here
         return ImageStats(bsha, "", 0, 0, 0.0)
-    return ImageStats(bsha, psha, w, h, std)
+    return ImageStats(bsha, psha, w, h, std, dh)
 
 
 def _stats_file(checks_dir: Path, root: Path) -> Path:
@@ -76,7 +81,7 @@ def collect_stats(root: Path, relpaths: list[str], checks_dir: Path, threads: in
         stamp = f"{st.st_size}:{st.st_mtime_ns}"
         row = rows.get(rel)
         if row is not None and row.get("stamp") == stamp:
-            out[rel] = ImageStats(**row["stats"])
+            out[rel] = ImageStats(**{**row["stats"], "dhash": tuple(row["stats"]["dhash"])})
         else:
             todo.append((rel, stamp))
     if todo:

@@ -17,12 +17,16 @@ from tl_cli.check.duplicates import Group, find_duplicates, leaked_val
 from tl_cli.check.imagestats import ImageStats, collect_stats
 from tl_cli.check.label_issues import LabelIssue, find_label_issues, out_of_fold_probs
 from tl_cli.check.neighbours import NEAR_THRESHOLD, normalize, search
+from tl_cli.check.thumbhash import MIN_CONTRAST, rotated_pairs
 from tl_cli.check.outliers import Outlier, class_balance, find_outliers
 from tl_cli.errors import ConfigError
 from tl_cli.features.extract import ExtractConfig, ExtractResult, extract_features
 from tl_cli.runs.workspace import Workspace
 from tl_cli.runtime.progress import Reporter
 
+
+
+WEAK_HEAD = 0.9  # out-of-fold accuracy under which label issues come with a caveat
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,19 @@ class CheckResult:
         return leaked_val(self.groups)
 
     @property
+    def oof_accuracy(self) -> float:
+        """Accuracy of the out-of-fold predictions: how far the label check can be trusted."""
+        return float((self.probs.argmax(1) == self.labels).mean()) if len(self.labels) else 0.0
+
+    @property
+    def label_note(self) -> str | None:
+        """A caveat when the head itself is weak: then most disagreements are its mistakes, not label errors."""
+        if self.oof_accuracy >= WEAK_HEAD or not self.label_issues:
+            return None
+        return (f"the head's out-of-fold accuracy is only {self.oof_accuracy:.0%}: many of the {len(self.label_issues)} "
+                "label issues are its own mistakes; review them from the top (most confident first)")
+
+    @property
     def n_val(self) -> int:
         return int((self.splits == "val").sum())
 
@@ -103,6 +120,7 @@ class CheckResult:
             "conflicting_groups": sum(x.conflicting_labels for x in g), "leaking_groups": sum(x.leakage for x in g),
             "leaked_val_images": len(self.leaked), "label_issues": len(self.label_issues),
             "outliers": len(self.outliers), "imbalance_warning": self.balance_warning,
+            "out_of_fold_accuracy": round(self.oof_accuracy, 4), "label_note": self.label_note,
             "seconds": {k: round(v, 2) for k, v in self.seconds.items()}, "config": self.config.to_dict(),
         }
 
@@ -114,8 +132,10 @@ def analyse(ex: ExtractResult, stats: list[ImageStats], cfg: CheckConfig) -> Che
     nb = search(x, cfg.near_threshold, k=cfg.neighbours)
     t1 = time.perf_counter()
     classes = ex.dataset.classes
+    usable = np.array([bool(s.dhash) and s.gray_std >= MIN_CONTRAST for s in stats], dtype=bool)
+    rot = rotated_pairs([list(s.dhash) or [0] * 8 for s in stats], usable)
     groups = find_duplicates(ex.relpaths, ex.labels, ex.splits, classes, [s.bytes_sha for s in stats],
-                             [s.pixels_sha for s in stats], x, (nb.pairs_i, nb.pairs_j))
+                             [s.pixels_sha for s in stats], x, (nb.pairs_i, nb.pairs_j), rot)
     index = {r: i for i, r in enumerate(ex.relpaths)}
     dup_of: dict[int, set[int]] = {}
     for grp in groups:

@@ -102,3 +102,5 @@ def render(res) -> None:
                   "have a copy in training: the validation accuracy is optimistic", markup=False, style="yellow")
     if res.balance_warning:
         err.print(f"warning: {res.balance_warning}", markup=False, style="yellow")
+    if res.label_note:
+        err.print(f"note: {res.label_note}", markup=False, style="yellow")
