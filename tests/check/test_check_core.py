@@ -142,7 +142,7 @@ def test_thumbnail_hash_pairs_rotated_and_flipped_copies_not_distinct_images():
     photos = [rng.uniform(0, 255, (9, 9)).astype(np.float32) for _ in range(30)]
     copies = [np.rot90(photos[0]), np.fliplr(photos[1]), np.rot90(np.flipud(photos[2]), 3), photos[3] + 0.5]
     hashes = [dihedral_hashes(g) for g in photos + copies]
-    i, j = rotated_pairs(hashes, np.ones(len(hashes), bool), max_bits=5)
+    i, j = rotated_pairs(hashes, np.ones(len(hashes), bool))
     assert set(zip(i.tolist(), j.tolist())) == {(0, 30), (1, 31), (2, 32), (3, 33)}
     none = rotated_pairs(hashes, np.zeros(len(hashes), bool))
     assert len(none[0]) == 0

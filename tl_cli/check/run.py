@@ -17,7 +17,7 @@ from tl_cli.check.duplicates import Group, find_duplicates, leaked_val
 from tl_cli.check.imagestats import ImageStats, collect_stats
 from tl_cli.check.label_issues import LabelIssue, find_label_issues, out_of_fold_probs
 from tl_cli.check.neighbours import NEAR_THRESHOLD, normalize, search
-from tl_cli.check.thumbhash import MIN_CONTRAST, rotated_pairs
+from tl_cli.check.thumbhash import MIN_CONTRAST, MIN_FEATURE_SIM, rotated_pairs
 from tl_cli.check.outliers import Outlier, class_balance, find_outliers
 from tl_cli.errors import ConfigError
 from tl_cli.features.extract import ExtractConfig, ExtractResult, extract_features
@@ -133,7 +133,9 @@ def analyse(ex: ExtractResult, stats: list[ImageStats], cfg: CheckConfig) -> Che
     t1 = time.perf_counter()
     classes = ex.dataset.classes
     usable = np.array([bool(s.dhash) and s.gray_std >= MIN_CONTRAST for s in stats], dtype=bool)
-    rot = rotated_pairs([list(s.dhash) or [0] * 8 for s in stats], usable)
+    ri, rj = rotated_pairs([list(s.dhash) or [0] * 8 for s in stats], usable)
+    ok = (x[ri] * x[rj]).sum(1) >= MIN_FEATURE_SIM
+    rot = (ri[ok], rj[ok])
     groups = find_duplicates(ex.relpaths, ex.labels, ex.splits, classes, [s.bytes_sha for s in stats],
                              [s.pixels_sha for s in stats], x, (nb.pairs_i, nb.pairs_j), rot)
     index = {r: i for i, r in enumerate(ex.relpaths)}
