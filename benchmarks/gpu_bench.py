@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -206,26 +207,31 @@ def main() -> None:
             raise SystemExit("gpu_bench: no CUDA GPU here (use --cpu to exercise the code paths)")
     tmp = Path(tempfile.mkdtemp(prefix="tl-gpu-bench-"))
     rows: list[dict] = []
+    info: dict = {}
+    # A time limit (gpu_check.sh runs this under `timeout`) still prints the rows measured so far.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
+
+    def done(row: dict) -> None:
+        rows.append(row)
+        print(row, file=sys.stderr, flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
+
     try:
         t = time.perf_counter()
         data = make_images(tmp / "data", args.images)
         print(f"made {args.images} JPEGs in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-        info = machine(device)
+        info.update(machine(device))
         decoders = ("gpu", "cpu") if device == "cuda" else ("cpu",)
         for decoder in decoders:
-            rows.append(bench_extract(data, device, decoder, args.extract_batch, tmp / f"ws-extract-{decoder}"))
-            print(rows[-1], file=sys.stderr, flush=True)
-        rows.append(bench_forward(data, device, args.extract_batch, min(args.images, 2048)))
-        print(rows[-1], file=sys.stderr, flush=True)
+            done(bench_extract(data, device, decoder, args.extract_batch, tmp / f"ws-extract-{decoder}"))
+        done(bench_forward(data, device, args.extract_batch, min(args.images, 2048)))
         for backbone in ("efficientnet_lite0", "resnet50"):
             for route in ("finetune", "retrain"):
-                rows.append(bench_train(data, device, backbone, route, args.train_batch, tmp / f"ws-{backbone}-{route}"))
-                print(rows[-1], file=sys.stderr, flush=True)
+                done(bench_train(data, device, backbone, route, args.train_batch, tmp / f"ws-{backbone}-{route}"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(table(rows, info))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
+        print(table(rows, info), flush=True)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 `TorchEngine` is eager PyTorch (the reference, and the engine on CUDA: float32, channels_last).
 `OnnxEngine` runs the same network through onnxruntime on CPU: measured on our 2-core machine it
 is ~3x eager channels_last and ~10x eager NCHW float32, with features within 1e-5 of eager
-float32. The ONNX file is exported once per (backbone, weights, torch version) and kept in
-`<workspace>/engines/`, so later runs (and `tl predict`) never import torch for the backbone.
+float32. The ONNX file is exported once per (backbone, weights, torch version) and kept in the
+per-user cache (`runtime.cache_dirs.engines_dir()`: $TL_CACHE_DIR/engines, else ~/.cache/tl/engines),
+so later runs, new workspaces and `tl predict` never import torch for the backbone. Two processes
+that need the same engine at once take a lock: one exports, the other waits and reuses the file.
 
 Both engines take the batch already normalised, float32 NCHW (see `normalize_image`, which the
 decode threads apply), and return (N, feature_dim) float32 features.
@@ -221,7 +223,7 @@ def _features_module(net):
     return Features(net).eval()
 
 
-def export_onnx(net, input_size: int, path: Path) -> Path:
+def export_onnx(net, input_size: int, path: Path, verify: bool = False) -> Path:
     """Export `net.forward_features` to a single ONNX file at `path` (atomic), batch dimension dynamic.
 
     The torch.export-based exporter is used: its graph runs ~1.5x faster in onnxruntime than the
@@ -243,7 +245,43 @@ def export_onnx(net, input_size: int, path: Path) -> Path:
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (x,), str(tmp), input_names=["x"], output_names=["features"],
                           dynamo=True, dynamic_shapes=({0: batch},), external_data=False, verbose=False)
+        if verify:  # before the rename: a file that fails never appears at `path`
+            _verify_export(net, input_size, tmp)
     return path
+
+
+def export_once(build_net, input_size: int, path: Path) -> bool:
+    """Export `build_net()` to `path` unless it is there already; True when this call exported it.
+
+    Under an exclusive lock on `<folder>/.<file>.lock`, so concurrent processes export once: the
+    others wait, then find the file. The export is written atomically and verified (onnxruntime
+    loads it and matches eager PyTorch on one image) before it is renamed into place.
+    """
+    from tl_cli.runtime.locks import exclusive_lock, remove_unlocked_temporaries
+
+    path = Path(path)
+    with exclusive_lock(path.parent / f".{path.name}.lock"):
+        if path.is_file():
+            return False
+        remove_unlocked_temporaries(path.parent, path.name)  # left by a killed exporter (we hold the lock)
+        export_onnx(build_net(), input_size, path, verify=True)
+        return True
+
+
+def _verify_export(net, input_size: int, onnx_file: Path) -> None:
+    """Raise ExportError unless `onnx_file` loads and gives eager float32 features on one image."""
+    import onnxruntime as ort
+    import torch
+
+    from tl_cli.errors import ExportError
+
+    x = torch.randn(1, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = net.forward_features(x).numpy()
+    sess = ort.InferenceSession(str(onnx_file), session_options(1), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    if got.shape != ref.shape or not np.allclose(got, ref, rtol=1e-3, atol=1e-4):
+        raise ExportError(f"the ONNX export of {onnx_file.name} does not reproduce PyTorch's features")
 
 
 def make_engine(name: str, spec: "BackboneSpec", choice: "WeightsChoice", device: str, engines_dir: Path,
@@ -259,7 +297,7 @@ def make_engine(name: str, spec: "BackboneSpec", choice: "WeightsChoice", device
         (engine, notes): notes are lines for the user (an export happened, a fallback was taken).
 
     Example:
-        >>> eng, notes = make_engine("auto", spec, choice, "cpu", ws.root / "engines", build)
+        >>> eng, notes = make_engine("auto", spec, choice, "cpu", engines_dir(), build)
         >>> eng(normalize_batch(crops, spec.preprocess)).shape
         (32, 1280)
     """
@@ -270,9 +308,8 @@ def make_engine(name: str, spec: "BackboneSpec", choice: "WeightsChoice", device
     if kind == "onnx":
         path = onnx_path(engines_dir, spec, choice)
         try:
-            if not path.is_file():
-                export_onnx(build_net(), spec.preprocess.input_size, path)
-                notes.append(f"exported the {spec.name} backbone to ONNX once: {path}")
+            if not path.is_file() and export_once(build_net, spec.preprocess.input_size, path):
+                notes.append(f"exported the {spec.name} backbone to ONNX once (kept for every workspace): {path}")
             return OnnxEngine(path, threads), notes
         except Exception as exc:  # noqa: BLE001 - any exporter/runtime failure falls back to torch
             if name == "onnx":
