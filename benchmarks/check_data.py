@@ -20,7 +20,7 @@ from pathlib import Path
 from PIL import Image, ImageEnhance, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tl_cli.data.scan import is_val  # noqa: E402
+from tl_cli.data.scan import is_val
 
 NEAR_EDITS = {  # what a re-upload, a resize or an editor does to a photo
     "resize90_q70": lambda im: im.resize((round(im.width * 0.9), round(im.height * 0.9)), Image.BICUBIC),

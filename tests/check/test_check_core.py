@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from tl_cli.check.duplicates import find_duplicates, leaked_val
-from tl_cli.check.label_issues import confident_joint, find_label_issues, fold_ids, out_of_fold_probs
+from tl_cli.check.label_issues import (
+    confident_joint,
+    find_label_issues,
+    fold_ids,
+    out_of_fold_probs,
+)
 from tl_cli.check.neighbours import normalize, search
 from tl_cli.check.outliers import class_balance, find_outliers
 from tl_cli.check.quick import leaked_val_count, quick_check
@@ -105,7 +110,7 @@ def test_folds_are_stratified_and_deterministic():
 
 
 def test_outliers_far_tiny_aspect_uniform():
-    x, y = _blobs(n_per_class=30, d=8)
+    x, _ = _blobs(n_per_class=30, d=8)
     x[5] = 40.0 * np.ones(8) * np.array([1, -1, 1, -1, 1, -1, 1, -1])  # far from every blob
     nb = search(x, 0.999, k=5)
     w, h, std = [200] * 90, [150] * 90, [40.0] * 90

@@ -62,20 +62,20 @@ def _thumb(path) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _card(res: "CheckResult", rel: str, caption: str, cls: str = "") -> str:
+def _card(res: CheckResult, rel: str, caption: str, cls: str = "") -> str:
     uri = _thumb(res.root / rel)
     img = f"<img src='{uri}' alt='{_e(rel)}'>" if uri else "<div class='f'>(unreadable)</div>"
     return f"<div class='card'><div class='{cls}'>{img}</div>{caption}<div class='f'>{_e(rel)}</div></div>"
 
 
-def _examples(res: "CheckResult", c: int, exclude: int) -> list[int]:
+def _examples(res: CheckResult, c: int, exclude: int) -> list[int]:
     """The images of class `c` the out-of-fold head is surest about (typical members of the class)."""
     idx = np.flatnonzero(res.labels == c)
     idx = idx[idx != exclude]
     return [int(i) for i in idx[np.argsort(-res.probs[idx, c], kind="stable")[:EXAMPLES]]]
 
 
-def _groups(res: "CheckResult") -> list[str]:
+def _groups(res: CheckResult) -> list[str]:
     out = [f"<h2>Duplicates: {len(res.groups)} groups</h2>"]
     if not res.groups:
         out.append("<p>None found.</p>")
@@ -96,10 +96,10 @@ def _groups(res: "CheckResult") -> list[str]:
     return out
 
 
-def _label_issues(res: "CheckResult") -> list[str]:
+def _label_issues(res: CheckResult) -> list[str]:
     out = [f"<h2>Likely label errors: {len(res.label_issues)}</h2>",
-           "<div class='sub'>Each suspect (red) beside the images its given class and its suggested class are "
-           "surest about. Out-of-fold probabilities: no head saw the image it scored.</div>"]
+           ("<div class='sub'>Each suspect (red) beside the images its given class and its suggested class are "
+            "surest about. Out-of-fold probabilities: no head saw the image it scored.</div>")]
     if res.label_note:
         out.append(f"<div class='warn'>{_e(res.label_note)}</div>")
     if not res.label_issues:
@@ -118,7 +118,7 @@ def _label_issues(res: "CheckResult") -> list[str]:
     return out
 
 
-def _outliers(res: "CheckResult") -> list[str]:
+def _outliers(res: CheckResult) -> list[str]:
     out = [f"<h2>Outliers: {len(res.outliers)}</h2>"]
     if not res.outliers:
         out.append("<p>None found.</p>")
@@ -130,7 +130,7 @@ def _outliers(res: "CheckResult") -> list[str]:
     return out
 
 
-def report_html(res: "CheckResult") -> str:
+def report_html(res: CheckResult) -> str:
     """The whole page for a check result."""
     s = res.summary()
     parts = ["<!doctype html><html><head><meta charset='utf-8'>",

@@ -44,7 +44,7 @@ def fold_ids(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
 
 
 def out_of_fold_probs(features: np.ndarray, labels: np.ndarray, n_classes: int, folds: int = 5,
-                      cfg: HeadConfig = HeadConfig(), seed: int = 0) -> np.ndarray:
+                      cfg: HeadConfig | None = None, seed: int = 0) -> np.ndarray:
     """(N, K) probabilities, each row from a head trained on the other folds.
 
     Without a validation set each fold's head uses the middle of the L2 grid (head/softmax.py);
@@ -56,14 +56,14 @@ def out_of_fold_probs(features: np.ndarray, labels: np.ndarray, n_classes: int, 
         test = fid == f
         if not test.any():
             continue
-        head = train_head(features[~test], labels[~test], None, None, n_classes, cfg)
+        head = train_head(features[~test], labels[~test], None, None, n_classes, cfg or HeadConfig())
         probs[test] = softmax(head.logits(features[test]))
     return probs
 
 
 def confident_joint(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The calibrated confident joint (K x K float, rows = given label) and the per-class thresholds."""
-    n, k = probs.shape
+    k = probs.shape[1]
     thresholds = np.array([probs[labels == j, j].mean() if (labels == j).any() else 1.0 for j in range(k)])
     above = probs >= thresholds - 1e-6
     masked = np.where(above, probs, -1.0)
@@ -89,7 +89,7 @@ def find_label_issues(labels: np.ndarray, probs: np.ndarray) -> list[LabelIssue]
         for j in range(k):
             if i == j:
                 continue
-            num = int(round(cj[i, j]))
+            num = round(cj[i, j])
             if num <= 0:
                 continue
             margin = probs[idx, j] - probs[idx, i]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +17,12 @@ from tl_cli.check.duplicates import Group, find_duplicates, leaked_val
 from tl_cli.check.imagestats import ImageStats, collect_stats
 from tl_cli.check.label_issues import LabelIssue, find_label_issues, out_of_fold_probs
 from tl_cli.check.neighbours import NEAR_THRESHOLD, normalize, search
-from tl_cli.check.thumbhash import MIN_CONTRAST, MIN_FEATURE_SIM, rotated_pairs
 from tl_cli.check.outliers import Outlier, class_balance, find_outliers
+from tl_cli.check.thumbhash import MIN_CONTRAST, MIN_FEATURE_SIM, rotated_pairs
 from tl_cli.errors import ConfigError
 from tl_cli.features.extract import ExtractConfig, ExtractResult, extract_features
 from tl_cli.runs.workspace import Workspace
 from tl_cli.runtime.progress import Reporter
-
-
 
 WEAK_HEAD = 0.9  # out-of-fold accuracy under which label issues come with a caveat
 
@@ -178,7 +176,7 @@ def check_dataset(data_dir: str | os.PathLike, cfg: CheckConfig = CheckConfig(),
     ws = workspace or Workspace.open()
     reporter = reporter or Reporter()
     t0 = time.perf_counter()
-    ex = extract_features(data_dir, replace(cfg.extract), ws, reporter)
+    ex = extract_features(data_dir, cfg.extract, ws, reporter)
     t1 = time.perf_counter()
     reporter.start("reading images", len(ex.relpaths))
     try:

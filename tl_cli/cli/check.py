@@ -9,10 +9,23 @@ from typing import Annotated, Optional
 import typer
 
 from tl_cli.backbones import DEFAULT_BACKBONE
-from tl_cli.cli.app import command, err, out, workspace
-from tl_cli.cli.options import (BackboneOpt, BatchSizeOpt, DeviceOpt, EngineOpt, GroupPatternOpt, GroupsOpt, PretrainedOpt,
-                                SummaryFormatOpt, ValFractionOpt, WeightsOpt, WorkersOpt, WorkspaceOpt, check_format)
 from tl_cli.check.neighbours import NEAR_THRESHOLD
+from tl_cli.cli.app import command, err, out, workspace
+from tl_cli.cli.options import (
+    BackboneOpt,
+    BatchSizeOpt,
+    DeviceOpt,
+    EngineOpt,
+    GroupPatternOpt,
+    GroupsOpt,
+    PretrainedOpt,
+    SummaryFormatOpt,
+    ValFractionOpt,
+    WeightsOpt,
+    WorkersOpt,
+    WorkspaceOpt,
+    check_format,
+)
 
 SHOW = 10  # rows per section in the terminal; the files hold all
 
@@ -77,7 +90,7 @@ def render(res) -> None:
         t.add_column(col, justify="right" if col == "count" else "left")
     leak = [g for g in res.groups if g.leakage]
     conflict = [g for g in res.groups if g.conflicting_labels]
-    first = lambda items: escape(", ".join(items[:3]) + (" ..." if len(items) > 3 else ""))  # noqa: E731
+    first = lambda items: escape(", ".join(items[:3]) + (" ..." if len(items) > 3 else ""))
     t.add_row("exact duplicate groups", str(s["exact_groups"]),
               first([" = ".join(m.path for m in g.members[:2]) for g in res.groups if g.kind == "exact"]))
     t.add_row("near duplicate groups", str(s["near_groups"]),

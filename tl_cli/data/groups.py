@@ -50,7 +50,7 @@ class Grouping:
             except re.error as exc:
                 raise ConfigError(f"--group-pattern {self.pattern!r} is not a regular expression: {exc}") from None
         for members in self.groups:
-            leader = _in_class(sorted(members)[0])
+            leader = _in_class(min(members))
             for rel in members:
                 self._key_of[rel] = leader
 
