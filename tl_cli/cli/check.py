@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,12 +13,14 @@ from tl_cli.cli.app import command, err, out, workspace
 from tl_cli.cli.options import (
     BackboneOpt,
     BatchSizeOpt,
+    DataDirArg,
     DeviceOpt,
     EngineOpt,
+    FormatOpt,
     GroupPatternOpt,
     GroupsOpt,
+    OutputOpt,
     PretrainedOpt,
-    SummaryFormatOpt,
     ValFractionOpt,
     WeightsOpt,
     WorkersOpt,
@@ -33,7 +34,7 @@ SHOW = 10  # rows per section in the terminal; the files hold all
 @command("check", epilog="Examples:  tl check ./photos   tl check ./photos --format json > check.json\n\n"
                          "then:  tl extract ./photos --groups .tl/checks/<date>-photos/groups.json")
 def check_cmd(
-    data_dir: Annotated[Optional[Path], typer.Argument(help="Folder of class sub-folders (default: the last dataset used).")] = None,
+    data_dir: DataDirArg = None,
     backbone: BackboneOpt = DEFAULT_BACKBONE,
     weights: WeightsOpt = None,
     pretrained: PretrainedOpt = True,
@@ -47,8 +48,8 @@ def check_cmd(
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     engine: EngineOpt = "auto",
-    fmt: SummaryFormatOpt = "table",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for the files (default: <workspace>/checks/<date>-<data>).")] = None,
+    fmt: FormatOpt = "table",
+    output: OutputOpt = None,
     ws_path: WorkspaceOpt = None,
 ) -> None:
     """Find exact and near duplicates, train/val leakage, likely label errors, outliers and class imbalance.
@@ -90,7 +91,8 @@ def render(res) -> None:
         t.add_column(col, justify="right" if col == "count" else "left")
     leak = [g for g in res.groups if g.leakage]
     conflict = [g for g in res.groups if g.conflicting_labels]
-    first = lambda items: escape(", ".join(items[:3]) + (" ..." if len(items) > 3 else ""))
+    def first(items: list[str]) -> str:
+        return escape(", ".join(items[:3]) + (" ..." if len(items) > 3 else ""))
     t.add_row("exact duplicate groups", str(s["exact_groups"]),
               first([" = ".join(m.path for m in g.members[:2]) for g in res.groups if g.kind == "exact"]))
     t.add_row("near duplicate groups", str(s["near_groups"]),

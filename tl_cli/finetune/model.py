@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from tl_cli.backbones.layers import LayerInfo, check_freeze, enumerate_layers, frozen_module_names
+from tl_cli.backbones.layers import LayerInfo, check_freeze, enumerate_layers, frozen_module_names, frozen_parameter_names
 from tl_cli.backbones.wrapper import attach_head
 
 
@@ -37,6 +37,8 @@ class FinetuneModel(nn.Module):
         self.frozen = frozen_module_names(self.layers, freeze)
         for name in self.frozen:
             self.net.get_submodule(name).requires_grad_(False)
+        for name in frozen_parameter_names(self.layers, freeze):
+            self.net.get_parameter(name).requires_grad_(False)
         self._frozen_norms = [self.net.get_submodule(n) for layer in self.layers[:freeze] for n in layer.norms]
 
     def use_sync_batchnorm(self) -> None:
@@ -48,7 +50,7 @@ class FinetuneModel(nn.Module):
         self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
         self._frozen_norms = [self.net.get_submodule(n) for layer in self.layers[:self.freeze] for n in layer.norms]
 
-    def train(self, mode: bool = True) -> "FinetuneModel":
+    def train(self, mode: bool = True) -> FinetuneModel:
         super().train(mode)
         for norm in self._frozen_norms:  # running statistics of frozen layers stay pretrained
             norm.eval()

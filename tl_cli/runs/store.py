@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tl_cli.runtime.atomic import atomic_path, raise_write_error, write_json
 from tl_cli.errors import RunError
+from tl_cli.runtime.atomic import atomic_path, raise_write_error, write_json
 
 META = "meta.json"
 WEIGHTS = "model.safetensors"
