@@ -13,7 +13,7 @@ def main(planted_file: str, check_file: str) -> None:
     with open(planted_file) as a, open(check_file) as b:
         planted, found = json.load(a), json.load(b)
     issues = {t["path"] for t in found["label_issues"]}
-    same_group = lambda a, b, kind: any(
+    same_group = lambda a, b, kind: any(  # noqa: E731
         {a, b} <= {m["path"] for m in g["members"]} and (kind is None or g["kind"] == kind) for g in found["duplicates"])
     swaps = sum(p in issues for p in planted["label_swaps"])
     near = sum(same_group(a, b, None) for a, b in planted["near_leaks"])

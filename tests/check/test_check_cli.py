@@ -49,7 +49,7 @@ def planted(tmp_path: Path) -> tuple[Path, dict]:
     write_image(root / "blue" / "tiny.jpg", (40, 60, 220), size=(6, 6))
     write_image(root / "blue" / "strip.jpg", (40, 60, 220), size=(200, 20), seed=5)
     Image.new("RGB", (40, 32), (128, 128, 128)).save(root / "red" / "blank.jpg")
-    rel = lambda p: p.relative_to(root).as_posix()
+    rel = lambda p: p.relative_to(root).as_posix()  # noqa: E731
     return root, {"leak": {rel(train_red), rel(leak)}, "png": {"green/green_003.jpg", rel(png)}, "swap": rel(swap)}
 
 

@@ -29,9 +29,9 @@ def test_pattern_keeps_copies_with_their_original_and_moves_nothing_else(tmp_pat
     root = _preaug(tmp_path / "d")
     plain = _split(scan_dataset(root, 0.25))
     grouped = _split(scan_dataset(root, 0.25, grouping=make_grouping(r"_aug\d+")))
-    stem = lambda rel: rel.split("_aug")[0].removesuffix(".jpg")
+    stem = lambda rel: rel.split("_aug")[0].removesuffix(".jpg")  # noqa: E731
     # Without grouping the copies of some photo straddle the split (the leak); with it, none do.
-    sides = lambda split: {s: {v for r, v in split.items() if stem(r) == s} for s in map(stem, split)}
+    sides = lambda split: {s: {v for r, v in split.items() if stem(r) == s} for s in map(stem, split)}  # noqa: E731
     assert any(len(v) > 1 for v in sides(plain).values())
     assert all(len(v) == 1 for v in sides(grouped).values())
     # Originals keep the split they had: the pattern changes only the names it matches.

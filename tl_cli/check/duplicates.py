@@ -2,9 +2,11 @@
 
 Exact: the same bytes, or the same decoded pixels (another container, stripped metadata).
 Near: cosine similarity of the cached features at or above a threshold calibrated on real photos
-(README, "tl check"), or a thumbnail hash that matches under a rotation or flip (thumbhash.py). Pairs are joined into groups (connected components, as fastdup does), so
-a photo and its five edited copies are one group. A group is flagged `conflicting_labels` when its
-members sit in different class folders and `leakage` when it spans train and validation.
+(README, "tl check"), or a thumbnail hash that matches under a rotation or flip (thumbhash.py).
+Pairs are joined into groups (connected components, as fastdup does, then split around leaders
+so chains of merely similar photos do not merge), so a photo and its edited copies are one group.
+A group is flagged `conflicting_labels` when its members sit in different class folders and
+`leakage` when it spans train and validation.
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ def search(features: np.ndarray, threshold: float, k: int = 5, block: int = BLOC
                 _merge_topk(knn_i, knn_s, a, sim, c0, k)
                 if c0 != a:
                     _merge_topk(knn_i, knn_s, c0, sim.T, a, k)
-    cat = (lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt))
+    cat = (lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt))  # noqa: E731
     return Neighbours(cat(pi, np.int64), cat(pj, np.int64), cat(ps, np.float32), knn_i, knn_s)
 
 

@@ -17,7 +17,8 @@ import numpy as np
 from tl_cli.check.neighbours import NEAR_THRESHOLD, normalize
 
 BLOCK = 2048
-FIX = "run `tl check {root}` to see them; train with --groups <its groups.json> (or --group-pattern REGEX) to keep copies on one side"
+FIX = ("run `tl check {root}` to see them; train with --groups <its groups.json> (or --group-pattern REGEX) "
+       "to keep copies on one side")
 
 
 def leaked_val_count(features: np.ndarray, splits: np.ndarray, threshold: float = NEAR_THRESHOLD) -> int:

@@ -41,8 +41,9 @@ def check_cmd(
     val_fraction: ValFractionOpt = 0.2,
     group_pattern: GroupPatternOpt = None,
     groups: GroupsOpt = None,
-    near_threshold: Annotated[float, typer.Option("--near-threshold", min=0.0, max=1.0,
-                                                  help="Cosine similarity of features from which two images are near duplicates.")] = NEAR_THRESHOLD,
+    near_threshold: Annotated[float, typer.Option(
+        "--near-threshold", min=0.0, max=1.0,
+        help="Cosine similarity of features from which two images are near duplicates.")] = NEAR_THRESHOLD,
     folds: Annotated[int, typer.Option("--folds", min=2, help="Cross-validation folds for the label check.")] = 5,
     batch_size: BatchSizeOpt = 32,
     workers: WorkersOpt = None,

@@ -158,7 +158,7 @@ def _class_dirs(folder: Path) -> list[Path]:
 
 
 def scan_dataset(root: str | os.PathLike, val_fraction: float = 0.2, min_classes: int = 2,
-                 grouping: "Grouping | None" = None) -> Dataset:
+                 grouping: Grouping | None = None) -> Dataset:
     """Discover classes and images under `root`.
 
     Args:

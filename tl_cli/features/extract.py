@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from tl_cli.backbones import DEFAULT_BACKBONE, get_spec, resolve_weights
-from tl_cli.data.preprocess import Preprocess
 from tl_cli.data.groups import make_grouping
+from tl_cli.data.preprocess import Preprocess
 from tl_cli.data.scan import Dataset, scan_dataset
 from tl_cli.errors import ConfigError, DataError, ImageError
 from tl_cli.features.cache import FeatureCache, FileStat, dataset_fingerprint, stat_files
