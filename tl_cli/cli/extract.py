@@ -28,6 +28,7 @@ from tl_cli.cli.options import (
 @command(
     "extract",
     epilog="Example:  tl extract ./photos   then   tl predict new.jpg\n\n"
+           "Leaderboard:  tl extract ./photos --backbone efficientnet_lite0,timm/convnext_tiny.fb_in22k_ft_in1k\n\n"
            "Several GPUs:  torchrun --standalone --nproc-per-node 4 -m tl_cli extract ./photos",
 )
 def extract_cmd(
@@ -52,7 +53,8 @@ def extract_cmd(
     """Small data: cache the frozen backbone's features in HDF5 and train a softmax head on them.
 
     Re-running on the same folder reuses every cached feature; new images are the only ones
-    run through the network.
+    run through the network. Several backbones (`--backbone a,b,c`) make a leaderboard: each is
+    extracted (its own cache) and gets a head and a run; the best on validation becomes the latest run.
     """
     from tl_cli.features.extract import ExtractConfig
     from tl_cli.head.small_data import train_small_data
@@ -65,6 +67,13 @@ def extract_cmd(
         decoder=decoder, group_pattern=group_pattern, groups=str(groups.expanduser().absolute()) if groups else None,
     )
     ws = workspace(ws_path)
+    if "," in backbone and not no_train:
+        from tl_cli.head.leaderboard import parse_backbones, run_leaderboard
+
+        board = run_leaderboard(data_dir, parse_backbones(backbone), cfg, HeadConfig(balanced=balanced), ws, RichReporter(err))
+        if board is not None:
+            render_leaderboard(board)
+        return
     res = train_small_data(data_dir, cfg, HeadConfig(balanced=balanced), ws, RichReporter(err), train=not no_train)
     if res.extract is not None:  # under torchrun only rank 0 has the result and prints
         render_summary(res)
@@ -76,6 +85,22 @@ def extract_cmd(
         note = quick_check(ex.features, ex.splits, ex.labels, ex.dataset.root, near)
         if note:
             err.print(f"check: {note}", markup=False, style="yellow")
+
+
+def render_leaderboard(board) -> None:
+    from rich import box
+    from rich.table import Table
+
+    t = Table(title=f"tl extract: {board.data_dir}: {len(board.entries)} backbones, best first", title_justify="left",
+              box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("#", "backbone", "val acc", "val loss", "dim", "params", "img/s"):
+        t.add_column(col, justify="left" if col == "backbone" else "right", no_wrap=col == "backbone")
+    for i, e in enumerate(board.entries, 1):
+        t.add_row(str(i), e.backbone, "-" if e.val_accuracy is None else f"{e.val_accuracy:.4f}",
+                  "-" if e.val_loss is None else f"{e.val_loss:.4f}", str(e.feature_dim), f"{e.params / 1e6:.2f}M",
+                  "cached" if e.images_per_second is None else f"{e.images_per_second:.1f}")
+    out.print(t)
+    out.print(f"latest run: {board.best.run_dir} ({board.best.backbone}); the others: `tl runs`")
 
 
 def render_summary(res) -> None:
