@@ -29,7 +29,8 @@ ModelOpt = Annotated[Optional[Path], _opt("--model", "-m", help=(
     "Run folder (default: the latest run); `tl predict` and `tl evaluate` also take an .onnx file from `tl export`."))]
 OutputOpt = Annotated[Optional[Path], _opt("--output", "-o", help=(
     "Where to write: predict, a results file (table -> csv); evaluate, a folder (default: "
-    "<run>/evaluations/<date>-<data>-<split>); export, the model file (default: <run>/model.onnx or model.pt)."))]
+    "<run>/evaluations/<date>-<data>-<split>); export, the model file (default: <run>/model.onnx or model.pt); "
+    "check, a folder (default: <workspace>/checks/<date>-<data>)."))]
 FormatOpt = Annotated[str, _opt("--format", "-f", help=(
     "Output format: table (default), json, or csv (predict, evaluate); `tl export`: onnx (default) or torchscript."))]
 
@@ -46,6 +47,11 @@ FreezeOpt = Annotated[_Int, _opt("--freeze", min=0, help=(
 # ----------------------------------------------------------------------------- data and resources
 ValFractionOpt = Annotated[_Float, _opt("--val-fraction", min=0.0, max=0.95, help=(
     "Validation share when the folder has no val/ sub-folder (default: 0.2; the same split in every command)."))]
+GroupPatternOpt = Annotated[Optional[str], _opt("--group-pattern", help=(
+    "Keep images whose names differ only by this regex's first match on one side of the split "
+    "(e.g. '_aug\\d+' splits rose_aug3.jpg with rose.jpg; retrain.py's convention: '_nohash_.*$')."))]
+GroupsOpt = Annotated[Optional[Path], _opt("--groups", help=(
+    "A groups file (`tl check` writes groups.json): each group of copies stays on one side of the split."))]
 StrictOpt = Annotated[bool, _opt("--strict", help="Stop at the first unreadable image instead of skipping it.")]
 BatchSizeOpt = Annotated[_Int, _opt("--batch-size", min=1, help=(
     "Images per batch (default: 32): per forward pass in extract, predict and evaluate; per optimisation step, "

@@ -58,6 +58,7 @@ class FinetuneConfig:
             the cosine schedule ends at zero inside it (trainer.plan_epochs).
         bn: batch norms of the trained layers: "frozen" (eval mode: pretrained running statistics,
             scale and shift still trained) or "train" (batch statistics, running ones updated).
+        group_pattern, groups: keep groups of images on one side of the split (data/groups.py).
     """
 
     route: str = "finetune"
@@ -86,6 +87,8 @@ class FinetuneConfig:
     head_init: str = "probe"
     bn: str = "frozen"
     plan_epochs: bool = False
+    group_pattern: str | None = None
+    groups: str | None = None
 
     def __post_init__(self) -> None:
         if self.warmup_epochs is None:

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from tl_cli.backbones import create_backbone, get_spec
+from tl_cli.data.groups import make_grouping
 from tl_cli.data.scan import Dataset, scan_dataset
 from tl_cli.errors import ConfigError, DataError, RunError
 from tl_cli.finetune import ddp
@@ -92,7 +93,7 @@ def start(data_dir: str | os.PathLike, cfg: FinetuneConfig, workspace: Workspace
     info = distributed.init(cfg.device)
     prepared = None
     if info.is_main:  # under torchrun rank 0 alone makes the run folder and sends it to the others
-        ds = scan_dataset(data_dir, cfg.val_fraction)
+        ds = scan_dataset(data_dir, cfg.val_fraction, grouping=make_grouping(cfg.group_pattern, cfg.groups))
         ws.ensure(outside=ds.root)
         _check_freeze(cfg)  # an unknown backbone or a too-large --freeze fails before a run folder exists
         run_dir = new_run_dir(ws.runs, cfg.route, ds.root.name)
@@ -165,7 +166,7 @@ def _prepare_resume(ws: Workspace, run_dir, overrides: dict | None, data_dir):
     ckpt = load_checkpoint(run_dir)
     if ckpt.get("finished") and (run_dir / META).is_file():
         return _finished_result(run_dir, cfg, ckpt)
-    ds = scan_dataset(source["data_dir"], cfg.val_fraction)
+    ds = scan_dataset(source["data_dir"], cfg.val_fraction, grouping=make_grouping(cfg.group_pattern, cfg.groups))
     if ds.classes != source["classes"]:
         raise DataError(f"the classes in {ds.root} changed since the run started "
                         f"({', '.join(source['classes'])} -> {', '.join(ds.classes)})", hint="start a new run")
