@@ -9,9 +9,10 @@ import torch.nn as nn
 
 from tl_cli.backbones import create_backbone
 from tl_cli.errors import ConfigError
-from tl_cli.finetune.trainer import build_optimizer, lr_factor, train_step
 from tl_cli.finetune.config import FinetuneConfig
 from tl_cli.finetune.model import FinetuneModel
+from tl_cli.finetune.schedule import build_optimizer, lr_factor
+from tl_cli.finetune.step import train_step
 
 # (backbone, k, input side): small inputs keep the steps fast; the layer numbering does not
 # depend on the input size for these networks.
@@ -31,7 +32,8 @@ def _tensors_of(model: FinetuneModel, names: list[str]) -> dict[str, torch.Tenso
 def test_frozen_layers_bit_identical_after_training(name, k, side):
     torch.manual_seed(0)
     net, _ = create_backbone(name, pretrained=False)  # random weights stand in for pretrained ones
-    model = FinetuneModel(net, n_classes=3, freeze=k, input_size=side, dropout=0.1)
+    # bn="train": the trained layers' running statistics move too (the default "frozen" keeps them, test_ftstudy_rules)
+    model = FinetuneModel(net, n_classes=3, freeze=k, input_size=side, dropout=0.1, bn="train")
     cfg = FinetuneConfig(backbone=name, freeze=k, lr=1e-3, head_lr=1e-2, epochs=2)
     frozen_names = [n for layer in model.layers[:k] for n in (layer.name, *layer.norms)]
     later_names = [n for layer in model.layers[k:] for n in (layer.name, *layer.norms)]
@@ -65,7 +67,7 @@ def test_frozen_layers_bit_identical_after_training(name, k, side):
 
 def test_frozen_norms_stay_in_eval_mode_while_training():
     net, _ = create_backbone("lenet5", pretrained=False)
-    model = FinetuneModel(net, 3, freeze=1, input_size=32)
+    model = FinetuneModel(net, 3, freeze=1, input_size=32, bn="train")  # "frozen" (default): both eval, test_ftstudy_rules
     model.train()
     bn1, bn2 = model.net.get_submodule("net.features.1"), model.net.get_submodule("net.features.5")
     assert not bn1.training and bn2.training
@@ -124,6 +126,6 @@ def test_finetune_numbers_layers_like_tl_layers(name):
     net, _ = create_backbone(name, pretrained=False)
     model = FinetuneModel(net, 3, 1, spec.preprocess.input_size)
     assert len(model.layers) == len(shown)
-    assert [(l.index, l.name, l.kind, l.params) for l in model.layers[:-1]] == \
-        [(l.index, l.name, l.kind, l.params) for l in shown[:-1]]
+    assert [(x.index, x.name, x.kind, x.params) for x in model.layers[:-1]] == \
+        [(x.index, x.name, x.kind, x.params) for x in shown[:-1]]
     assert model.layers[-1].kind == "Linear" and model.layers[-1].output_shape == (3,)  # the new head

@@ -6,6 +6,14 @@ it, with the classifier counted last (tl replaces it with the new head). Paralle
 block's 1x1 shortcut projection comes right after the block's last convolution.
 A batch-norm belongs to the weight layer that ran just before it; freezing a layer freezes its
 batch-norm too (weights and running statistics).
+
+Transformers (timm's ViTs) follow the same rule: the patch embedding (a convolution) is layer 1,
+then each block's attention qkv and output projection and its MLP fc1 and fc2, in forward order,
+then the head. Layer norms and layer-scale factors belong to the projection that ran just before
+them, like a batch-norm; any other module holding its own parameters (ConvNeXt's per-block scale)
+belongs to the last weight layer that ran inside it. Parameters that no module in the forward
+pass holds (a ViT's class token and position embedding, added to the patch embedding's output)
+belong to layer 1.
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ class LayerInfo:
     kind: str
     params: int
     output_shape: tuple[int, ...]
-    norms: tuple[str, ...]  # batch-norm modules that belong to this layer
+    norms: tuple[str, ...]  # batch-norm modules (and others holding parameters) that belong to this layer
+    extra_params: tuple[str, ...] = ()  # parameters held by no module that runs (layer 1 only)
 
 
 def enumerate_layers(backbone: nn.Module, input_size: int) -> list[LayerInfo]:
@@ -48,7 +57,8 @@ def enumerate_layers(backbone: nn.Module, input_size: int) -> list[LayerInfo]:
     def hook(mod, _inp, out):
         order.append((names[mod], mod, tuple(out.shape) if isinstance(out, torch.Tensor) else ()))
 
-    handles = [m.register_forward_hook(hook) for m in meta.modules() if isinstance(m, WEIGHT_TYPES + NORM_TYPES)]
+    handles = [m.register_forward_hook(hook) for m in meta.modules()
+               if isinstance(m, WEIGHT_TYPES + NORM_TYPES) or _holds_params(m)]
     try:
         was_training = meta.training
         meta.eval()
@@ -70,18 +80,32 @@ def enumerate_layers(backbone: nn.Module, input_size: int) -> list[LayerInfo]:
         elif layers:
             layers[-1]["norms"].append(name)
             layers[-1]["params"] += sum(p.numel() for p in mod.parameters(recurse=False))
+    extra = _unowned_params(meta, seen) if layers else []
+    if extra:
+        layers[0]["params"] += sum(meta.get_parameter(n).numel() for n in extra)
     return [
-        LayerInfo(i + 1, d["name"], d["kind"], d["params"], d["shape"][1:], tuple(d["norms"]))
+        LayerInfo(i + 1, d["name"], d["kind"], d["params"], d["shape"][1:], tuple(d["norms"]),
+                  tuple(extra) if i == 0 else ())
         for i, d in enumerate(layers)
     ]
 
 
+def _holds_params(m: nn.Module) -> bool:
+    return next(m.parameters(recurse=False), None) is not None
+
+
+def _unowned_params(net: nn.Module, ran: set[str]) -> list[str]:
+    """Parameters of modules that hold their own and did not run as hooked (e.g. the root's tokens)."""
+    out = []
+    for mod_name, mod in net.named_modules():
+        if mod_name in ran:
+            continue
+        out.extend(f"{mod_name}.{p}" if mod_name else p for p, _ in mod.named_parameters(recurse=False))
+    return out
+
+
 def _has_real_params(m: nn.Module) -> bool:
     return any(p.device.type != "meta" for p in m.parameters())
-
-
-def count_layers(backbone: nn.Module, input_size: int) -> int:
-    return len(enumerate_layers(backbone, input_size))
 
 
 def check_freeze(n_freeze: int, n_layers: int) -> None:
@@ -93,6 +117,11 @@ def check_freeze(n_freeze: int, n_layers: int) -> None:
             f"--freeze {n_freeze} is too large: this backbone has {n_layers} layers, the last being the classifier",
             hint=f"use --freeze between 0 and {n_layers - 1} (`tl layers` shows them)",
         )
+
+
+def frozen_parameter_names(layers: list[LayerInfo], n_freeze: int) -> list[str]:
+    """Parameters frozen by `--freeze n_freeze` that no frozen module holds (a ViT's tokens)."""
+    return [p for layer in layers[:n_freeze] for p in layer.extra_params]
 
 
 def frozen_module_names(layers: list[LayerInfo], n_freeze: int) -> list[str]:

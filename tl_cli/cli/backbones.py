@@ -6,16 +6,23 @@ from typing import Annotated, Optional
 
 import typer
 
-from tl_cli.backbones.builtin import DEFAULT_BACKBONE
-from tl_cli.cli.app import command, out
-from tl_cli.cli.options import BackboneOpt
+from tl_cli.backbones import DEFAULT_BACKBONE
+from tl_cli.cli.app import command, err, out
+from tl_cli.cli.options import BackboneOpt, FreezeOpt
 
 
-@command("backbones", epilog="Example:  tl backbones")
-def backbones_cmd() -> None:
+@command("backbones", epilog="Examples:  tl backbones;  tl backbones --timm 'convnext_tiny*'")
+def backbones_cmd(
+    timm_pattern: Annotated[Optional[str], typer.Option(
+        "--timm",
+        help="List timm's pretrained models matching a glob pattern (offline), usable as --backbone timm/NAME.")] = None,
+) -> None:
     """List the registered backbones, their size, and whether their weights are on this machine
     ("on first use": downloaded into torch hub's cache the first time the backbone is used)."""
     from rich.table import Table
+
+    if timm_pattern is not None:
+        return _timm_list(timm_pattern)
 
     from tl_cli.backbones.describe import describe_all
 
@@ -26,6 +33,16 @@ def backbones_cmd() -> None:
         t.add_row(d.name, f"{d.params / 1e6:.1f}M", str(d.feature_dim), str(d.layers), str(d.input_size),
                   _weights_here(d))
     out.print(t)
+
+
+def _timm_list(pattern: str) -> None:
+    from tl_cli.backbones.timm_zoo import PREFIX, list_timm_pretrained
+
+    names = list_timm_pretrained(pattern)
+    for n in names:
+        out.print(PREFIX + n)
+    err.print(f"[dim]{len(names)} timm model(s) with pretrained weights match {pattern!r}; "
+              "use one as --backbone timm/NAME[/]", highlight=False)
 
 
 def _weights_here(d) -> str:
@@ -39,17 +56,17 @@ def _weights_here(d) -> str:
 @command("layers", epilog="Example:  tl layers --backbone vgg16 --freeze 10")
 def layers_cmd(
     backbone: BackboneOpt = DEFAULT_BACKBONE,
-    freeze: Annotated[Optional[int], typer.Option("--freeze", help="Show which layers `--freeze N` keeps fixed.")] = None,
+    freeze: FreezeOpt = None,
 ) -> None:
     """The numbered layer table that `--freeze N` counts (needs no pretrained weights)."""
     from rich.table import Table
 
     from tl_cli.backbones import get_spec
-    from tl_cli.backbones.describe import meta_backbone
-    from tl_cli.backbones.layers import check_freeze, enumerate_layers
+    from tl_cli.backbones.describe import backbone_layers
+    from tl_cli.backbones.layers import check_freeze
 
     spec = get_spec(backbone)
-    layers = enumerate_layers(meta_backbone(spec), spec.preprocess.input_size)
+    layers = backbone_layers(backbone)
     if freeze is not None:
         check_freeze(freeze, len(layers))
     t = Table(title=f"{backbone}: {len(layers)} layers (input {spec.preprocess.input_size}px)", title_justify="left")

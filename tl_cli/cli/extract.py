@@ -7,15 +7,28 @@ from typing import Annotated
 
 import typer
 
-from tl_cli.backbones.builtin import DEFAULT_BACKBONE
+from tl_cli.backbones import DEFAULT_BACKBONE
 from tl_cli.cli.app import command, err, out, workspace
-from tl_cli.cli.options import (BackboneOpt, BatchSizeOpt, DeviceOpt, EngineOpt, PretrainedOpt, StrictOpt, ValFractionOpt, WeightsOpt,
-                      WorkersOpt, WorkspaceOpt)
+from tl_cli.cli.options import (
+    BackboneOpt,
+    BatchSizeOpt,
+    DeviceOpt,
+    EngineOpt,
+    GroupPatternOpt,
+    GroupsOpt,
+    PretrainedOpt,
+    StrictOpt,
+    ValFractionOpt,
+    WeightsOpt,
+    WorkersOpt,
+    WorkspaceOpt,
+)
 
 
 @command(
     "extract",
     epilog="Example:  tl extract ./photos   then   tl predict new.jpg\n\n"
+           "Leaderboard:  tl extract ./photos --backbone efficientnet_lite0,timm/convnext_tiny.fb_in22k_ft_in1k\n\n"
            "Several GPUs:  torchrun --standalone --nproc-per-node 4 -m tl_cli extract ./photos",
 )
 def extract_cmd(
@@ -24,6 +37,8 @@ def extract_cmd(
     weights: WeightsOpt = None,
     pretrained: PretrainedOpt = True,
     val_fraction: ValFractionOpt = 0.2,
+    group_pattern: GroupPatternOpt = None,
+    groups: GroupsOpt = None,
     batch_size: BatchSizeOpt = 32,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
@@ -38,22 +53,54 @@ def extract_cmd(
     """Small data: cache the frozen backbone's features in HDF5 and train a softmax head on them.
 
     Re-running on the same folder reuses every cached feature; new images are the only ones
-    run through the network.
+    run through the network. Several backbones (`--backbone a,b,c`) make a leaderboard: each is
+    extracted (its own cache) and gets a head and a run; the best on validation becomes the latest run.
     """
     from tl_cli.features.extract import ExtractConfig
+    from tl_cli.head.small_data import train_small_data
     from tl_cli.head.softmax import HeadConfig
     from tl_cli.runtime.progress import RichReporter
-    from tl_cli.head.small_data import train_small_data
 
     cfg = ExtractConfig(
         backbone=backbone, weights=str(weights) if weights else None, pretrained=pretrained,
         val_fraction=val_fraction, batch_size=batch_size, workers=workers, device=device, strict=strict, engine=engine,
-        decoder=decoder,
+        decoder=decoder, group_pattern=group_pattern, groups=str(groups.expanduser().absolute()) if groups else None,
     )
     ws = workspace(ws_path)
+    if "," in backbone and not no_train:
+        from tl_cli.head.leaderboard import parse_backbones, run_leaderboard
+
+        board = run_leaderboard(data_dir, parse_backbones(backbone), cfg, HeadConfig(balanced=balanced), ws, RichReporter(err))
+        if board is not None:
+            render_leaderboard(board)
+        return
     res = train_small_data(data_dir, cfg, HeadConfig(balanced=balanced), ws, RichReporter(err), train=not no_train)
     if res.extract is not None:  # under torchrun only rank 0 has the result and prints
         render_summary(res)
+        from tl_cli.check.neighbours import NEAR_THRESHOLD
+        from tl_cli.check.quick import quick_check
+
+        ex = res.extract  # the near-copy threshold is calibrated for the default backbone's features
+        near = NEAR_THRESHOLD if ex.backbone == DEFAULT_BACKBONE else None
+        note = quick_check(ex.features, ex.splits, ex.labels, ex.dataset.root, near)
+        if note:
+            err.print(f"check: {note}", markup=False, style="yellow")
+
+
+def render_leaderboard(board) -> None:
+    from rich import box
+    from rich.table import Table
+
+    t = Table(title=f"tl extract: {board.data_dir}: {len(board.entries)} backbones, best first", title_justify="left",
+              box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("#", "backbone", "val acc", "val loss", "dim", "params", "img/s"):
+        t.add_column(col, justify="left" if col == "backbone" else "right", no_wrap=col == "backbone")
+    for i, e in enumerate(board.entries, 1):
+        t.add_row(str(i), e.backbone, "-" if e.val_accuracy is None else f"{e.val_accuracy:.4f}",
+                  "-" if e.val_loss is None else f"{e.val_loss:.4f}", str(e.feature_dim), f"{e.params / 1e6:.2f}M",
+                  "cached" if e.images_per_second is None else f"{e.images_per_second:.1f}")
+    out.print(t)
+    out.print(f"latest run: {board.best.run_dir} ({board.best.backbone}); the others: `tl runs`")
 
 
 def render_summary(res) -> None:

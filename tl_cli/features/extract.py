@@ -1,8 +1,9 @@
 """Run a frozen backbone over a dataset once and keep the penultimate features in the cache.
 
-Images are decoded in threads (`loader.py`) while the engine (`engines.py`: onnxruntime on CPU
-by default, eager PyTorch otherwise) runs the network, so the two overlap. Rows are written to the cache in chunks as they are produced: an interrupted
-extraction keeps what it finished, and the next run extracts only the rest.
+Images are decoded in threads (`data/decode.py`) while the engine (`engines.py`: onnxruntime on
+CPU by default, eager PyTorch otherwise) runs the network, so the two overlap. Rows are written
+to the cache in chunks as they are produced: an interrupted extraction keeps what it finished,
+and the next run extracts only the rest.
 
 Under torchrun every rank runs the backbone on its share of the batches (`distributed.my_shard`)
 and all features are gathered to rank 0, which alone holds the cache and writes it: the cache is
@@ -20,17 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-from tl_cli.runtime import distributed
 from tl_cli.backbones import DEFAULT_BACKBONE, get_spec, resolve_weights
-from tl_cli.features.cache import FeatureCache, FileStat, dataset_fingerprint, stat_files
-from tl_cli.data.scan import Dataset, scan_dataset
-from tl_cli.runtime.oom import HalvingForward
-from tl_cli.errors import ConfigError, DataError, ImageError
+from tl_cli.data.groups import make_grouping
 from tl_cli.data.preprocess import Preprocess
-from tl_cli.runtime.progress import Reporter
-from tl_cli.runtime import cache_dirs
+from tl_cli.data.scan import Dataset, scan_dataset
+from tl_cli.errors import ConfigError, DataError, ImageError
+from tl_cli.features.cache import FeatureCache, FileStat, dataset_fingerprint, stat_files
 from tl_cli.runs.workspace import Workspace
-
+from tl_cli.runtime import cache_dirs, distributed
+from tl_cli.runtime.oom import HalvingForward
+from tl_cli.runtime.progress import Reporter
 
 DECODERS = ("auto", "cpu", "gpu")
 
@@ -48,6 +48,7 @@ class ExtractConfig:
         chunk_rows: rows per cache chunk (what an interrupted run keeps).
         decoder: "auto" (nvJPEG on the GPU when extracting on CUDA, else Pillow threads), "cpu"
             (Pillow threads) or "gpu" (nvJPEG; CUDA only). See data/gpu_decode.py.
+        group_pattern, groups: keep groups of images on one side of the split (data/groups.py).
     """
 
     backbone: str = DEFAULT_BACKBONE
@@ -62,6 +63,8 @@ class ExtractConfig:
     dtype: str = "float32"
     engine: str = "auto"
     decoder: str = "auto"
+    group_pattern: str | None = None
+    groups: str | None = None
 
     def __post_init__(self) -> None:
         from tl_cli.features.engines import ENGINES
@@ -195,7 +198,7 @@ def _drop_unreadable_classes(ds: Dataset, good_rel: list[str], failed: list[tupl
 
 
 def _batches(root: Path, todo: list[FileStat], pre: Preprocess, cfg: ExtractConfig, engine, decoder: str = "cpu",
-             raw_engine=None, done: "_Filled | None" = None):
+             raw_engine=None, done: _Filled | None = None):
     """Yield (indices into todo, features or None, [(index, reason)] unreadable) per batch, in todo order.
 
     Under torchrun each rank decodes and runs only its batches; each round every rank contributes
@@ -328,7 +331,7 @@ def extract_features(
     ws = workspace or Workspace.open()
     spec = get_spec(cfg.backbone)
     choice = resolve_weights(spec, cfg.weights, cfg.pretrained)
-    ds = scan_dataset(data_dir, cfg.val_fraction)
+    ds = scan_dataset(data_dir, cfg.val_fraction, grouping=make_grouping(cfg.group_pattern, cfg.groups))
     if cfg.strict and ds.skipped:
         rel, why = ds.skipped[0]
         raise ImageError(f"{rel}: {why}", hint="remove it, or drop --strict to skip unreadable images")

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tl_cli.runtime.atomic import atomic_path, raise_write_error, write_json
 from tl_cli.errors import RunError
+from tl_cli.runtime.atomic import atomic_path, raise_write_error, write_json
 
 META = "meta.json"
 WEIGHTS = "model.safetensors"
@@ -125,6 +125,17 @@ def val_fraction_of(meta: dict) -> float:
         if isinstance(section, dict) and "val_fraction" in section:
             return float(section["val_fraction"])
     return 0.2
+
+
+def grouping_of(meta: dict):
+    """The split grouping (data/groups.py) a run was trained with, or None: evaluate's
+    `--split val` must select the same images."""
+    from tl_cli.data.groups import make_grouping
+
+    for section in meta.get("config", {}).values():  # {"extract": {...}} or {"finetune": {...}}
+        if isinstance(section, dict) and (section.get("group_pattern") or section.get("groups")):
+            return make_grouping(section.get("group_pattern"), section.get("groups"))
+    return None
 
 
 def load_run(run_dir: str | Path) -> Run:

@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tl_cli.runtime.atomic import raise_write_error, write_json
 from tl_cli.errors import DataError, RunError, WorkspaceError
+from tl_cli.runtime.atomic import raise_write_error, write_json
 
 
 def default_workspace() -> Path:
@@ -25,7 +25,7 @@ class Workspace:
     root: Path
 
     @classmethod
-    def open(cls, root: str | os.PathLike | None = None) -> "Workspace":
+    def open(cls, root: str | os.PathLike | None = None) -> Workspace:
         return cls(Path(root).expanduser().absolute() if root else default_workspace().absolute())
 
     @property
