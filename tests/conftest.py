@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -37,17 +38,40 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.gpu)
 
 
+@pytest.fixture(scope="session")
+def lenet5_engine(tmp_path_factory) -> Path | None:
+    """LeNet-5's ONNX engine, exported once per session: the export costs seconds, and most tests
+    extract with LeNet-5 on the default engine. None when it cannot be exported here."""
+    from tl_cli.backbones import create_backbone, get_spec, resolve_weights
+    from tl_cli.features.engines import export_once, onnx_path, onnxruntime_available
+
+    if not onnxruntime_available():
+        return None
+    spec = get_spec("lenet5")
+    path = onnx_path(tmp_path_factory.mktemp("engines"), spec, resolve_weights(spec, None, False))
+    export_once(lambda: create_backbone("lenet5", pretrained=False)[0], spec.preprocess.input_size, path)
+    return path
+
+
 @pytest.fixture(autouse=True)
-def isolated_workspace(tmp_path, monkeypatch):
+def isolated_workspace(tmp_path, monkeypatch, request):
     """Every test gets its own workspace (TL_WORKSPACE) and runs in its own folder.
 
     The per-user caches (TL_CACHE_DIR for ONNX engines, TORCH_HOME for downloaded weights) point
-    into the test's tmp dir, so the suite never writes to the real home, and TL_OFFLINE=1 so no
-    test reaches the internet; download tests unset it and serve files from 127.0.0.1.
+    into the test's tmp dir (the engine cache holding a copy of LeNet-5's, see `lenet5_engine`),
+    so the suite never writes to the real home, and TL_OFFLINE=1 so no test reaches the
+    internet; download tests unset it and serve files from 127.0.0.1.
     """
     ws = tmp_path / "ws"
     monkeypatch.setenv("TL_WORKSPACE", str(ws))
     monkeypatch.setenv("TL_CACHE_DIR", str(tmp_path / "user_cache"))
+    if request.node.get_closest_marker("fresh_engines") is None:
+        # A copy of the session's LeNet-5 engine, as if an earlier run had exported it; tests
+        # about exporting are marked fresh_engines and start from an empty cache.
+        engine = request.getfixturevalue("lenet5_engine")
+        if engine is not None:
+            (tmp_path / "user_cache" / "engines").mkdir(parents=True)
+            shutil.copyfile(engine, tmp_path / "user_cache" / "engines" / engine.name)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.setenv("TL_OFFLINE", "1")
     monkeypatch.delenv("TL_WEIGHTS_MIRROR", raising=False)

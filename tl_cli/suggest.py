@@ -12,6 +12,13 @@ that class is where a trained network overfits first, and validation images are 
 
 Log-linear because what each extra image adds shrinks as data grows: doubling 100 -> 200
 images changes as much as 1000 -> 2000. The README explains where 100, 2000, 0.9 and 0.3 come from.
+
+Evidence first: when the workspace holds `tl extract` features of this dataset (same backbone,
+weights and images), the softmax head is fitted on them (a few seconds) and its validation
+accuracy overrides the count where it says more: a probe at or above NEAR_PERFECT means the
+pretrained features already separate the classes, so extract is enough whatever the count; a
+probe below WEAK_PROBE means the features must adapt, which fine-tuning does once the count
+allows it (the depth still follows the count). Measured in benchmarks/finetune_study.md.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import math
 import os
 import shlex
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from tl_cli.backbones import DEFAULT_BACKBONE
 from tl_cli.errors import ConfigError
@@ -31,6 +38,17 @@ FROZEN_AT_LOW = 0.9  # fraction of layers frozen at EXTRACT_BELOW images per cla
 FROZEN_AT_HIGH = 0.3  # ... and at RETRAIN_ABOVE
 IMBALANCE_RATIO = 3.0  # largest/smallest class above this gets a warning
 TOO_FEW = 10  # fewer images (train + val) than this in a class gets a warning
+NEAR_PERFECT = 0.97  # probe validation accuracy from which fine-tuning has nothing left to win
+WEAK_PROBE = 0.9  # below this the pretrained features do not fit the data: fine-tune when the count allows
+MIN_EVIDENCE_VAL = 20  # fewer validation images than this are not evidence either way
+
+
+@dataclass(frozen=True)
+class ProbeEvidence:
+    """The linear probe on this dataset's cached features: validation accuracy on n_val images."""
+
+    val_accuracy: float
+    n_val: int
 
 
 @dataclass(frozen=True)
@@ -54,6 +72,7 @@ class Suggestion:
         warnings: class imbalance, classes with very few images.
         counts: per-class train/val image counts.
         command: the command line to run.
+        probe: the measured linear probe the decision used, if the workspace had the features.
     """
 
     route: str
@@ -65,6 +84,7 @@ class Suggestion:
     warnings: tuple[str, ...]
     counts: tuple[ClassCount, ...]
     command: str
+    probe: ProbeEvidence | None = None
 
     @property
     def frozen_layers(self) -> int:
@@ -76,6 +96,7 @@ class Suggestion:
         d["counts"] = {c.name: {"train": c.train, "val": c.val} for c in self.counts}
         d["reasons"], d["warnings"] = list(self.reasons), list(self.warnings)
         d["frozen_layers"] = self.frozen_layers
+        d["probe"] = None if self.probe is None else asdict(self.probe)
         return d
 
 
@@ -96,8 +117,10 @@ def recommend(
     n_layers: int,
     backbone: str = DEFAULT_BACKBONE,
     data_arg: str = "DATA",
+    probe: ProbeEvidence | None = None,
 ) -> Suggestion:
-    """Pick a route from per-class (train, val) image counts and the backbone's layer count.
+    """Pick a route from per-class (train, val) image counts and the backbone's layer count, and
+    from the measured linear probe when there is one (see the module docstring).
 
     Pure: no files are read. Raises ConfigError with fewer than two classes or no layers.
 
@@ -141,6 +164,9 @@ def recommend(
             f"layers {freeze + 1}..{n_layers} are trained (the last one is the new head)",
         )
         command = f"tl finetune {data_arg} --freeze {freeze}{opt}"
+    if probe is not None:
+        route, freeze, reasons, command = _weigh_probe(probe, route, freeze, reasons, command, n, n_layers, backbone,
+                                                       data_arg, opt)
     warnings: list[str] = []
     if n > 0 and largest.train / n > IMBALANCE_RATIO:
         warnings.append(
@@ -154,11 +180,60 @@ def recommend(
             "very few images in " + ", ".join(f"{c.name} ({c.train + c.val})" for c in few)
             + f": with under {TOO_FEW} per class, accuracy on that class is mostly luck; collect more"
         )
-    return Suggestion(route, freeze, backbone, n_layers, n, reasons, tuple(warnings), cc, command)
+    return Suggestion(route, freeze, backbone, n_layers, n, reasons, tuple(warnings), cc, command, probe)
 
 
-def suggest(data_dir: str | os.PathLike, backbone: str = DEFAULT_BACKBONE, val_fraction: float = 0.2) -> Suggestion:
-    """Count a dataset's images per class with `tl extract`'s split and recommend a route.
+def _weigh_probe(probe: ProbeEvidence, route, freeze, reasons, command, n, n_layers, backbone, data_arg, opt):
+    """The count's decision, revised by the measured probe: (route, freeze, reasons, command)."""
+    wrong = round((1 - probe.val_accuracy) * probe.n_val)
+    seen = (f"the linear probe on the cached features of {backbone} scores {probe.val_accuracy:.3f} "
+            f"on {probe.n_val} validation images ({wrong} wrong)")
+    if probe.n_val < MIN_EVIDENCE_VAL:
+        return route, freeze, reasons + (f"{seen}: too few validation images to weigh, so the count decides",), command
+    if probe.val_accuracy >= NEAR_PERFECT and route != "extract":
+        return "extract", None, (
+            f"{seen}, at or above {NEAR_PERFECT}: the pretrained features already separate your classes",
+            f"so extract is enough: fine-tuning could win at most {wrong} images and costs far more time "
+            f"(the count alone, {n} training images in the smallest class, would have said {route})",
+        ), f"tl extract {data_arg}{opt}"
+    if probe.val_accuracy < WEAK_PROBE and route != "extract":
+        return route, freeze, reasons + (
+            f"{seen}, below {WEAK_PROBE}: the pretrained features do not fit your images well, so training "
+            "the later layers is where the accuracy is; fine-tuning starts from this probe (epoch 0) and "
+            "keeps it unless an epoch beats it",), command
+    if probe.val_accuracy < WEAK_PROBE:
+        return route, freeze, reasons + (
+            f"{seen}, below {WEAK_PROBE}: the features would need to adapt, but with {n} training images in "
+            f"the smallest class fine-tuning overfits; with {EXTRACT_BELOW}+ per class, `tl finetune` is the route",
+        ), command
+    return route, freeze, reasons + (f"{seen}",), command
+
+
+def measured_probe(ds, backbone: str, workspace) -> ProbeEvidence | None:
+    """The probe's validation accuracy from the workspace's `tl extract` features of `ds`, or None
+    (no such features, no pretrained weights here, or no validation split). Fits a head: seconds."""
+    from tl_cli.backbones import get_spec
+    from tl_cli.backbones.registry import resolve_weights
+    from tl_cli.errors import TLError
+    from tl_cli.finetune.probe import cached_features
+    from tl_cli.head.softmax import train_head
+
+    spec = get_spec(backbone)
+    try:
+        splits = cached_features(workspace, ds, spec, resolve_weights(spec).identity)
+    except TLError:
+        return None
+    if splits is None or len(splits[1][1]) == 0:
+        return None
+    (xt, yt), (xv, yv) = splits
+    head = train_head(xt, yt, xv, yv, len(ds.classes))
+    return ProbeEvidence(float(head.val_accuracy), len(yv))
+
+
+def suggest(data_dir: str | os.PathLike, backbone: str = DEFAULT_BACKBONE, val_fraction: float = 0.2,
+            workspace=None) -> Suggestion:
+    """Count a dataset's images per class with `tl extract`'s split and recommend a route, using
+    the linear probe on `workspace`'s cached features of the dataset when it has them.
 
     Raises:
         DataError: missing or empty folder, a class without images, a single class.
@@ -175,5 +250,10 @@ def suggest(data_dir: str | os.PathLike, backbone: str = DEFAULT_BACKBONE, val_f
     counts = {c: [0, 0] for c in ds.classes}
     for s in ds.samples:
         counts[ds.classes[s.label]][0 if s.split == "train" else 1] += 1
-    return recommend({c: (tr, va) for c, (tr, va) in counts.items()}, layer_count(backbone),
-                     backbone, shlex.quote(str(data_dir)))
+    probe = measured_probe(ds, backbone, workspace) if workspace is not None else None
+    data_arg = shlex.quote(str(data_dir))
+    s = recommend({c: (tr, va) for c, (tr, va) in counts.items()}, layer_count(backbone), backbone, data_arg, probe)
+    if probe is None and workspace is not None:
+        s = replace(s, reasons=s.reasons + (f"no measured probe: after `tl extract {data_arg}` (features cached in this "
+                                            "workspace) tl suggest also weighs how well the pretrained features fit",))
+    return s

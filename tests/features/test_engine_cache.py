@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers.paths import REPO
 from tl_cli.backbones import create_backbone, get_spec, resolve_weights
 from tl_cli.errors import ExportError
 from tl_cli.features.engines import export_once, make_engine, onnx_path
@@ -20,7 +21,7 @@ from tl_cli.runtime import cache_dirs
 from tl_cli.runtime.atomic import TMP_PREFIX
 
 pytest.importorskip("onnxruntime")
-REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.fresh_engines  # these tests are about exporting: no engine is there beforehand
 
 
 def _lenet():

@@ -25,10 +25,11 @@ SLOW_TL = REPO / "tests" / "helpers" / "slow_tl.py"
 runner = CliRunner()
 
 
-def start_slow(data: Path, ws: Path, log: Path, chunk: int, delay: float = 0.3, hold: Path | None = None
-               ) -> subprocess.Popen:
+def start_slow(data: Path, ws: Path, log: Path, chunk: int, delay: float = 0.3, hold: Path | None = None,
+               hold_after: int = 1) -> subprocess.Popen:
     env = {**os.environ, "TL_WORKSPACE": str(ws), "SLOW_TL_LOG": str(log), "SLOW_TL_CHUNK": str(chunk),
-           "SLOW_TL_DELAY": str(delay), "OMP_NUM_THREADS": "1", "SLOW_TL_HOLD": str(hold or "")}
+           "SLOW_TL_DELAY": str(delay), "OMP_NUM_THREADS": "1", "SLOW_TL_HOLD": str(hold or ""),
+           "SLOW_TL_HOLD_AFTER": str(hold_after)}
     return subprocess.Popen([sys.executable, str(SLOW_TL), "extract", str(data), "--backbone", "lenet5",
                              "--no-pretrained", "--workers", "0", "--batch-size", "4"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -104,7 +105,11 @@ def test_ctrl_c_saves_finished_rows_and_the_next_run_resumes(grown, isolated_wor
     data, cache_dir, earlier, reference = grown
     log = tmp_path / "progress.log"
     # Chunks bigger than the whole job: whatever is saved was saved by the Ctrl-C handling itself.
-    proc = start_slow(data, isolated_workspace, log, chunk=10_000)
+    # After 3 batches the 4th waits while `hold` exists, so the Ctrl-C always lands mid-extraction
+    # however slowly this test process is scheduled (on a busy machine the job could finish first).
+    hold = tmp_path / "hold"
+    hold.touch()
+    proc = start_slow(data, isolated_workspace, log, chunk=10_000, hold=hold, hold_after=3)
     wait_for(lambda: batches_done(log) >= 3, proc)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     _, err = proc.communicate(timeout=120)

@@ -32,7 +32,8 @@ def _tensors_of(model: FinetuneModel, names: list[str]) -> dict[str, torch.Tenso
 def test_frozen_layers_bit_identical_after_training(name, k, side):
     torch.manual_seed(0)
     net, _ = create_backbone(name, pretrained=False)  # random weights stand in for pretrained ones
-    model = FinetuneModel(net, n_classes=3, freeze=k, input_size=side, dropout=0.1)
+    # bn="train": the trained layers' running statistics move too (the default "frozen" keeps them, test_ftstudy_rules)
+    model = FinetuneModel(net, n_classes=3, freeze=k, input_size=side, dropout=0.1, bn="train")
     cfg = FinetuneConfig(backbone=name, freeze=k, lr=1e-3, head_lr=1e-2, epochs=2)
     frozen_names = [n for layer in model.layers[:k] for n in (layer.name, *layer.norms)]
     later_names = [n for layer in model.layers[k:] for n in (layer.name, *layer.norms)]
@@ -66,7 +67,7 @@ def test_frozen_layers_bit_identical_after_training(name, k, side):
 
 def test_frozen_norms_stay_in_eval_mode_while_training():
     net, _ = create_backbone("lenet5", pretrained=False)
-    model = FinetuneModel(net, 3, freeze=1, input_size=32)
+    model = FinetuneModel(net, 3, freeze=1, input_size=32, bn="train")  # "frozen" (default): both eval, test_ftstudy_rules
     model.train()
     bn1, bn2 = model.net.get_submodule("net.features.1"), model.net.get_submodule("net.features.5")
     assert not bn1.training and bn2.training

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tl_cli.cli import app
-from tl_cli.head.leaderboard import Entry, parse_backbones
 from tl_cli.errors import ConfigError, UnknownBackbone
+from tl_cli.head.leaderboard import Entry, parse_backbones
 from tl_cli.runs.store import load_run
 from tl_cli.runs.workspace import Workspace
 

@@ -3,7 +3,8 @@ can interrupt it in the middle of an extraction.
 
 Environment: SLOW_TL_DELAY seconds of sleep per forward pass (default 0.3); SLOW_TL_CHUNK rows per
 cache chunk (default 4); SLOW_TL_LOG, a file that gets one line per finished forward pass;
-SLOW_TL_HOLD, a file: while it exists, every forward pass after the first waits (up to 2 minutes).
+SLOW_TL_HOLD, a file: while it exists, every forward pass after the first SLOW_TL_HOLD_AFTER (default 1)
+waits (up to 2 minutes).
 """
 
 from __future__ import annotations
@@ -23,16 +24,20 @@ DELAY = float(os.environ.get("SLOW_TL_DELAY", "0.3"))
 CHUNK = int(os.environ.get("SLOW_TL_CHUNK", "4"))
 LOG = os.environ.get("SLOW_TL_LOG")
 HOLD = os.environ.get("SLOW_TL_HOLD")
+HOLD_AFTER = int(os.environ.get("SLOW_TL_HOLD_AFTER", "1"))
+_done = 0  # forward passes finished
 
 _forward = Backbone.forward_features
 
 
 def slow_forward(self, x):
+    global _done
     time.sleep(DELAY)
     t0 = time.monotonic()
-    while HOLD and LOG and os.path.exists(HOLD) and os.path.exists(LOG) and time.monotonic() - t0 < 120:
+    while HOLD and LOG and os.path.exists(HOLD) and _done >= HOLD_AFTER and time.monotonic() - t0 < 120:
         time.sleep(0.05)
     out = _forward(self, x)
+    _done += 1
     if LOG:
         with open(LOG, "a") as fh:
             fh.write(f"{x.shape[0]}\n")

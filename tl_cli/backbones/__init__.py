@@ -1,7 +1,8 @@
 """Backbones: the registry and the built-in networks.
 
-Importing this package registers the built-in backbones (`builtin` imports `registry`, never the
-other way round), so `list_backbones()` and `get_spec()` see them from any import path.
+Importing this package registers the built-in backbones and timm's zoo as the family "timm/"
+(`builtin` and `timm_zoo` import `registry`, never the other way round), so `list_backbones()` and
+`get_spec()` see them from any import path.
 """
 
 from tl_cli.backbones.builtin import DEFAULT_BACKBONE  # importing builtin registers the built-in backbones
@@ -13,8 +14,18 @@ from tl_cli.backbones.registry import (
     list_backbones,
     load_state_dict_file,
     register_backbone,
+    register_family,
     resolve_weights,
 )
+
+
+def _timm_spec(name: str) -> BackboneSpec:
+    from tl_cli.backbones.timm_zoo import timm_spec  # on demand: timm_zoo imports torch and timm
+
+    return timm_spec(name)
+
+
+register_family("timm/", _timm_spec)
 
 __all__ = [
     "BackboneSpec",

@@ -56,6 +56,7 @@ class BackboneSpec:
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
+_FAMILIES: dict[str, Callable[[str], BackboneSpec]] = {}
 _FILE_SUFFIXES = (".pt", ".pth", ".onnx", ".safetensors", ".py", ".pkl", ".bin", ".ckpt")
 
 
@@ -67,6 +68,15 @@ def register_backbone(spec: BackboneSpec) -> BackboneSpec:
     return spec
 
 
+def register_family(prefix: str, make_spec: Callable[[str], BackboneSpec]) -> None:
+    """Names starting with `prefix` (e.g. "timm/") get their spec from `make_spec(name)`, on demand.
+
+    For zoos too large to register name by name; `backbones/__init__.py` wires them up, so this
+    module never imports them (they import it).
+    """
+    _FAMILIES[prefix] = make_spec
+
+
 def list_backbones() -> list[str]:
     """Registered backbone names, in registration order."""
     return list(_REGISTRY)
@@ -76,10 +86,9 @@ def get_spec(name: str) -> BackboneSpec:
     """The spec for `name`; an unknown name raises UnknownBackbone naming the closest ones."""
     if name in _REGISTRY:
         return _REGISTRY[name]
-    if name.startswith("timm/"):  # timm's zoo: specs made on demand from timm's pretrained configs
-        from tl_cli.backbones.timm_zoo import timm_spec
-
-        return timm_spec(name)
+    for prefix, make_spec in _FAMILIES.items():  # zoos whose specs are made on demand (timm/...)
+        if name.startswith(prefix):
+            return make_spec(name)
     # Names are only ever looked up in the registry; something path-like gets a pointed answer
     # (and is never imported or opened) so a typo can't turn into loading a file.
     if "/" in name or "\\" in name or name.startswith(".") or name.endswith(_FILE_SUFFIXES):

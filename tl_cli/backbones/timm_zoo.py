@@ -20,7 +20,7 @@ import difflib
 import math
 import os
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import torch
@@ -67,7 +67,7 @@ def list_timm_pretrained(pattern: str = "*") -> list[str]:
     return timm.list_models(pattern or "*", pretrained=True)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _pretrained_names() -> frozenset[str]:
     return frozenset(list_timm_pretrained())
 

@@ -14,7 +14,8 @@ from tl_cli.cli.options import BackboneOpt, FreezeOpt
 @command("backbones", epilog="Examples:  tl backbones;  tl backbones --timm 'convnext_tiny*'")
 def backbones_cmd(
     timm_pattern: Annotated[Optional[str], typer.Option(
-        "--timm", help="List timm's pretrained models matching a glob pattern (offline), usable as --backbone timm/NAME.")] = None,
+        "--timm",
+        help="List timm's pretrained models matching a glob pattern (offline), usable as --backbone timm/NAME.")] = None,
 ) -> None:
     """List the registered backbones, their size, and whether their weights are on this machine
     ("on first use": downloaded into torch hub's cache the first time the backbone is used)."""

@@ -14,6 +14,8 @@ from tl_cli.cli.options import (
     BatchSizeOpt,
     DeviceOpt,
     EngineOpt,
+    GroupPatternOpt,
+    GroupsOpt,
     PretrainedOpt,
     StrictOpt,
     ValFractionOpt,
@@ -35,6 +37,8 @@ def extract_cmd(
     weights: WeightsOpt = None,
     pretrained: PretrainedOpt = True,
     val_fraction: ValFractionOpt = 0.2,
+    group_pattern: GroupPatternOpt = None,
+    groups: GroupsOpt = None,
     batch_size: BatchSizeOpt = 32,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
@@ -60,7 +64,7 @@ def extract_cmd(
     cfg = ExtractConfig(
         backbone=backbone, weights=str(weights) if weights else None, pretrained=pretrained,
         val_fraction=val_fraction, batch_size=batch_size, workers=workers, device=device, strict=strict, engine=engine,
-        decoder=decoder,
+        decoder=decoder, group_pattern=group_pattern, groups=str(groups.expanduser().absolute()) if groups else None,
     )
     ws = workspace(ws_path)
     if "," in backbone and not no_train:
@@ -73,12 +77,19 @@ def extract_cmd(
     res = train_small_data(data_dir, cfg, HeadConfig(balanced=balanced), ws, RichReporter(err), train=not no_train)
     if res.extract is not None:  # under torchrun only rank 0 has the result and prints
         render_summary(res)
+        from tl_cli.check.neighbours import NEAR_THRESHOLD
+        from tl_cli.check.quick import quick_check
+
+        ex = res.extract  # the near-copy threshold is calibrated for the default backbone's features
+        near = NEAR_THRESHOLD if ex.backbone == DEFAULT_BACKBONE else None
+        note = quick_check(ex.features, ex.splits, ex.labels, ex.dataset.root, near)
+        if note:
+            err.print(f"check: {note}", markup=False, style="yellow")
 
 
 def render_leaderboard(board) -> None:
-    from rich.table import Table
-
     from rich import box
+    from rich.table import Table
 
     t = Table(title=f"tl extract: {board.data_dir}: {len(board.entries)} backbones, best first", title_justify="left",
               box=box.SIMPLE_HEAD, pad_edge=False)

@@ -11,11 +11,14 @@ from tl_cli.cli.options import (
     AugmentOpt,
     BackboneOpt,
     BatchSizeOpt,
+    BnOpt,
     DataDirArg,
     DeviceOpt,
     DropoutOpt,
     EpochsOpt,
     FreezeOpt,
+    GroupPatternOpt,
+    GroupsOpt,
     HeadInitOpt,
     HeadLrOpt,
     LrOpt,
@@ -70,7 +73,8 @@ def finetune_cmd(
     momentum: MomentumOpt = None, weight_decay: WeightDecayOpt = None, warmup_epochs: WarmupOpt = None,
     label_smoothing: SmoothingOpt = None, dropout: DropoutOpt = None, patience: PatienceOpt = None, augment: AugmentOpt = None,
     seed: SeedOpt = None, device: DeviceOpt = None, workers: WorkersOpt = None, time_budget: TimeBudgetOpt = None,
-    val_fraction: ValFractionOpt = None, sync_bn: SyncBnOpt = None, head_init: HeadInitOpt = None, resume: ResumeOpt = False,
+    val_fraction: ValFractionOpt = None, sync_bn: SyncBnOpt = None, head_init: HeadInitOpt = None, bn: BnOpt = None,
+    group_pattern: GroupPatternOpt = None, groups: GroupsOpt = None, resume: ResumeOpt = False,
     run: RunDirOpt = None, ws_path: WorkspaceOpt = None,
 ) -> None:
     """More data: layers 1..N keep their pretrained weights; the later layers and a new head are trained.
@@ -89,7 +93,8 @@ def retrain_cmd(
     momentum: MomentumOpt = None, weight_decay: WeightDecayOpt = None, warmup_epochs: WarmupOpt = None,
     label_smoothing: SmoothingOpt = None, dropout: DropoutOpt = None, patience: PatienceOpt = None, augment: AugmentOpt = None,
     seed: SeedOpt = None, device: DeviceOpt = None, workers: WorkersOpt = None, time_budget: TimeBudgetOpt = None,
-    val_fraction: ValFractionOpt = None, sync_bn: SyncBnOpt = None, head_init: HeadInitOpt = None, resume: ResumeOpt = False,
+    val_fraction: ValFractionOpt = None, sync_bn: SyncBnOpt = None, head_init: HeadInitOpt = None, bn: BnOpt = None,
+    group_pattern: GroupPatternOpt = None, groups: GroupsOpt = None, resume: ResumeOpt = False,
     run: RunDirOpt = None, ws_path: WorkspaceOpt = None,
 ) -> None:
     """A lot of data: train the whole network from its pretrained weights (backbone at a lower learning rate than the head)."""
@@ -106,7 +111,8 @@ def _train(route: str, params: dict) -> None:
 
     params = dict(params)
     data_dir, resume, run, ws = params.pop("data_dir"), params.pop("resume"), params.pop("run"), workspace(params.pop("ws_path"))
-    given = {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items() if v is not None}
+    given = {k: (str(v.expanduser().absolute()) if k == "groups" else str(v) if isinstance(v, Path) else v)
+             for k, v in params.items() if v is not None}
     reporter = RichReporter(err)
     try:
         if resume:
@@ -124,6 +130,12 @@ def _train(route: str, params: dict) -> None:
         raise typer.Exit(130) from None
     if is_main():  # under torchrun every rank has the result; one prints it
         render(res)
+        if not res.already_finished:
+            from tl_cli.check.quick import run_leak_note
+
+            note = run_leak_note(ws, res.run_dir)
+            if note:
+                err.print(f"check: {note}", markup=False, style="yellow")
 
 
 def render(res) -> None:

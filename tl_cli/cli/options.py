@@ -29,7 +29,8 @@ ModelOpt = Annotated[Optional[Path], _opt("--model", "-m", help=(
     "Run folder (default: the latest run); `tl predict` and `tl evaluate` also take an .onnx file from `tl export`."))]
 OutputOpt = Annotated[Optional[Path], _opt("--output", "-o", help=(
     "Where to write: predict, a results file (table -> csv); evaluate, a folder (default: "
-    "<run>/evaluations/<date>-<data>-<split>); export, the model file (default: <run>/model.onnx or model.pt)."))]
+    "<run>/evaluations/<date>-<data>-<split>); export, the model file (default: <run>/model.onnx or model.pt); "
+    "check, a folder (default: <workspace>/checks/<date>-<data>)."))]
 FormatOpt = Annotated[str, _opt("--format", "-f", help=(
     "Output format: table (default), json, or csv (predict, evaluate); `tl export`: onnx (default) or torchscript."))]
 
@@ -46,6 +47,11 @@ FreezeOpt = Annotated[_Int, _opt("--freeze", min=0, help=(
 # ----------------------------------------------------------------------------- data and resources
 ValFractionOpt = Annotated[_Float, _opt("--val-fraction", min=0.0, max=0.95, help=(
     "Validation share when the folder has no val/ sub-folder (default: 0.2; the same split in every command)."))]
+GroupPatternOpt = Annotated[Optional[str], _opt("--group-pattern", help=(
+    "Keep images whose names differ only by this regex's first match on one side of the split "
+    "(e.g. '_aug\\d+' splits rose_aug3.jpg with rose.jpg; retrain.py's convention: '_nohash_.*$')."))]
+GroupsOpt = Annotated[Optional[Path], _opt("--groups", help=(
+    "A groups file (`tl check` writes groups.json): each group of copies stays on one side of the split."))]
 StrictOpt = Annotated[bool, _opt("--strict", help="Stop at the first unreadable image instead of skipping it.")]
 BatchSizeOpt = Annotated[_Int, _opt("--batch-size", min=1, help=(
     "Images per batch (default: 32): per forward pass in extract, predict and evaluate; per optimisation step, "
@@ -70,7 +76,8 @@ MomentumOpt = Annotated[_Float, _opt("--momentum", help="SGD momentum (default: 
 WeightDecayOpt = Annotated[_Float, _opt("--weight-decay", help="Weight decay (default: 0.01); not on biases and norms.")]
 WarmupOpt = Annotated[_Float, _opt("--warmup-epochs", help=(
     "Linear warm-up, then cosine decay to 0 after the last step (default: 1, or epochs/5 if shorter)."))]
-SmoothingOpt = Annotated[_Float, _opt("--label-smoothing", help="Label smoothing (default: 0.1).")]
+SmoothingOpt = Annotated[_Float, _opt("--label-smoothing", help=(
+    "Label smoothing (default: 0: the probe start is fitted without it, and smoothing would pull it away)."))]
 DropoutOpt = Annotated[_Float, _opt("--dropout", help="Dropout before the new head (default: 0.2).")]
 PatienceOpt = Annotated[_Int, _opt("--patience", min=0, help=(
     "Stop after this many epochs without a better validation result; 0 = never (default: 4 finetune, 5 retrain)."))]
@@ -83,6 +90,9 @@ SyncBnOpt = Annotated[Optional[bool], _opt("--sync-bn/--no-sync-bn", help=(
 HeadInitOpt = Annotated[Optional[str], _opt("--head-init", help=(
     "probe (default): start from the head `tl extract` would fit on the frozen features, scored as epoch 0 "
     "(LP-FT); random: a random head."))]
+BnOpt = Annotated[Optional[str], _opt("--bn", help=(
+    "Batch norms of the trained layers: frozen (default: pretrained running statistics, scale and shift trained) "
+    "or train (batch statistics)."))]
 ResumeOpt = Annotated[bool, _opt("--resume", help=(
     "Continue the last interrupted run (or --run RUN_DIR) from its last checkpoint, with its saved settings; "
     "only --batch-size, --device, --workers and --time-budget may change."))]

@@ -111,14 +111,14 @@ def evaluate_cmd(
     from tl_cli.inference.evaluate import default_output_dir, evaluate
     from tl_cli.inference.predict import load_predictor
     from tl_cli.inference.report import write_evaluation
-    from tl_cli.runs.store import val_fraction_of
+    from tl_cli.runs.store import grouping_of, val_fraction_of
     from tl_cli.runtime.progress import RichReporter
 
     check_format(fmt, FORMATS)
     predictor = load_predictor(model, workspace(ws_path), device=device)
     err.print(f"[dim]model: {predictor.source}[/]")
     ev = evaluate(predictor, data_dir, split, val_fraction_of(predictor.train_meta), batch_size, workers,
-                  RichReporter(err))
+                  RichReporter(err), grouping_of(predictor.train_meta) if split != "all" else None)
     folder = write_evaluation(ev, output or default_output_dir(predictor, ev))
     for rel, why in ev.failed:
         err.print(f"[yellow]skipped[/] {rel}: {why}", markup=True, highlight=False)

@@ -19,12 +19,14 @@ def suggest_cmd(
     fmt: FormatOpt = "table",
     ws_path: WorkspaceOpt = None,
 ) -> None:
-    """Count images per class and recommend extract, finetune --freeze N or retrain, saying why."""
+    """Recommend extract, finetune --freeze N or retrain, saying why: from the images per class and,
+    when `tl extract` has cached this dataset's features, from the linear probe's validation accuracy."""
     from tl_cli.suggest import suggest
 
     check_format(fmt)
-    data = data_dir if data_dir is not None else workspace(ws_path).last_dataset()
-    s = suggest(data, backbone, val_fraction)
+    ws = workspace(ws_path)
+    data = data_dir if data_dir is not None else ws.last_dataset()
+    s = suggest(data, backbone, val_fraction, ws)
     if fmt == "json":
         out.print(json.dumps(s.to_dict(), indent=2), markup=False)
         return

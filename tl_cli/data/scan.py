@@ -13,8 +13,12 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tl_cli.errors import DataError
+
+if TYPE_CHECKING:
+    from tl_cli.data.groups import Grouping
 
 # Magic numbers of the formats Pillow decodes that photos come in.
 _MAGIC = (
@@ -153,13 +157,16 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.is_dir() and not _hidden(p.name)), key=lambda p: p.name)
 
 
-def scan_dataset(root: str | os.PathLike, val_fraction: float = 0.2, min_classes: int = 2) -> Dataset:
+def scan_dataset(root: str | os.PathLike, val_fraction: float = 0.2, min_classes: int = 2,
+                 grouping: Grouping | None = None) -> Dataset:
     """Discover classes and images under `root`.
 
     Args:
         root: a folder of class sub-folders, or with `train/` and `val/` folders of them.
         val_fraction: share of images (by name hash) used for validation without a val/ folder.
         min_classes: fewer classes than this is an error (a classifier needs two).
+        grouping: keeps groups of images on one side of the hash split (data/groups.py); a
+            train/val layout is used as given.
 
     Raises:
         DataError: missing folder, no class folders, no images, fewer than `min_classes` classes
@@ -200,7 +207,8 @@ def scan_dataset(root: str | os.PathLike, val_fraction: float = 0.2, min_classes
                         skipped.append((rel, reason))
                     continue  # non-image files (notes, .json) are ignored silently
                 in_class = f.relative_to(cdir).as_posix()
-                s = split or ("val" if is_val(in_class, val_fraction) else "train")
+                key = grouping.split_key(rel, in_class) if grouping else in_class
+                s = split or ("val" if is_val(key, val_fraction) else "train")
                 found.append((rel, cdir.name, s))
     if not found:
         raise DataError(f"no images in {root}", hint="tl reads JPEG, PNG, GIF, BMP, TIFF and WebP files")

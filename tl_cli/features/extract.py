@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from tl_cli.backbones import DEFAULT_BACKBONE, get_spec, resolve_weights
+from tl_cli.data.groups import make_grouping
 from tl_cli.data.preprocess import Preprocess
 from tl_cli.data.scan import Dataset, scan_dataset
 from tl_cli.errors import ConfigError, DataError, ImageError
@@ -47,6 +48,7 @@ class ExtractConfig:
         chunk_rows: rows per cache chunk (what an interrupted run keeps).
         decoder: "auto" (nvJPEG on the GPU when extracting on CUDA, else Pillow threads), "cpu"
             (Pillow threads) or "gpu" (nvJPEG; CUDA only). See data/gpu_decode.py.
+        group_pattern, groups: keep groups of images on one side of the split (data/groups.py).
     """
 
     backbone: str = DEFAULT_BACKBONE
@@ -61,6 +63,8 @@ class ExtractConfig:
     dtype: str = "float32"
     engine: str = "auto"
     decoder: str = "auto"
+    group_pattern: str | None = None
+    groups: str | None = None
 
     def __post_init__(self) -> None:
         from tl_cli.features.engines import ENGINES
@@ -327,7 +331,7 @@ def extract_features(
     ws = workspace or Workspace.open()
     spec = get_spec(cfg.backbone)
     choice = resolve_weights(spec, cfg.weights, cfg.pretrained)
-    ds = scan_dataset(data_dir, cfg.val_fraction)
+    ds = scan_dataset(data_dir, cfg.val_fraction, grouping=make_grouping(cfg.group_pattern, cfg.groups))
     if cfg.strict and ds.skipped:
         rel, why = ds.skipped[0]
         raise ImageError(f"{rel}: {why}", hint="remove it, or drop --strict to skip unreadable images")

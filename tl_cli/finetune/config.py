@@ -21,6 +21,8 @@ CONFIG_FILE = "config.json"
 ROUTES = ("finetune", "retrain")
 OPTIMIZERS = ("adamw", "sgd")
 HEAD_INITS = ("probe", "random")
+BN_POLICIES = ("frozen", "train")
+PLAN_CAP = 30  # most epochs a --time-budget plan may give (more would call for --epochs)
 # What may change on --resume: where and how fast the run goes, not what it computes.
 RESOURCE_FIELDS = frozenset({"batch_size", "device", "workers", "time_budget"})
 
@@ -51,6 +53,12 @@ class FinetuneConfig:
             instead of each rank's share (SyncBatchNorm; CUDA only). No effect in one process.
         head_init: "probe" (LP-FT: before epoch 1 the head is fitted on the frozen features as
             `tl extract` fits it, and that model is scored as epoch 0) or "random".
+        plan_epochs: without --epochs but with --time-budget: `epochs` is only a cap until the
+            first epoch has been timed, then the run sets it to the epochs that fit the budget, so
+            the cosine schedule ends at zero inside it (trainer.plan_epochs).
+        bn: batch norms of the trained layers: "frozen" (eval mode: pretrained running statistics,
+            scale and shift still trained) or "train" (batch statistics, running ones updated).
+        group_pattern, groups: keep groups of images on one side of the split (data/groups.py).
     """
 
     route: str = "finetune"
@@ -66,7 +74,7 @@ class FinetuneConfig:
     momentum: float = 0.9
     weight_decay: float = 0.01
     warmup_epochs: float | None = None  # None: min(1, epochs / 5), so short runs still decay
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.0  # the probe head is fitted without it: smoothing would pull it away (study)
     dropout: float = 0.2
     patience: int = 4
     augment: bool = True
@@ -77,6 +85,10 @@ class FinetuneConfig:
     val_fraction: float = 0.2
     sync_bn: bool = False
     head_init: str = "probe"
+    bn: str = "frozen"
+    plan_epochs: bool = False
+    group_pattern: str | None = None
+    groups: str | None = None
 
     def __post_init__(self) -> None:
         if self.warmup_epochs is None:
@@ -84,6 +96,7 @@ class FinetuneConfig:
         checks = [
             (self.route in ROUTES, f"route must be one of {ROUTES}, got {self.route!r}"),
             (self.head_init in HEAD_INITS, f"--head-init must be probe or random, got {self.head_init!r}"),
+            (self.bn in BN_POLICIES, f"--bn must be frozen or train, got {self.bn!r}"),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be adamw or sgd, got {self.optimizer!r}"),
             (self.freeze >= 0, f"--freeze must be >= 0, got {self.freeze}"),
             (self.route != "retrain" or self.freeze == 0, "tl retrain trains every layer: use tl finetune --freeze N"),
@@ -108,12 +121,15 @@ class FinetuneConfig:
     def for_route(cls, route: str, **overrides: Any) -> FinetuneConfig:
         """Defaults suited to the route, with `overrides` on top.
 
+        With a time budget and no epochs, the epochs are planned (see `plan_epochs`).
         Retraining moves every pretrained layer, so its backbone learning rate is lower (a tenth
         of the head's) to keep the pretrained features from being wrecked in the first epochs.
         """
         base = dict(route=route)
         if route == "retrain":
             base.update(freeze=0, lr=1e-4, head_lr=1e-3, epochs=15, patience=5)
+        if overrides.get("epochs") is None and overrides.get("time_budget") is not None:
+            base.update(plan_epochs=True, epochs=PLAN_CAP, warmup_epochs=1.0)
         base.update({k: v for k, v in overrides.items() if v is not None})  # None = the default
         return cls(**base)
 

@@ -2,7 +2,14 @@
 
 Freezing uses the one numbering of `tl layers` (tl_cli/layers.py). A frozen layer's parameters
 get `requires_grad=False` and its batch-norms stay in eval mode even while the model trains, so
-their running statistics never move. Frozen layers are a prefix of the forward pass, so nothing
+their running statistics never move. `bn="frozen"` (the default) keeps the batch-norms of the
+*trained* layers in eval mode too: they normalise with the pretrained running statistics while
+their scale and shift still train. Measured (benchmarks/finetune_study.md): switching the trained
+layers' norms to batch statistics is what made training after the linear probe unstable on small
+data (sample_data: accuracy 1.0 -> 0.44 and loss 0 -> 15.9 with no optimisation step at all),
+because the probe head was fitted on features normalised with the running statistics.
+
+Frozen layers are a prefix of the forward pass, so nothing
 before the first trained layer needs a gradient: autograd records no backward work for them.
 """
 
@@ -28,8 +35,10 @@ class FinetuneModel(nn.Module):
         [1, 2]
     """
 
-    def __init__(self, backbone: nn.Module, n_classes: int, freeze: int, input_size: int, dropout: float = 0.0):
+    def __init__(self, backbone: nn.Module, n_classes: int, freeze: int, input_size: int, dropout: float = 0.0,
+                 bn: str = "frozen"):
         super().__init__()
+        self.bn = bn
         self.net = attach_head(backbone, n_classes, dropout)
         self.layers: list[LayerInfo] = enumerate_layers(self.net, input_size)
         check_freeze(freeze, len(self.layers))
@@ -39,7 +48,7 @@ class FinetuneModel(nn.Module):
             self.net.get_submodule(name).requires_grad_(False)
         for name in frozen_parameter_names(self.layers, freeze):
             self.net.get_parameter(name).requires_grad_(False)
-        self._frozen_norms = [self.net.get_submodule(n) for layer in self.layers[:freeze] for n in layer.norms]
+        self._frozen_norms = self._norms_in_eval()
 
     def use_sync_batchnorm(self) -> None:
         """Batch norms that share their statistics over all torchrun ranks (CUDA only; `--sync-bn`).
@@ -48,11 +57,18 @@ class FinetuneModel(nn.Module):
         is built; the frozen norms are looked up again because they are new modules.
         """
         self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
-        self._frozen_norms = [self.net.get_submodule(n) for layer in self.layers[:self.freeze] for n in layer.norms]
+        self._frozen_norms = self._norms_in_eval()
+
+    def _norms_in_eval(self) -> list[nn.Module]:
+        """Norm modules that stay in eval mode while training: the frozen layers' (always) and,
+        with bn="frozen", every batch-norm of the network."""
+        if self.bn == "frozen":
+            return [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        return [self.net.get_submodule(n) for layer in self.layers[:self.freeze] for n in layer.norms]
 
     def train(self, mode: bool = True) -> FinetuneModel:
         super().train(mode)
-        for norm in self._frozen_norms:  # running statistics of frozen layers stay pretrained
+        for norm in self._frozen_norms:  # running statistics stay pretrained (see the module docstring)
             norm.eval()
         return self
 

@@ -3,6 +3,7 @@ with (`Training`, built once per process from the config and the dataset)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ class TrainState:
         bad_epochs: epochs since the best one (early stopping counts these).
         history: one row per epoch (history.HISTORY_FIELDS).
         finished: nothing left to train; stop_reason: "epochs", "early_stopping" or "time_budget".
+        planned: the epochs fixed by a --time-budget plan (0: none made yet; config.plan_epochs).
     """
 
     epoch: int = 0
@@ -41,6 +43,7 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     finished: bool = False
     stop_reason: str = "epochs"
+    planned: int = 0
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any]) -> TrainState:
@@ -49,31 +52,53 @@ class TrainState:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def record(self, row: dict, cfg: FinetuneConfig, has_val: bool) -> bool:
+    def record(self, row: dict, cfg: FinetuneConfig, n_val: int) -> bool:
         """Add a finished epoch's row; returns True when it is the new best epoch.
 
         Metrics are global under torchrun, so every rank decides alike.
         """
         self.epoch = row["epoch"]
         self.history.append(row)
-        improved = is_better(row, self.best)
+        improved = is_better(row, self.best, n_val)
         if improved:
             self.best = {k: row[k] for k in BEST_KEYS}
             self.bad_epochs = 0
         else:
             self.bad_epochs += 1
-        if cfg.patience and has_val and self.bad_epochs >= cfg.patience:
+        if cfg.patience and n_val and self.bad_epochs >= cfg.patience:
             self.finished, self.stop_reason = True, "early_stopping"
         elif self.epoch >= cfg.epochs:
             self.finished, self.stop_reason = True, "epochs"
         return improved
 
 
-def is_better(row: dict, best: dict) -> bool:
-    """Higher validation accuracy wins, lower validation loss breaks ties; no val: latest wins."""
+# A tie in accuracy goes to the later epoch only if its val loss is lower by 10% and by 0.01 nats:
+# on a few images two near-perfect models differ by 1e-6, which is not evidence.
+LOSS_MARGIN, LOSS_MARGIN_ABS = 0.1, 0.01
+
+
+def accuracy_noise(acc_a: float, acc_b: float, n: int) -> float:
+    """One binomial standard error of an accuracy measured on `n` images, at the pair's mean
+    accuracy, but never under half an image (so that two perfect scores are still a tie)."""
+    p = (acc_a + acc_b) / 2
+    return max(math.sqrt(p * (1 - p) / max(n, 1)), 0.5 / max(n, 1))
+
+
+def is_better(row: dict, best: dict, n_val: int) -> bool:
+    """Does epoch `row` replace `best` as the model kept? The simpler model (earlier epoch, the
+    probe first of all) stays unless the later one is better by more than validation noise.
+
+    Better means: validation accuracy higher by more than one standard error (accuracy_noise),
+    or, with the accuracies within noise and not lower, a validation loss lower by more than
+    LOSS_MARGIN (relative) and LOSS_MARGIN_ABS. No best yet, or no validation images: the latest wins.
+    """
     if not best or row["val_accuracy"] is None:
         return True
-    return (row["val_accuracy"], -row["val_loss"]) > (best["val_accuracy"], -best["val_loss"])
+    diff = row["val_accuracy"] - best["val_accuracy"]
+    noise = accuracy_noise(row["val_accuracy"], best["val_accuracy"], n_val)
+    if abs(diff) > noise:
+        return diff > 0
+    return diff >= 0 and best["val_loss"] - row["val_loss"] > max(LOSS_MARGIN * best["val_loss"], LOSS_MARGIN_ABS)
 
 
 @dataclass

@@ -17,7 +17,7 @@ import json
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from tl_cli.backbones import create_backbone, get_spec
+from tl_cli.data.groups import make_grouping
 from tl_cli.data.scan import Dataset, scan_dataset
 from tl_cli.errors import ConfigError, DataError, RunError
 from tl_cli.finetune import ddp
@@ -41,6 +42,7 @@ from tl_cli.runs.store import META, load_tensors, new_run_dir, save_run, save_te
 from tl_cli.runs.workspace import Workspace
 from tl_cli.runtime import distributed
 from tl_cli.runtime.atomic import write_json
+from tl_cli.runtime.memory import keep_freed_memory
 from tl_cli.runtime.oom import HalvingStep
 from tl_cli.runtime.progress import Reporter
 
@@ -91,7 +93,7 @@ def start(data_dir: str | os.PathLike, cfg: FinetuneConfig, workspace: Workspace
     info = distributed.init(cfg.device)
     prepared = None
     if info.is_main:  # under torchrun rank 0 alone makes the run folder and sends it to the others
-        ds = scan_dataset(data_dir, cfg.val_fraction)
+        ds = scan_dataset(data_dir, cfg.val_fraction, grouping=make_grouping(cfg.group_pattern, cfg.groups))
         ws.ensure(outside=ds.root)
         _check_freeze(cfg)  # an unknown backbone or a too-large --freeze fails before a run folder exists
         run_dir = new_run_dir(ws.runs, cfg.route, ds.root.name)
@@ -164,7 +166,7 @@ def _prepare_resume(ws: Workspace, run_dir, overrides: dict | None, data_dir):
     ckpt = load_checkpoint(run_dir)
     if ckpt.get("finished") and (run_dir / META).is_file():
         return _finished_result(run_dir, cfg, ckpt)
-    ds = scan_dataset(source["data_dir"], cfg.val_fraction)
+    ds = scan_dataset(source["data_dir"], cfg.val_fraction, grouping=make_grouping(cfg.group_pattern, cfg.groups))
     if ds.classes != source["classes"]:
         raise DataError(f"the classes in {ds.root} changed since the run started "
                         f"({', '.join(source['classes'])} -> {', '.join(ds.classes)})", hint="start a new run")
@@ -220,12 +222,14 @@ def _setup(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, reporter: Reporter) 
     info = distributed.env_info()
     device = distributed.rank_device(cfg.device)  # cuda:LOCAL_RANK under torchrun
     ddp.check_sync_bn(cfg.sync_bn, device)
+    if device.type == "cpu":
+        keep_freed_memory()  # page faults were a fifth of the CPU time (runtime/memory.py)
     if not info.is_main:
         reporter = Reporter()  # one progress bar and one log: rank 0's
     spec = get_spec(cfg.backbone)
     _seed_everything(cfg.seed)
     backbone, choice = create_backbone(cfg.backbone, cfg.weights, cfg.pretrained)
-    model = FinetuneModel(backbone, len(ds.classes), cfg.freeze, spec.preprocess.input_size, cfg.dropout)
+    model = FinetuneModel(backbone, len(ds.classes), cfg.freeze, spec.preprocess.input_size, cfg.dropout, cfg.bn)
     if cfg.sync_bn and info.enabled:
         model.use_sync_batchnorm()
     model = model.to(device).to(memory_format=torch.channels_last)
@@ -276,7 +280,9 @@ def _epochs(tr: Training, state: TrainState, deadline: float | None) -> None:
         first = longest == 0.0
         longest = max(longest, time.perf_counter() - t_epoch)
         tr.reporter.log(format_row(row, improved=improved))
-        if first and deadline and not state.finished:
+        if tr.cfg.plan_epochs and not state.planned and deadline and not state.finished:
+            tr.cfg = _plan(tr, state, longest, deadline)
+        elif first and deadline and not state.finished:
             _warn_if_budget_short(tr.reporter, tr.cfg, state.epoch, longest, deadline)
 
 
@@ -285,7 +291,7 @@ def _end_epoch(tr: Training, state: TrainState, row: dict) -> bool:
 
     Returns True when the epoch is the new best.
     """
-    improved = state.record(row, tr.cfg, has_val=tr.loaders.val is not None)
+    improved = state.record(row, tr.cfg, tr.loaders.n_val if tr.loaders.val is not None else 0)
     main = distributed.is_main()
     if improved and main:
         # Best weights first, then the checkpoint that names them: a kill in between replays
@@ -331,6 +337,27 @@ def _start_from_probe(tr: Training, ws: Workspace, state: TrainState) -> None:
     reporter.log(f"probe: L2 {probe.l2:g}, features {'from the tl extract cache' if probe.source == 'cache' else 'computed'} "
                  f"for {probe.n_train} training images in {probe.seconds:.1f} s")
     reporter.log(format_row(row, improved=True))
+
+
+def planned_epochs(done: int, epoch_s: float, left_s: float, cap: int) -> int:
+    """Epochs a run should have in all, `done` of them taken `epoch_s` each (the slowest), with
+    `left_s` seconds of budget left: as many as fit with a 5% margin, at least one more, at most `cap`."""
+    fit = int(max(left_s, 0.0) // (epoch_s * 1.05))
+    return max(done + 1, min(cap, done + fit))
+
+
+def _plan(tr: Training, state: TrainState, epoch_s: float, deadline: float) -> FinetuneConfig:
+    """Fix the number of epochs to what fits the budget (after the first epoch, which is warm-up and
+    so runs the same whatever the total), and save it: --resume continues the same plan."""
+    left, cap = deadline - time.perf_counter(), tr.cfg.epochs  # cfg.epochs is the cap (PLAN_CAP) until planned
+    n = planned_epochs(state.epoch, epoch_s, left, cap)
+    state.planned = n
+    cfg = replace(tr.cfg, epochs=n)
+    if distributed.is_main():
+        cfg.save(tr.run_dir)
+    tr.reporter.log(f"planned {n} epochs: epoch {state.epoch} took {epoch_s:.0f} s and {left:.0f} s of the time budget "
+                    f"are left, so the learning rate decays to zero at epoch {n}" + (" (the most planned)" if n == cap else ""))
+    return cfg
 
 
 def _warn_if_budget_short(reporter: Reporter, cfg: FinetuneConfig, done: int, epoch_s: float, deadline: float) -> None:

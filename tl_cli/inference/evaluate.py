@@ -91,12 +91,14 @@ class Evaluation:
 
 
 def evaluate(predictor: BasePredictor, data_dir: str | os.PathLike, split: str = "all", val_fraction: float = 0.2,
-             batch_size: int = 32, workers: int | None = 0, reporter: Reporter | None = None) -> Evaluation:
+             batch_size: int = 32, workers: int | None = 0, reporter: Reporter | None = None,
+             grouping=None) -> Evaluation:
     """Predict every image of a labelled folder (or of its val/train split) and score it.
 
     Args:
         split: "all" images, or only the "val"/"train" split (same hashing, or folders, as training).
         val_fraction: the split's share, as the model was trained with (see `runs.val_fraction_of`).
+        grouping: the split's grouping, as the model was trained with (see `runs.grouping_of`).
 
     Raises:
         DataError: the folder has classes the model does not know (named), or the split is empty.
@@ -108,7 +110,7 @@ def evaluate(predictor: BasePredictor, data_dir: str | os.PathLike, split: str =
     """
     if split not in SPLITS:
         raise ConfigError(f"unknown --split {split!r}", hint=f"use one of {', '.join(SPLITS)}")
-    ds = scan_dataset(data_dir, val_fraction, min_classes=1)
+    ds = scan_dataset(data_dir, val_fraction, min_classes=1, grouping=grouping)
     unknown = [c for c in ds.classes if c not in predictor.classes]
     if unknown:
         raise DataError(

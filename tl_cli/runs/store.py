@@ -127,6 +127,17 @@ def val_fraction_of(meta: dict) -> float:
     return 0.2
 
 
+def grouping_of(meta: dict):
+    """The split grouping (data/groups.py) a run was trained with, or None: evaluate's
+    `--split val` must select the same images."""
+    from tl_cli.data.groups import make_grouping
+
+    for section in meta.get("config", {}).values():  # {"extract": {...}} or {"finetune": {...}}
+        if isinstance(section, dict) and (section.get("group_pattern") or section.get("groups")):
+            return make_grouping(section.get("group_pattern"), section.get("groups"))
+    return None
+
+
 def load_run(run_dir: str | Path) -> Run:
     """Read a run folder's metadata. Raises RunError if it is missing or incomplete."""
     run_dir = Path(run_dir)

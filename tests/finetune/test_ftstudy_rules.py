@@ -1,0 +1,107 @@
+"""The rules from the fine-tuning study (benchmarks/finetune_study.md): batch-norm policy, the
+best-epoch rule on small validation sets, and epochs planned to fit --time-budget."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.helpers.finetune import Notes
+from tl_cli.backbones import create_backbone
+from tl_cli.finetune.config import PLAN_CAP, FinetuneConfig
+from tl_cli.finetune.model import FinetuneModel
+from tl_cli.finetune.schedule import lr_factor
+from tl_cli.finetune.state import accuracy_noise, is_better
+from tl_cli.finetune.trainer import planned_epochs, start
+from tl_cli.runs.workspace import Workspace
+
+
+def _norms(model):
+    return [m for m in model.net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+@pytest.mark.parametrize("bn", ["frozen", "train"])
+def test_bn_policy_modes_and_running_stats(bn):
+    torch.manual_seed(0)
+    model = FinetuneModel(create_backbone("lenet5", pretrained=False)[0], 3, freeze=1, input_size=32, dropout=0.0, bn=bn)
+    model.train()
+    first, second = _norms(model)  # lenet5: layer 1 (frozen) and layer 2 (trained) each have one
+    before = second.running_mean.clone()
+    x = torch.randn(8, 3, 32, 32) * 3 + 1
+    out_train = model(x)
+    model.eval()
+    out_eval = model(x)
+    assert not first.training  # frozen layers: always eval
+    if bn == "frozen":
+        assert not second.training and torch.equal(second.running_mean, before)
+        # the model trains on exactly the function the probe head was fitted on (dropout 0)
+        torch.testing.assert_close(out_train, out_eval)
+    else:
+        assert not torch.equal(second.running_mean, before)
+        assert not torch.allclose(out_train, out_eval, atol=1e-3)
+    assert second.weight.requires_grad  # scale and shift train under both policies
+
+
+def test_bn_policy_is_a_checked_setting():
+    assert FinetuneConfig().bn == "frozen"
+    with pytest.raises(Exception, match="--bn"):
+        FinetuneConfig(bn="sometimes")
+
+
+def test_selection_keeps_the_probe_on_a_tiny_validation_set():
+    # The issue's sample_data case: 3 validation images, both perfect, val loss differs by 2e-6.
+    probe = {"epoch": 0, "val_accuracy": 1.0, "val_loss": 3e-6}
+    later = {"epoch": 2, "val_accuracy": 1.0, "val_loss": 1e-6}
+    assert not is_better(later, probe, 3)
+    assert is_better(probe, {}, 3)  # nothing yet: the first epoch is kept
+    assert is_better({"epoch": 1, "val_accuracy": None, "val_loss": None}, probe, 0)  # no validation: latest
+
+
+@pytest.mark.parametrize("acc, loss, expected", [
+    (0.80, 0.70, True),    # +5 points on 859 images: far above one standard error (1.5 points)
+    (0.76, 0.70, False),   # +1 point: within noise, loss no better
+    (0.76, 0.50, True),    # within noise, loss lower by 17%: meaningful
+    (0.76, 0.59, False),   # within noise, loss lower by 2%: not meaningful
+    (0.73, 0.30, False),   # lower accuracy never wins on loss
+    (0.70, 0.30, False),   # lower by more than noise
+])
+def test_selection_needs_more_than_noise(acc, loss, expected):
+    best = {"epoch": 0, "val_accuracy": 0.75, "val_loss": 0.60}
+    assert is_better({"epoch": 3, "val_accuracy": acc, "val_loss": loss}, best, 859) is expected
+
+
+def test_accuracy_noise_is_a_binomial_standard_error():
+    assert accuracy_noise(0.75, 0.75, 859) == pytest.approx((0.75 * 0.25 / 859) ** 0.5)
+    assert accuracy_noise(1.0, 1.0, 106) == pytest.approx(0.5 / 106)  # half an image at a perfect score
+
+
+def test_planned_epochs():
+    assert planned_epochs(1, 600, 2000, 30) == 1 + int(2000 // 630)
+    assert planned_epochs(1, 600, 100, 30) == 2  # at least one more (the budget check stops it if it won't fit)
+    assert planned_epochs(1, 1, 1e6, 30) == 30
+
+
+def test_for_route_plans_only_without_epochs():
+    assert FinetuneConfig.for_route("finetune", freeze=2, time_budget=60).plan_epochs
+    assert FinetuneConfig.for_route("finetune", freeze=2, time_budget=60).epochs == PLAN_CAP
+    assert not FinetuneConfig.for_route("finetune", freeze=2, time_budget=60, epochs=3).plan_epochs
+    assert not FinetuneConfig.for_route("finetune", freeze=2).plan_epochs
+
+
+def test_planned_schedule_ends_at_zero_inside_the_budget(image_folder, tmp_path):
+    # epochs=3 is the plan's cap here (PLAN_CAP for a real run), so the test is quick on a busy machine
+    cfg = FinetuneConfig(backbone="lenet5", pretrained=False, freeze=2, batch_size=8, workers=0, patience=0,
+                         time_budget=600.0, plan_epochs=True, epochs=3, warmup_epochs=1.0)
+    notes = Notes()
+    res = start(image_folder, cfg, Workspace.open(tmp_path / "ws"), notes)
+    planned = [line for line in notes.lines if line.startswith("planned ")]
+    assert len(planned) == 1, notes.lines
+    saved = json.loads((res.run_dir / "config.json").read_text())
+    n = saved["epochs"]
+    assert n == 3 and f"planned {n} epochs" in planned[0] and "(the most planned)" in planned[0]
+    assert res.stop_reason == "epochs" and len(res.history) == n + 1  # epoch 0 (the probe) and the plan, to its end ...
+    assert res.history[-1]["lr"] < 0.05 * cfg.head_lr  # ... whose last step runs just above zero
+    assert res.history[0]["epoch"] == 0  # the probe start (epoch 0) as usual
+    assert lr_factor(n, 1.0, n) == 0.0
