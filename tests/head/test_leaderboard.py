@@ -70,3 +70,19 @@ def test_bad_lists_fail_before_extracting(image_folder):
     r = tl("extract", image_folder, "--backbone", "lenet5,timm/nope_net", *FAST)
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert not Workspace.open().runs.exists() or not any(Workspace.open().runs.iterdir())
+
+
+def test_leaderboard_under_torchrun_matches_one_process(tmp_path, image_folder):
+    """Two gloo ranks share each extraction (a timm model among them); rank 0 ranks the same way."""
+    from tests.helpers.torchrun import torchrun
+
+    args = ["extract", str(image_folder), "--backbone", "lenet5,timm/test_resnet.r160_in1k", *FAST]
+    r = torchrun(args, tmp_path / "ws2", timeout=300)
+    assert r.returncode == 0, "\n".join(l for l in r.stderr.splitlines() if "rror" in l)[-3000:]
+    assert r.stdout.count("best first") == 1 and r.stderr.count("leaderboard 2/2") == 1  # rank 0 alone prints
+    two = json.loads((tmp_path / "ws2" / "leaderboard.json").read_text())["entries"]
+    assert tl(*args).exit_code == 0
+    one = json.loads((Workspace.open().root / "leaderboard.json").read_text())["entries"]
+    assert [(e["backbone"], e["val_accuracy"]) for e in two] == [(e["backbone"], e["val_accuracy"]) for e in one]
+    for a, b in zip(two, one):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4, abs=1e-6)

@@ -17,6 +17,7 @@ from tl_cli.features.extract import ExtractConfig
 from tl_cli.head.small_data import train_small_data
 from tl_cli.head.softmax import HeadConfig
 from tl_cli.runs.workspace import Workspace
+from tl_cli.runtime import distributed
 from tl_cli.runtime.atomic import write_json
 from tl_cli.runtime.progress import Reporter
 
@@ -102,9 +103,9 @@ def run_leaderboard(
     ws = workspace or Workspace.open()
     entries = []
     for i, name in enumerate(backbones):
-        if reporter is not None:
+        if reporter is not None and distributed.is_main():
             reporter.log(f"leaderboard {i + 1}/{len(backbones)}: {name}")
-        res = train_small_data(data_dir, replace(cfg, backbone=name), head_cfg, ws, reporter)
+        res = train_small_data(data_dir, replace(cfg, backbone=name), head_cfg, ws, reporter, end_group=False)
         if res.extract is None:  # a torchrun rank other than 0: it helped extract, rank 0 ranks
             continue
         ex, head = res.extract, res.head
@@ -114,6 +115,7 @@ def run_leaderboard(
             images_per_second=ex.images_per_second if ex.n_extracted else None,
             n_extracted=ex.n_extracted, run_dir=str(res.run_dir),
         ))
+    distributed.shutdown()  # one process group for all backbones (see train_small_data)
     if not entries:
         return None
     entries.sort(key=Entry.rank_key)  # stable: equal scores keep the order given

@@ -29,6 +29,7 @@ def train_small_data(
     workspace: Workspace | None = None,
     reporter: Reporter | None = None,
     train: bool = True,
+    end_group: bool = True,
 ) -> SmallDataResult:
     """`tl extract`: cache features, fit the head, save the run and make it the latest.
 
@@ -36,14 +37,18 @@ def train_small_data(
     Under torchrun the ranks share the extraction; rank 0 alone trains the head and saves the run
     (a softmax layer on cached features is seconds of work: not worth distributing) while the
     others wait, and gets this result; the other ranks get SmallDataResult(None, None, None).
+    `end_group=False` keeps the process group for another call (the leaderboard): gloo cannot
+    be set up twice in one torchrun launch reliably.
     """
     ws = workspace or Workspace.open()
     ex = extract_features(data_dir, cfg, ws, reporter)
     if ex is None:
-        distributed.shutdown()
+        if end_group:
+            distributed.shutdown()
         return SmallDataResult(None, None, None)
     if not train:
-        distributed.shutdown()
+        if end_group:
+            distributed.shutdown()
         return SmallDataResult(ex, None, None)
     tr, va = ex.splits == "train", ex.splits == "val"
     n_classes = len(ex.dataset.classes)
@@ -82,5 +87,6 @@ def train_small_data(
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
     ws.remember(latest_run=run_dir)
-    distributed.shutdown()
+    if end_group:
+        distributed.shutdown()
     return SmallDataResult(ex, head, run_dir)
