@@ -78,7 +78,7 @@ def test_leaderboard_under_torchrun_matches_one_process(tmp_path, image_folder):
 
     args = ["extract", str(image_folder), "--backbone", "lenet5,timm/test_resnet.r160_in1k", *FAST]
     r = torchrun(args, tmp_path / "ws2", timeout=300)
-    assert r.returncode == 0, "\n".join(l for l in r.stderr.splitlines() if "rror" in l)[-3000:]
+    assert r.returncode == 0, "\n".join(line for line in r.stderr.splitlines() if "rror" in line)[-3000:]
     assert r.stdout.count("best first") == 1 and r.stderr.count("leaderboard 2/2") == 1  # rank 0 alone prints
     two = json.loads((tmp_path / "ws2" / "leaderboard.json").read_text())["entries"]
     assert tl(*args).exit_code == 0
