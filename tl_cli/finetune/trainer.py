@@ -42,6 +42,7 @@ from tl_cli.finetune.model import FinetuneModel
 from tl_cli.runtime.oom import HalvingStep, apply_update
 from tl_cli.finetune.step import Amp, accumulate, to_device, train_step  # noqa: F401 - train_step: public here too
 from tl_cli.runtime.progress import Reporter
+from tl_cli.runs.meta import DatasetRef, RunMeta, WeightsRef
 from tl_cli.runs.store import META, load_tensors, new_run_dir, save_run, save_tensors
 from tl_cli.finetune.data import make_loaders
 from tl_cli.runs.workspace import Workspace
@@ -496,25 +497,25 @@ def _save_final(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, model: Finetune
                 loaders, amp: Amp | None = None) -> None:
     """model.safetensors (best epoch's full network) + meta.json, the files predict/evaluate read."""
     best = st["best"]
-    meta = {
-        "route": cfg.route,
-        "kind": "full",
-        "classes": ds.classes,
-        "backbone": cfg.backbone,
-        "weights": {"id": choice.identity, "file": cfg.weights, "pretrained": cfg.pretrained},
-        "preprocess": spec.preprocess.to_dict(),
-        "freeze": cfg.freeze,
-        "layers": len(model.layers),
-        "epochs": st["epoch"],
-        "best_epoch": best["epoch"],
-        "stop_reason": st["stop_reason"],
-        "finished": st["finished"],
-        "val_fraction": cfg.val_fraction,
-        "dataset": {"root": str(ds.root), "layout": ds.layout, "n_train": loaders.n_train, "n_val": loaders.n_val,
-                    "counts": ds.counts()},
-        "config": {"finetune": cfg.to_dict()},
-        "metrics": {k: best[k] for k in ("val_accuracy", "val_loss", "train_accuracy", "train_loss")},
+    meta = RunMeta(
+        route=cfg.route,
+        kind="full",
+        classes=tuple(ds.classes),
+        backbone=cfg.backbone,
+        weights=WeightsRef(choice.identity, cfg.weights, cfg.pretrained),
+        preprocess=spec.preprocess,
+        dataset=DatasetRef(root=str(ds.root), layout=ds.layout, n_train=loaders.n_train, n_val=loaders.n_val,
+                           counts=ds.counts()),
+        val_fraction=cfg.val_fraction,
+        config={"finetune": cfg.to_dict()},
+        metrics={k: best[k] for k in ("val_accuracy", "val_loss", "train_accuracy", "train_loss")},
+        freeze=cfg.freeze,
+        layers=len(model.layers),
+        epochs=st["epoch"],
+        best_epoch=best["epoch"],
+        stop_reason=st["stop_reason"],
+        finished=st["finished"],
         # val_* were measured in float32, as predict/evaluate run; only training steps used `train`.
-        "precision": {"train": amp.dtype if amp is not None else "float32", "validation": "float32"},
-    }
+        precision={"train": amp.dtype if amp is not None else "float32", "validation": "float32"},
+    )
     save_run(run_dir, load_tensors(run_dir / BEST), meta)

@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from tl_cli.runtime.atomic import atomic_path, write_json
-from tl_cli.errors import ConfigError, ExportError
+from tl_cli.errors import ConfigError, ExportError, TLError
 from tl_cli.inference.predict import BasePredictor
 from tl_cli.data.preprocess import Preprocess
+from tl_cli.runs.meta import RunMeta
 from tl_cli.runs.store import Run, versions
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -86,7 +87,7 @@ def sample_inputs(run: Run, pre: Preprocess, n: int, paths: list[Path] | None = 
 
     source = "given images"
     if paths is None:
-        paths, source = _dataset_images(run, n), f"images from {run.meta.get('dataset', {}).get('root')}"
+        paths, source = _dataset_images(run, n), f"images from {run.meta.dataset.root}"
     tensors = []
     for p in paths:
         try:
@@ -106,7 +107,7 @@ def _dataset_images(run: Run, n: int) -> list[Path]:
     from tl_cli.data.scan import scan_dataset
     from tl_cli.errors import DataError
 
-    root = run.meta.get("dataset", {}).get("root")
+    root = run.meta.dataset.root
     if not root or not Path(root).is_dir():
         return []
     try:
@@ -178,14 +179,14 @@ def export_run(run: Run, cfg: ExportConfig = ExportConfig(), output: str | Path 
     """
     import torch
 
-    from tl_cli.inference.load import build_from_run
+    from tl_cli.inference.load import build_from_run, run_preprocess
 
     t0 = time.perf_counter()
     suffix = FORMATS[cfg.format]
     output = Path(output) if output else run.dir / f"model{suffix}"
     if output.suffix.lower() == ".json":
         raise ConfigError(f"{output}: the export's own JSON is written beside it; choose another name")
-    pre = Preprocess.from_dict(run.meta["preprocess"])
+    pre = run_preprocess(run)
     net = build_from_run(run).cpu().float().eval()
     x, source = sample_inputs(run, pre, cfg.n_samples, sample_paths)
     with torch.no_grad():
@@ -205,7 +206,7 @@ def export_run(run: Run, cfg: ExportConfig = ExportConfig(), output: str | Path 
         except ExportError:
             raise
         except Exception as exc:  # noqa: BLE001 - exporter failures come in many types
-            raise ExportError(f"{cfg.format} export of {run.meta['backbone']} failed: {type(exc).__name__}: {exc}") from exc
+            raise ExportError(f"{cfg.format} export of {run.meta.backbone} failed: {type(exc).__name__}: {exc}") from exc
         diff = float(np.abs(got - ref).max()) if got.shape == ref.shape else float("inf")
         if not (got.shape == ref.shape and np.allclose(got, ref, atol=cfg.atol, rtol=cfg.rtol)):
             raise ExportError(
@@ -225,7 +226,7 @@ def describe_export(run: Run, cfg: ExportConfig, output: Path, pre: Preprocess, 
         "format": cfg.format,
         "file": output.name,
         "classes": run.classes,
-        "backbone": run.meta["backbone"],
+        "backbone": run.meta.backbone,
         "preprocess": pre.to_dict(),
         "input": {
             "name": INPUT, "shape": ["batch", 3, s, s], "dtype": "float32", "layout": "NCHW, RGB",
@@ -234,7 +235,7 @@ def describe_export(run: Run, cfg: ExportConfig, output: Path, pre: Preprocess, 
         },
         "output": {"name": OUTPUT, "shape": ["batch", len(run.classes)], "meaning": "logits; softmax gives probabilities in the order of classes"},
         "run": str(run.dir),
-        "trained": {k: run.meta[k] for k in ("dataset", "config", "metrics", "val_fraction") if k in run.meta},
+        "trained": run.meta.to_dict(),  # the whole RunMeta: evaluate reads the split from it
         "config": cfg.to_dict(),
         "check": {"max_abs_diff": diff, "n_samples": n, "inputs": source},
         "versions": versions(),
@@ -261,14 +262,22 @@ class OnnxPredictor(BasePredictor):
                               hint="export with `tl export --format onnx`, which writes both")
         try:
             self.meta = json.loads(meta_path.read_text())
-            self.classes = list(self.meta["classes"])
-            self.preprocess = Preprocess.from_dict(self.meta["preprocess"])
-        except (ValueError, KeyError, TypeError) as exc:
+            self.trained = trained_meta(self.meta)
+            self.classes = list(self.trained.classes)
+            self.preprocess = self.trained.preprocess
+        except (ValueError, KeyError, TypeError, TLError) as exc:
             raise ExportError(f"{meta_path}: unreadable export description ({exc})") from exc
         self.path = path
         self.source = str(path)
-        self.train_meta = self.meta.get("trained", {})
+        self.notes = []
         self.model = OnnxModel(onnx_session(path))
+
+
+def trained_meta(description: dict) -> RunMeta:
+    """The RunMeta in an export's JSON: its "trained" section (the whole RunMeta since schema 1;
+    before that dataset, config, metrics and val_fraction only, completed from the export's keys)."""
+    base = {k: description[k] for k in ("classes", "backbone", "preprocess")}
+    return RunMeta.from_dict({**base, **description["trained"]})
 
 
 class OnnxModel:

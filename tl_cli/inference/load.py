@@ -6,6 +6,7 @@ import torch.nn as nn
 
 from tl_cli.backbones import create_backbone
 from tl_cli.backbones.wrapper import attach_head
+from tl_cli.data.preprocess import Preprocess
 from tl_cli.errors import RunError
 from tl_cli.runs.store import Run
 
@@ -19,23 +20,30 @@ def build_from_run(run: Run, weights: str | None = None) -> nn.Module:
     """
     meta = run.meta
     tensors = run.tensors()
-    n_classes = len(meta["classes"])
-    if meta.get("kind") == "head":
-        w = meta.get("weights", {})
-        net, choice = create_backbone(meta["backbone"], weights or w.get("file"), w.get("pretrained", True))
-        if choice.identity != w.get("id"):
+    n_classes = len(meta.classes)
+    if meta.kind == "head":
+        w = meta.weights
+        net, choice = create_backbone(meta.backbone, weights or w.file, w.pretrained)
+        if choice.identity != w.id:
             raise RunError(
-                f"the {meta['backbone']} weights on this machine ({choice.identity}) differ from the ones "
-                f"this model was trained with ({w.get('id')})",
+                f"the {meta.backbone} weights on this machine ({choice.identity}) differ from the ones "
+                f"this model was trained with ({w.id})",
                 hint="pass the original weights with --weights FILE",
             )
         net = attach_head(net, n_classes)
         net.classifier[1].weight.data.copy_(tensors["head.weight"])
         net.classifier[1].bias.data.copy_(tensors["head.bias"])
         return net.eval()
-    net, _ = create_backbone(meta["backbone"], pretrained=False)
+    net, _ = create_backbone(meta.backbone, pretrained=False)
     net = attach_head(net, n_classes, 0.0)
     missing, unexpected = net.load_state_dict(tensors, strict=False)
     if missing or unexpected:
-        raise RunError(f"{run.dir}: weights do not match {meta['backbone']} ({len(missing)} missing, {len(unexpected)} unexpected)")
+        raise RunError(f"{run.dir}: weights do not match {meta.backbone} ({len(missing)} missing, {len(unexpected)} unexpected)")
     return net.eval()
+
+
+def run_preprocess(run: Run) -> Preprocess:
+    """The preprocessing a run was trained with (never the backbone's current default)."""
+    if run.meta.preprocess is None:
+        raise RunError(f"{run.dir}: meta.json records no preprocessing, so inputs can't be prepared as in training")
+    return run.meta.preprocess

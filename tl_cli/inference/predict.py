@@ -20,6 +20,7 @@ from tl_cli.data.scan import IMAGE_SUFFIXES, _walk_files, sniff_image
 from tl_cli.errors import ConfigError
 from tl_cli.data.preprocess import Preprocess
 from tl_cli.runtime.progress import Reporter
+from tl_cli.runs.meta import RunMeta
 from tl_cli.runs.store import WEIGHTS, Run, load_arrays, load_run
 from tl_cli.runs.workspace import Workspace
 
@@ -83,7 +84,8 @@ class BasePredictor:
     preprocess: Preprocess
     model: Callable[[np.ndarray], np.ndarray]  # (B, 3, S, S) float32 preprocessed -> (B, C) probabilities
     source: str  # what was loaded, for messages
-    train_meta: dict  # the run's meta.json (dataset, config) as far as known: how it was trained
+    trained: RunMeta  # how the model was trained (the run's meta, or an export's copy of it)
+    notes: list[str]  # lines for the user about how the model is run (e.g. a fallback taken)
 
     def _batches(self, paths: list[str | Path], batch_size: int, workers: int | None, reporter: Reporter | None):
         """Yield (probs or None, indices of readable files, [(index, error)]) per batch."""
@@ -181,27 +183,36 @@ class _HeadOnEngine:
         return softmax(self.engine(x) @ self.weight.T + self.bias)
 
     @classmethod
-    def try_load(cls, run: Run, device: str, weights: str | None, engines_dir: Path | None) -> "_HeadOnEngine | None":
-        """The engine route when it applies (head run, CPU, onnxruntime, recorded weights present), else None."""
+    def try_load(cls, run: Run, device: str, weights: str | None, engines_dir: Path | None,
+                 notes: list[str]) -> "_HeadOnEngine | None":
+        """The engine route when it applies (head run, CPU, onnxruntime, recorded weights present), else None.
+
+        When the backbone can't be exported or run by onnxruntime, a line is added to `notes` and
+        None is returned: the caller runs the whole model in eager PyTorch, as `tl extract` does.
+        """
         from tl_cli.runtime.device import device_type
         from tl_cli.features.engines import onnxruntime_available
 
-        w = run.meta.get("weights", {})
-        if run.meta.get("kind") != "head" or engines_dir is None or weights is not None \
+        w = run.meta.weights
+        if run.meta.kind != "head" or engines_dir is None or weights is not None \
                 or device_type(device) != "cpu" or not onnxruntime_available():
             return None
         from tl_cli.backbones import create_backbone, get_spec, resolve_weights
         from tl_cli.features.engines import make_engine
 
-        spec = get_spec(run.meta["backbone"])
+        spec = get_spec(run.meta.backbone)
         try:
-            choice = resolve_weights(spec, w.get("file"), w.get("pretrained", True))
+            choice = resolve_weights(spec, w.file, w.pretrained)
         except Exception:  # noqa: BLE001 - the torch route reports missing weights clearly
             return None
-        if choice.identity != w.get("id"):
+        if choice.identity != w.id:
             return None  # the torch route raises the clear "weights differ" error
-        engine, _ = make_engine("onnx", spec, choice, "cpu", engines_dir,
-                                lambda: create_backbone(spec.name, w.get("file"), w.get("pretrained", True))[0])
+        try:
+            engine, _ = make_engine("onnx", spec, choice, "cpu", engines_dir,
+                                    lambda: create_backbone(spec.name, w.file, w.pretrained)[0])
+        except ConfigError as exc:  # export or onnxruntime failed: eager PyTorch, as `tl extract` falls back
+            notes.append(" ".join(f"{exc.message}; used eager PyTorch".split()))  # one line, whatever the exporter said
+            return None
         t = load_arrays(run.dir / WEIGHTS)
         return cls(engine, t["head.weight"].astype(np.float32), t["head.bias"].astype(np.float32))
 
@@ -219,12 +230,15 @@ class Predictor(BasePredictor):
     """
 
     def __init__(self, run: Run, device: str = "auto", weights: str | None = None, engines_dir: Path | None = None):
+        from tl_cli.inference.load import run_preprocess
+
         self.run = run
         self.source = str(run.dir)
-        self.train_meta = run.meta
+        self.trained = run.meta
         self.classes = run.classes
-        self.preprocess = Preprocess.from_dict(run.meta["preprocess"])  # never current defaults
-        self.model = _HeadOnEngine.try_load(run, device, weights, engines_dir)
+        self.preprocess = run_preprocess(run)  # never current defaults
+        self.notes = []
+        self.model = _HeadOnEngine.try_load(run, device, weights, engines_dir, self.notes)
         if self.model is None:
             from tl_cli.runtime.device import resolve_device
 
