@@ -28,6 +28,8 @@ def extract_cmd(
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     engine: EngineOpt = "auto",
+    decoder: Annotated[str, typer.Option("--decoder", help="auto (nvJPEG on the GPU when extracting on CUDA, "
+                                         "else Pillow threads), cpu, or gpu.")] = "auto",
     strict: StrictOpt = False,
     balanced: Annotated[bool, typer.Option("--balanced", help="Weight classes inversely to their frequency.")] = False,
     no_train: Annotated[bool, typer.Option("--no-train", help="Only fill the feature cache.")] = False,
@@ -46,6 +48,7 @@ def extract_cmd(
     cfg = ExtractConfig(
         backbone=backbone, weights=str(weights) if weights else None, pretrained=pretrained,
         val_fraction=val_fraction, batch_size=batch_size, workers=workers, device=device, strict=strict, engine=engine,
+        decoder=decoder,
     )
     ws = workspace(ws_path)
     res = train_small_data(data_dir, cfg, HeadConfig(balanced=balanced), ws, RichReporter(err), train=not no_train)

@@ -122,7 +122,7 @@ class TorchEngine:
         self.pre = pre
         self.takes_uint8 = device.type == "cuda" and pre is not None
         self.net = net.to(device).eval().to(memory_format=torch.channels_last)
-        if self.takes_uint8:
+        if pre is not None:  # uint8 input is accepted on any device; CUDA is where it pays
             self._mean = torch.tensor(pre.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
             self._std = torch.tensor(pre.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
             # A device tensor, not a Python number: CUDA divides by a host scalar as a multiply by
