@@ -136,7 +136,7 @@ class RunMeta:
         for k in ("freeze", "layers", "epochs", "best_epoch", "stop_reason", "finished", "precision", "created"):
             if d[k] is None:
                 del d[k]
-        return d
+        return json.loads(json.dumps(d))  # exactly what reads back from the file (lists, not tuples)
 
     @classmethod
     def from_dict(cls, d: Any) -> "RunMeta":
