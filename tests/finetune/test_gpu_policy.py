@@ -133,3 +133,28 @@ def test_9_resume_joins_the_process_group_for_the_runs_device(image_folder, tmp_
         with pytest.raises(Stop):
             trainer.resume(workspace=ws, **({"run_dir": r.run_dir} | kwargs))
     assert seen == ["cpu", "cuda", "auto"]
+
+
+def test_validation_halves_its_batch_on_out_of_memory(image_folder, monkeypatch):
+    """float32 validation needs more memory per image than bf16 training steps: it must not be where a run dies."""
+    from tl_cli.backbones import create_backbone, get_spec
+    from tl_cli.finetune.data import make_loaders
+    from tl_cli.finetune.model import FinetuneModel
+    from tl_cli.finetune.trainer import validate
+    from tl_cli.data.scan import scan_dataset
+
+    ds = scan_dataset(image_folder)
+    torch.manual_seed(0)
+    model = FinetuneModel(create_backbone("lenet5", pretrained=False)[0], 3, 2, 32, 0.0)
+    loaders = make_loaders(ds, get_spec("lenet5").preprocess, 8, 0, False, 0)
+    ref = validate(model, loaders.val, torch.device("cpu"))
+    real = FinetuneModel.forward
+
+    def small_gpu(self, x):
+        if x.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(self, x)
+
+    monkeypatch.setattr(FinetuneModel, "forward", small_gpu)
+    got = validate(model, loaders.val, torch.device("cpu"))
+    assert got[1] == ref[1] and got[0] == pytest.approx(ref[0], rel=1e-5)

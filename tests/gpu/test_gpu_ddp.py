@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpu_common import GPU, needs_2_gpus, run_dir_of, torchrun
+from tests.helpers.gpu import GPU, needs_2_gpus, run_dir_of, torchrun
 from tl_cli.runs.workspace import Workspace
 
 pytestmark = GPU
@@ -18,7 +18,7 @@ ARGS = ["-b", "lenet5", "--no-pretrained", "--dropout", "0", "--epochs", "2", "-
 
 @pytest.fixture(scope="module")
 def ddp_data(tmp_path_factory):
-    from conftest import make_folder
+    from tests.helpers.images import make_folder
 
     return make_folder(tmp_path_factory.mktemp("ddp") / "data", n_per_class=12)
 

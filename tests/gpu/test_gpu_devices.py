@@ -8,13 +8,13 @@ import sys
 import pytest
 import torch
 
-from gpu_common import GPU, REPO, needs_2_gpus
+from tests.helpers.gpu import GPU, REPO, needs_2_gpus
 
 pytestmark = GPU
 
 
 def test_a_gpu_index_that_does_not_exist_is_one_line_and_exit_2(tmp_path):
-    from conftest import make_folder
+    from tests.helpers.images import make_folder
 
     data = make_folder(tmp_path / "d", n_per_class=3)
     n = torch.cuda.device_count()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpu_common import GPU, PHOTOS, cosine_rows, lite0_weights_or_skip
+from tests.helpers.gpu import GPU, PHOTOS, cosine_rows, lite0_weights_or_skip
 from tl_cli.data.decode import iter_batches
 from tl_cli.features.engines import TorchEngine, normalize_batch
 
@@ -85,7 +85,7 @@ def test_nvjpeg_leaves_what_it_must_not_take_to_pillow(tmp_path):
 
 
 def test_extract_on_cuda_records_the_decoder_and_reruns_from_the_cache(tmp_path):
-    from conftest import make_folder
+    from tests.helpers.images import make_folder
     from tl_cli.features.extract import ExtractConfig, extract_features
     from tl_cli.runs.workspace import Workspace
 

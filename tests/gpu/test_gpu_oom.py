@@ -8,7 +8,7 @@ import contextlib
 import numpy as np
 import torch
 
-from gpu_common import GPU
+from tests.helpers.gpu import GPU
 from tl_cli.runs.workspace import Workspace
 
 pytestmark = GPU
@@ -47,7 +47,7 @@ def test_extraction_halves_its_batch_on_a_real_oom_and_keeps_every_row():
 
 
 def test_finetuning_goes_on_in_micro_batches_on_a_real_oom(tmp_path):
-    from conftest import make_folder
+    from tests.helpers.images import make_folder
     from tl_cli.finetune.config import FinetuneConfig
     from tl_cli.finetune.trainer import start
     from tl_cli.runtime.progress import Reporter

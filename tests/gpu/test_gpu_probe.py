@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpu_common import GPU
+from tests.helpers.gpu import GPU
 from tl_cli.runs.workspace import Workspace
 
 pytestmark = GPU
 
 
 def test_finetune_on_cuda_reads_the_features_tl_extract_made_on_cuda(tmp_path):
-    from conftest import make_folder
+    from tests.helpers.images import make_folder
     from tl_cli.features.extract import ExtractConfig, extract_features
     from tl_cli.finetune.config import FinetuneConfig
     from tl_cli.finetune.trainer import start

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpu_common import GPU
+from tests.helpers.gpu import GPU
 from tl_cli.finetune.config import FinetuneConfig
 from tl_cli.runs.workspace import Workspace
 
@@ -21,7 +21,7 @@ def _cfg(**kw) -> FinetuneConfig:
 
 @pytest.fixture(scope="module")
 def cuda_run(tmp_path_factory):
-    from conftest import make_folder
+    from tests.helpers.images import make_folder
     from tl_cli.finetune.trainer import start
 
     root = tmp_path_factory.mktemp("cudarun")
@@ -46,7 +46,7 @@ def test_validation_accuracy_is_what_evaluate_reproduces_on_the_gpu_and_the_cpu(
 
 
 def test_a_cuda_run_resumes_and_predicts_on_the_cpu(tmp_path):
-    from conftest import make_folder
+    from tests.helpers.images import make_folder
     from tl_cli.finetune.trainer import resume, start
     from tl_cli.inference.predict import Predictor
     from tl_cli.runs.store import load_run

@@ -118,15 +118,19 @@ def validate(model: nn.Module, loader, device: torch.device) -> tuple[float, flo
 
     float32 on every device (no autocast): the accuracy that chooses the best epoch is the one
     prediction and `tl evaluate` reproduce (precision policy, runtime/device.py).
-    Under torchrun pass the model itself, not its DDP wrapper (see ddp.wrap).
+    Under torchrun pass the model itself, not its DDP wrapper (see ddp.wrap). Out of memory
+    (float32 needs twice the activation memory of the bf16 training steps) halves the batch.
     """
+    from tl_cli.runtime.oom import HalvingForward
+
     was_training = model.training
     model.eval()
+    forward = HalvingForward(lambda xb: model(to_device(xb, device)).float())
     loss_sum, correct, n = 0.0, 0, 0
     for x, y, _ in loader:
         if x is None:
             continue
-        logits = model(to_device(x, device)).float()
+        logits = forward(x)
         y = y.to(device)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += int((logits.argmax(1) == y).sum())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import make_folder, write_image
+from tests.helpers.images import make_folder, write_image
 from tl_cli.data.scan import is_val, scan_dataset
 from tl_cli.errors import DataError
 

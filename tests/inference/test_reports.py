@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _tiny_run import full_run, head_run, tiny_run
-from conftest import COLOURS, write_image
+from tests.helpers.paths import SAMPLE_DATA
+from tests.helpers.tiny_run import full_run, head_run, tiny_run
+from tests.helpers.images import COLOURS, write_image
 from typer.testing import CliRunner
 
 from tl_cli.cli import app
@@ -22,7 +23,7 @@ from tl_cli.errors import ExportError
 from tl_cli.inference.predict import load_predictor
 
 runner = CliRunner()
-SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
+SAMPLE = SAMPLE_DATA
 EVAL_FILES = {"metrics.json", "confusion.csv", "confusion.png", "misclassified.csv", "report.html"}
 
 
@@ -354,7 +355,7 @@ def test_run_val_fraction_reads_every_meta_shape():
 def test_full_network_runs_export_and_predict(tmp_path):
     """Runs that hold the whole network (fine-tuned) export and predict like head-only ones."""
     pytest.importorskip("onnxruntime")
-    from conftest import make_folder
+    from tests.helpers.images import make_folder
 
     from tl_cli.inference.export import ExportConfig, export_run
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import tl_cli.head.small_data as small_data  # noqa: E402
 from tl_cli.backbones.wrapper import Backbone  # noqa: E402

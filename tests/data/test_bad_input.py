@@ -13,8 +13,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import badfiles as bf
-from conftest import make_folder, write_image
+from tests.helpers import badfiles as bf
+from tests.helpers.images import make_folder, write_image
 from tl_cli.backbones import create_backbone, get_spec
 from tl_cli.cli import app
 from tl_cli.data.scan import scan_dataset

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-PHOTOS = REPO / "sample_data" / "photos"  # 30 real photos in 3 classes, part of the repository
+from tests.helpers.paths import REPO, SAMPLE_DATA
+
+PHOTOS = SAMPLE_DATA / "photos"  # 30 real photos in 3 classes, part of the repository
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (pytest -m gpu on a GPU machine)")
 needs_2_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")

@@ -14,7 +14,7 @@ from tl_cli.errors import ConfigError, DataError
 from tl_cli.suggest import (EXTRACT_BELOW, RETRAIN_ABOVE, backbone_layer_count, freeze_for, frozen_fraction, recommend,
                             suggest)
 
-from conftest import make_folder
+from tests.helpers.images import make_folder
 
 runner = CliRunner()
 

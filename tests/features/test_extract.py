@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_image
+from tests.helpers.images import write_image
 from tl_cli.backbones import create_backbone, get_spec
 from tl_cli.features.extract import ExtractConfig, extract_features
 from tl_cli.data.preprocess import Preprocess, load_tensor

@@ -12,6 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from tests.helpers.paths import PACKAGE
 from tl_cli.backbones import get_spec, load_state_dict_file
 from tl_cli.cli import app
 from tl_cli.data.scan import is_safe_relpath, resolve_inside
@@ -22,7 +23,7 @@ from tl_cli.head.small_data import train_small_data
 
 LENET = ExtractConfig(backbone="lenet5", pretrained=False, workers=0, batch_size=8)
 runner = CliRunner()
-PKG = Path(__file__).resolve().parents[1] / "tl_cli"
+PKG = PACKAGE
 
 
 class Evil:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import make_folder
+from tests.helpers.images import make_folder
 from tl_cli.runtime.atomic import write_bytes
 from tl_cli.cli import app
 from tl_cli.errors import WorkspaceError

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tests.helpers.paths import REPO
 from tl_cli.head.softmax import HeadConfig, class_weights, train_head
 
 
@@ -88,9 +89,7 @@ def test_loss_and_gradient_equal_torch_autograd():
 def test_no_torch_import_for_the_head():
     import subprocess
     import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     code = ("import sys, numpy as np; from tl_cli.head.softmax import train_head;"
             "x = np.random.default_rng(0).normal(size=(40, 6)); y = (x[:, 0] > 0).astype(int);"
             "train_head(x[:30], y[:30], x[30:], y[30:], 2); print('torch' in sys.modules)")

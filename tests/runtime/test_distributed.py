@@ -13,14 +13,14 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import make_folder, write_image
+from tests.helpers.paths import REPO
+from tests.helpers.images import make_folder, write_image
 from tl_cli.runtime import distributed
 from tl_cli.runtime.distributed import DistInfo, my_shard
 from tl_cli.errors import ConfigError
 from tl_cli.features.extract import ExtractConfig, extract_features
 from tl_cli.runs.workspace import Workspace
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:

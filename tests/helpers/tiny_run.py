@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import make_folder
+from tests.helpers.images import make_folder
 
 from tl_cli.runs.store import Run, load_run
 

@@ -7,8 +7,7 @@ import torch
 
 from tl_cli.backbones import (BackboneSpec, create_backbone, get_spec, list_backbones, register_backbone,
                               resolve_weights)
-from tl_cli.backbones.builtin import _TORCHVISION
-from tl_cli.backbones.describe import describe
+from tl_cli.backbones.describe import describe, meta_backbone
 from tl_cli.errors import UnknownBackbone, UnsafeFile, WeightsNotFound
 
 CLASSIC = ["lenet5", "alexnet", "vgg16", "vgg16_bn", "googlenet", "inception_v3", "resnet18", "resnet34",
@@ -46,7 +45,18 @@ def test_features_have_declared_width(name):
     assert f.shape == (2, get_spec(name).feature_dim)
 
 
-@pytest.mark.parametrize("name", [n for n, *_ in _TORCHVISION])
+@pytest.mark.parametrize("name", list_backbones())
+def test_every_backbone_has_its_declared_width_and_layers(name):
+    """Shapes on the meta device (no weights, no arithmetic), so every registered network is cheap."""
+    spec = get_spec(name)
+    net = meta_backbone(spec)
+    size = spec.preprocess.input_size
+    f = net.forward_features(torch.empty(2, 3, size, size, device="meta"))
+    assert f.shape == (2, spec.feature_dim)
+    assert describe(name).layers >= 2  # at least one body layer and the head
+
+
+@pytest.mark.parametrize("name", [n for n in list_backbones() if get_spec(n).family == "torchvision"])
 def test_preprocessing_matches_torchvision_weights(name):
     """The table in builtin.py must agree with each DEFAULT weights' own transforms()."""
     import torchvision

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers.paths import REPO, SAMPLE_DATA
 from tl_cli.backbones import create_backbone, get_spec, resolve_weights
 from tl_cli.features.engines import (OnnxEngine, TorchEngine, choose_engine, make_engine, normalize_batch, normalize_image,
                             onnx_path)
@@ -18,7 +19,7 @@ from tl_cli.data.preprocess import load_tensor
 
 pytest.importorskip("onnxruntime")
 
-PHOTOS = Path(__file__).resolve().parents[1] / "sample_data" / "photos"
+PHOTOS = SAMPLE_DATA / "photos"
 
 
 def _photos() -> list[str]:
@@ -134,7 +135,7 @@ def test_a_cached_onnx_engine_does_not_import_torch(tmp_path):
         f"e, _ = make_engine('auto', s, resolve_weights(s, pretrained=False), 'auto', Path({str(tmp_path)!r}), None);"
         "print(e.name, 'torch' in sys.modules)"
     )
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
     assert out.stdout.split() == ["onnx", "False"], out.stderr
@@ -159,7 +160,7 @@ def test_predict_on_the_engine_equals_eager_torch_and_skips_torch(image_folder):
     assert kf == kr
     np.testing.assert_allclose(pf, pr, rtol=1e-4, atol=1e-5)
     assert [p.labels for p in fast.predict(files, topk=2)] == [p.labels for p in ref.predict(files, topk=2)]
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     code = ("import sys; from tl_cli.inference.predict import Predictor; from tl_cli.runs.workspace import Workspace;"
             f"p = Predictor.from_workspace(workspace=Workspace.open({str(Workspace.open().root)!r}));"
             f"print(p.predict([{files[0]!r}])[0].labels[0], 'torch' in sys.modules)")

@@ -13,54 +13,20 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers.finetune import KillAfter, Notes, assert_same, last_weights, weights
+from tests.helpers.paths import REPO
 from tl_cli.finetune.checkpoint import CHECKPOINT, load_checkpoint
 from tl_cli.errors import ConfigError, RunError, UnsafeFile
 from tl_cli.finetune.trainer import resume, start
 from tl_cli.finetune.config import FinetuneConfig
-from tl_cli.runtime.progress import Reporter
 from tl_cli.runs.store import load_run
 from tl_cli.runs.workspace import Workspace
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def cfg(**kw) -> FinetuneConfig:
     base = dict(backbone="lenet5", pretrained=False, freeze=1, epochs=4, batch_size=8, workers=0, lr=5e-3,
                 head_lr=1e-2, patience=0, seed=0, head_init="random")
     return FinetuneConfig(**{**base, **kw})
-
-
-class KillAfter(Reporter):
-    """Interrupts the run right after epoch `n` has been checkpointed (as Ctrl-C or a kill would)."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def log(self, message: str) -> None:
-        if message.startswith(f"epoch {self.n:>3} "):
-            raise KeyboardInterrupt
-
-
-class Notes(Reporter):
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def log(self, message: str) -> None:
-        self.lines.append(message)
-
-
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_run(run_dir).tensors()
-
-
-def last_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(run_dir)["model"]
-
-
-def assert_same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -81,7 +47,7 @@ def test_resume_after_epoch_2_equals_uninterrupted(image_folder, tmp_path, worke
 
 def test_sigkill_then_resume_equals_uninterrupted(image_folder, tmp_path):
     """A real `tl finetune` process killed with SIGKILL mid-run, then `tl finetune --resume`."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     args = [sys.executable, "-m", "tl_cli", "finetune", str(image_folder), "--backbone", "lenet5", "--no-pretrained",
             "--freeze", "1", "--epochs", "6", "--batch-size", "8", "--workers", "0", "--patience", "0"]
 

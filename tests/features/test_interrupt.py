@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import COLOURS, make_folder, write_image
+from tests.helpers.paths import REPO
+from tests.helpers.images import COLOURS, make_folder, write_image
 from tl_cli.cli import app
 from tl_cli.features.extract import ExtractConfig, extract_features
 from tl_cli.runs.workspace import Workspace
 
 LENET = ExtractConfig(backbone="lenet5", pretrained=False, workers=0, batch_size=4)
-SLOW_TL = Path(__file__).with_name("slow_tl.py")
+SLOW_TL = REPO / "tests" / "helpers" / "slow_tl.py"
 runner = CliRunner()
 
 

@@ -84,7 +84,7 @@ def test_evaluate_json_schema(trained):
     ],
 )
 def test_errors_are_one_clear_line(args, message, tmp_path, image_folder, monkeypatch):
-    from conftest import make_folder
+    from tests.helpers.images import make_folder
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no_hub"))
     (tmp_path / "empty").mkdir()
