@@ -179,14 +179,14 @@ def export_run(run: Run, cfg: ExportConfig = ExportConfig(), output: str | Path 
     """
     import torch
 
-    from tl_cli.inference.load import build_from_run, run_preprocess
+    from tl_cli.inference.load import build_from_run
 
     t0 = time.perf_counter()
     suffix = FORMATS[cfg.format]
     output = Path(output) if output else run.dir / f"model{suffix}"
     if output.suffix.lower() == ".json":
         raise ConfigError(f"{output}: the export's own JSON is written beside it; choose another name")
-    pre = run_preprocess(run)
+    pre = run.preprocess
     net = build_from_run(run).cpu().float().eval()
     x, source = sample_inputs(run, pre, cfg.n_samples, sample_paths)
     with torch.no_grad():

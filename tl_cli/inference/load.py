@@ -6,7 +6,6 @@ import torch.nn as nn
 
 from tl_cli.backbones import create_backbone
 from tl_cli.backbones.wrapper import attach_head
-from tl_cli.data.preprocess import Preprocess
 from tl_cli.errors import RunError
 from tl_cli.runs.store import Run
 
@@ -40,10 +39,3 @@ def build_from_run(run: Run, weights: str | None = None) -> nn.Module:
     if missing or unexpected:
         raise RunError(f"{run.dir}: weights do not match {meta.backbone} ({len(missing)} missing, {len(unexpected)} unexpected)")
     return net.eval()
-
-
-def run_preprocess(run: Run) -> Preprocess:
-    """The preprocessing a run was trained with (never the backbone's current default)."""
-    if run.meta.preprocess is None:
-        raise RunError(f"{run.dir}: meta.json records no preprocessing, so inputs can't be prepared as in training")
-    return run.meta.preprocess

@@ -230,13 +230,11 @@ class Predictor(BasePredictor):
     """
 
     def __init__(self, run: Run, device: str = "auto", weights: str | None = None, engines_dir: Path | None = None):
-        from tl_cli.inference.load import run_preprocess
-
         self.run = run
         self.source = str(run.dir)
         self.trained = run.meta
         self.classes = run.classes
-        self.preprocess = run_preprocess(run)  # never current defaults
+        self.preprocess = run.preprocess  # never current defaults
         self.notes = []
         self.model = _HeadOnEngine.try_load(run, device, weights, engines_dir, self.notes)
         if self.model is None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tl_cli.runtime.atomic import atomic_path, raise_write_error, write_json
 from tl_cli.errors import RunError
+from tl_cli.data.preprocess import Preprocess
 from tl_cli.runs.meta import MetaError, RunMeta, read_meta
 
 META = "meta.json"
@@ -113,6 +114,13 @@ class Run:
     @property
     def classes(self) -> list[str]:
         return list(self.meta.classes)
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """The preprocessing the run was trained with (what prediction must use, never current defaults)."""
+        if self.meta.preprocess is None:
+            raise RunError(f"{self.dir}: meta.json records no preprocessing, so inputs can't be prepared as in training")
+        return self.meta.preprocess
 
     @property
     def created(self) -> _dt.datetime:
