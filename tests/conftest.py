@@ -39,9 +39,19 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def isolated_workspace(tmp_path, monkeypatch):
-    """Every test gets its own workspace (TL_WORKSPACE) and runs in its own folder."""
+    """Every test gets its own workspace (TL_WORKSPACE) and runs in its own folder.
+
+    The per-user caches (TL_CACHE_DIR for ONNX engines, TORCH_HOME for downloaded weights) point
+    into the test's tmp dir, so the suite never writes to the real home, and TL_OFFLINE=1 so no
+    test reaches the internet; download tests unset it and serve files from 127.0.0.1.
+    """
     ws = tmp_path / "ws"
     monkeypatch.setenv("TL_WORKSPACE", str(ws))
+    monkeypatch.setenv("TL_CACHE_DIR", str(tmp_path / "user_cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("TL_OFFLINE", "1")
+    monkeypatch.delenv("TL_WEIGHTS_MIRROR", raising=False)
+    monkeypatch.delenv("TL_DOWNLOAD_TIMEOUT", raising=False)
     monkeypatch.delenv("TL_DEBUG", raising=False)
     monkeypatch.chdir(tmp_path)
     return ws

@@ -40,6 +40,10 @@ class WeightsNotFound(TLError):
     """Pretrained weights for a backbone are not on this machine."""
 
 
+class DownloadError(WeightsNotFound):
+    """Pretrained weights could not be downloaded: network, HTTP error, timeout, hash mismatch, disk full."""
+
+
 class CacheError(TLError):
     """A feature cache is unreadable, of an old format, or locked by another process."""
 

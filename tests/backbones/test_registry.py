@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from tl_cli.backbones import (BackboneSpec, create_backbone, get_spec, list_backbones, register_backbone,
                               resolve_weights)
+from tl_cli.backbones.builtin import TORCHVISION_FILES, torchvision_weights_file
 from tl_cli.backbones.describe import describe, meta_backbone
 from tl_cli.errors import UnknownBackbone, UnsafeFile, WeightsNotFound
 
@@ -78,11 +81,26 @@ def test_layer_counts_follow_one_definition():
     assert describe("lenet5").layers == 5
 
 
-def test_missing_torchvision_weights_fail_with_instructions(monkeypatch, tmp_path):
+def test_missing_torchvision_weights_offline_fail_with_instructions(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))
+    monkeypatch.setenv("TL_OFFLINE", "1")
     with pytest.raises(WeightsNotFound) as e:
         create_backbone("resnet18")
-    assert "--no-pretrained" in e.value.hint and "weights='DEFAULT'" in e.value.hint
+    dest = tmp_path / "empty_hub" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert f"{dest} is missing" in str(e.value) and "TL_OFFLINE=1" in str(e.value)
+    assert "--no-pretrained" in e.value.hint
+    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in e.value.hint and str(dest) in e.value.hint
+
+
+def test_torchvision_weights_urls_are_torchvisions_default(monkeypatch, tmp_path):
+    """The URLs written in builtin.py, and the file paths, are torchvision's and torch.hub's."""
+    import torch.hub
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    for name in TORCHVISION_FILES:
+        assert get_spec(name).weights_url == torchvision.models.get_model_weights(name).DEFAULT.url
+        assert torchvision_weights_file(name) == Path(torch.hub.get_dir()) / "checkpoints" / get_spec(name).weights_url.rsplit("/", 1)[1]
 
 
 def test_torch_hub_cache_weights_are_found_and_loaded(monkeypatch, tmp_path):

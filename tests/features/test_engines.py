@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +165,6 @@ def test_predict_on_the_engine_equals_eager_torch_and_skips_torch(image_folder):
     code = ("import sys; from tl_cli.inference.predict import Predictor; from tl_cli.runs.workspace import Workspace;"
             f"p = Predictor.from_workspace(workspace=Workspace.open({str(Workspace.open().root)!r}));"
             f"print(p.predict([{files[0]!r}])[0].labels[0], 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
-                         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    env = {"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "TL_CACHE_DIR": os.environ["TL_CACHE_DIR"]}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env)
     assert out.stdout.split() == [fast.predict([files[0]])[0].labels[0], "False"], out.stderr

@@ -122,13 +122,30 @@ def _tv_builder(name: str, classifier_path: str, drop: tuple[str, ...]):
     return build
 
 
-def torchvision_weights_file(name: str) -> Path:
-    """Where torchvision keeps the DEFAULT ImageNet weights of `name` after downloading them."""
-    import torch.hub
-    import torchvision
+# torchvision's DEFAULT weights, written out so finding them never imports torchvision (~2 s);
+# a test checks them against torchvision. The digits before ".pth" start the file's SHA-256.
+TORCHVISION_URL = "https://download.pytorch.org/models/"
+TORCHVISION_FILES = {
+    "alexnet": "alexnet-owt-7be5be79.pth",
+    "vgg16": "vgg16-397923af.pth",
+    "vgg16_bn": "vgg16_bn-6c64b313.pth",
+    "googlenet": "googlenet-1378be20.pth",
+    "inception_v3": "inception_v3_google-0cc3c7bd.pth",
+    "resnet18": "resnet18-f37072fd.pth",
+    "resnet34": "resnet34-b627a593.pth",
+    "resnet50": "resnet50-11ad3fa6.pth",
+    "resnet101": "resnet101-cd907fc2.pth",
+    "resnet152": "resnet152-f82ba261.pth",
+    "mobilenet_v3_large": "mobilenet_v3_large-5c1a4163.pth",
+    "efficientnet_b0": "efficientnet_b0_rwightman-7f5810bc.pth",
+}
 
-    url = torchvision.models.get_model_weights(name).DEFAULT.url
-    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+def torchvision_weights_file(name: str) -> Path:
+    """Where torchvision keeps the DEFAULT ImageNet weights of `name` ($TORCH_HOME/hub/checkpoints/...)."""
+    from tl_cli.runtime.cache_dirs import torch_checkpoints_dir
+
+    return torch_checkpoints_dir() / TORCHVISION_FILES[name]
 
 
 def _tv_find(name: str):
@@ -148,12 +165,10 @@ for _name, _cls, _dim, _in, _rs, _interp, _drop in _TORCHVISION:
             feature_dim=_dim,
             build=_tv_builder(_name, _cls, _drop),
             find_weights=_tv_find(_name),
+            weights_url=TORCHVISION_URL + TORCHVISION_FILES[_name],
             load_state_dict=_load_original,
-            weights_source="torch hub cache ($TORCH_HOME/hub/checkpoints)",
-            how_to_get_weights=(
-                f"on a machine with internet run `python -c \"import torchvision; torchvision.models.get_model('{_name}', weights='DEFAULT')\"`"
-                " and copy $TORCH_HOME/hub/checkpoints (default ~/.cache/torch) here"
-            ),
+            weights_source="download.pytorch.org on first use, kept in $TORCH_HOME/hub/checkpoints (shared with torchvision)",
+            how_to_get_weights=f"download {TORCHVISION_URL + TORCHVISION_FILES[_name]} into $TORCH_HOME/hub/checkpoints",
             description=f"torchvision {_name} (ImageNet)",
         )
     )

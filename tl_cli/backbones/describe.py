@@ -16,6 +16,7 @@ class BackboneSummary:
     input_size: int
     has_pretrained: bool
     weights_available: bool
+    downloadable: bool = False  # not here yet, fetched on first use (see backbones/weights.py)
 
 
 def meta_backbone(spec: BackboneSpec):
@@ -43,6 +44,7 @@ def describe(name: str) -> BackboneSummary:
         input_size=spec.preprocess.input_size,
         has_pretrained=spec.has_pretrained,
         weights_available=available,
+        downloadable=spec.has_pretrained and bool(spec.weights_url),
     )
 
 

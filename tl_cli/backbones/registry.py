@@ -36,6 +36,8 @@ class BackboneSpec:
         find_weights: returns the path of the pretrained weights file on this machine, or None.
         how_to_get_weights: one line telling the user how to make weights available.
         has_pretrained: False for backbones with no pretrained weights at all (LeNet-5).
+        weights_url: where the pretrained weights are downloaded from on first use when
+            `find_weights` finds none (torchvision's URL; see backbones/weights.py), or "".
     """
 
     name: str
@@ -49,6 +51,7 @@ class BackboneSpec:
     has_pretrained: bool = True
     description: str = ""
     load_state_dict: Callable[["nn.Module", dict], None] | None = None
+    weights_url: str = ""
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -121,8 +124,13 @@ def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike | None = None
         weights: an explicit weights file (state dict), overriding the default source.
         pretrained: False asks for the seeded random initialisation explicitly.
 
+    Pretrained weights with a `weights_url` are downloaded on first use (`weights.fetch_weights`:
+    TL_WEIGHTS_MIRROR, TL_OFFLINE, hash check).
+
     Raises:
-        WeightsNotFound: pretrained weights were asked for and are not on this machine.
+        WeightsNotFound: pretrained weights were asked for and are not on this machine (and
+            TL_OFFLINE=1, or there is nowhere to download them from).
+        DownloadError: the download failed (a WeightsNotFound).
     """
     if weights is not None:
         p = Path(weights).expanduser()
@@ -132,6 +140,10 @@ def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike | None = None
     if not pretrained or not spec.has_pretrained:
         return WeightsChoice(None, False)
     p = spec.find_weights()
+    if (p is None or not p.is_file()) and spec.weights_url:
+        from tl_cli.backbones.weights import fetch_weights
+
+        p = fetch_weights(spec.weights_url, label=spec.name)
     if p is None or not p.is_file():
         raise WeightsNotFound(
             f"pretrained weights for {spec.name} are not on this machine",

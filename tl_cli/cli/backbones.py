@@ -13,7 +13,8 @@ from tl_cli.cli.options import BackboneOpt
 
 @command("backbones", epilog="Example:  tl backbones")
 def backbones_cmd() -> None:
-    """List the registered backbones, their size, and whether their weights are on this machine."""
+    """List the registered backbones, their size, and whether their weights are on this machine
+    ("on first use": downloaded into torch hub's cache the first time the backbone is used)."""
     from rich.table import Table
 
     from tl_cli.backbones.describe import describe_all
@@ -23,8 +24,16 @@ def backbones_cmd() -> None:
         t.add_column(col, justify="right" if col in ("params", "features", "layers", "input") else "left")
     for d in describe_all():
         t.add_row(d.name, f"{d.params / 1e6:.1f}M", str(d.feature_dim), str(d.layers), str(d.input_size),
-                  "[green]yes[/]" if d.weights_available else ("[dim]none exist[/]" if not d.has_pretrained else "[red]no[/]"))
+                  _weights_here(d))
     out.print(t)
+
+
+def _weights_here(d) -> str:
+    if d.weights_available:
+        return "[green]yes[/]"
+    if not d.has_pretrained:
+        return "[dim]none exist[/]"
+    return "[yellow]on first use[/]" if d.downloadable else "[red]no[/]"
 
 
 @command("layers", epilog="Example:  tl layers --backbone vgg16 --freeze 10")

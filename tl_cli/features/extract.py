@@ -28,6 +28,7 @@ from tl_cli.runtime.oom import HalvingForward
 from tl_cli.errors import ConfigError, DataError, ImageError
 from tl_cli.data.preprocess import Preprocess
 from tl_cli.runtime.progress import Reporter
+from tl_cli.runtime import cache_dirs
 from tl_cli.runs.workspace import Workspace
 
 
@@ -337,7 +338,7 @@ def extract_features(
     if not info.is_main:  # only rank 0 touches the workspace; it sends the to-do list
         todo = distributed.broadcast_object(None)
         if todo:
-            _fill(None, ds.root, todo, spec, choice, cfg, device, ws.root / "engines", reporter, [], decoder)
+            _fill(None, ds.root, todo, spec, choice, cfg, device, cache_dirs.engines_dir(), reporter, [], decoder)
         return None
     ws.ensure(outside=ds.root)
     pre = spec.preprocess
@@ -352,7 +353,7 @@ def extract_features(
         hits = cache.lookup(stats)
         todo = distributed.broadcast_object([s for s in stats if s.relpath not in hits])
         if todo:
-            done = _fill(cache, ds.root, todo, spec, choice, cfg, device, ws.root / "engines", reporter, notes, decoder)
+            done = _fill(cache, ds.root, todo, spec, choice, cfg, device, cache_dirs.engines_dir(), reporter, notes, decoder)
         failed += done.failed
         bad_rel = {rel for rel, _ in done.failed}
         if done.n_cpu_decoded:

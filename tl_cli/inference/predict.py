@@ -21,6 +21,7 @@ from tl_cli.errors import ConfigError
 from tl_cli.data.preprocess import Preprocess
 from tl_cli.runtime.progress import Reporter
 from tl_cli.runs.meta import RunMeta
+from tl_cli.runtime import cache_dirs
 from tl_cli.runs.store import WEIGHTS, Run, load_arrays, load_run
 from tl_cli.runs.workspace import Workspace
 
@@ -220,7 +221,7 @@ class _HeadOnEngine:
 class Predictor(BasePredictor):
     """A trained run, ready to classify images.
 
-    Head-only runs on CPU use the workspace's ONNX feature engine (exported once, shared with
+    Head-only runs on CPU use the per-user ONNX feature engine (exported once, shared with
     `tl extract`) and a numpy head; everything else runs in eager PyTorch.
 
     Example:
@@ -245,7 +246,7 @@ class Predictor(BasePredictor):
     @classmethod
     def from_workspace(cls, model: str | None = None, workspace: Workspace | None = None, **kw) -> "Predictor":
         ws = workspace or Workspace.open()
-        kw.setdefault("engines_dir", ws.root / "engines")
+        kw.setdefault("engines_dir", cache_dirs.engines_dir())
         return cls(load_run(model or ws.latest_run()), **kw)
 
 

@@ -24,12 +24,16 @@ class Reporter:
 
 
 class RichReporter(Reporter):
-    """Draws a rich progress bar on stderr (nothing when stderr is not a terminal)."""
+    """Draws a rich progress bar on stderr (nothing when stderr is not a terminal).
 
-    def __init__(self, console=None):
+    `unit="bytes"` counts bytes: the bar shows size, transfer speed and time left (downloads).
+    """
+
+    def __init__(self, console=None, unit: str = "items"):
         from rich.console import Console
 
         self.console = console or Console(stderr=True)
+        self.unit = unit
         self._progress = None
         self._task = None
 
@@ -38,9 +42,14 @@ class RichReporter(Reporter):
                                    TimeRemainingColumn)
 
         self.stop()
+        if self.unit == "bytes":
+            from rich.progress import DownloadColumn, TransferSpeedColumn
+
+            columns = (DownloadColumn(), TransferSpeedColumn(), TextColumn("{task.fields[info]}"))
+        else:
+            columns = (MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            TextColumn("[bold]{task.description}"), BarColumn(), *columns, TimeRemainingColumn(),
             console=self.console, transient=False, disable=not self.console.is_terminal,
         )
         self._progress.start()
