@@ -83,13 +83,14 @@ def forward_only(onnx: str, data: str, n: int, batch_size: int) -> None:
     sys.path.insert(0, str(ROOT))
     from tl_cli.backbones import get_spec
     from tl_cli.data.scan import scan_dataset
-    from tl_cli.features.engines import OnnxEngine, normalize_batch
+    from tl_cli.data.preprocess import normalize
+    from tl_cli.features.engines import OnnxEngine
     from tl_cli.data.decode import iter_batches
 
     ds = scan_dataset(data)
     pre = get_spec("efficientnet_lite0").preprocess
     rels = [s.relpath for s in ds.samples][:n]
-    batches = [normalize_batch(b.pixels, pre) for b in iter_batches(ds.root, rels, pre, batch_size, 2)]
+    batches = [normalize(b.pixels, pre) for b in iter_batches(ds.root, rels, pre, batch_size, 2)]
     eng = OnnxEngine(Path(onnx))
     eng(batches[0])  # warm-up
     t0, c0 = time.perf_counter(), time.process_time()

@@ -31,7 +31,8 @@ def main() -> None:
     from tl_cli.backbones import create_backbone, get_spec
     from tl_cli.data.scan import scan_dataset
     from tl_cli.runtime.device import resolve_device
-    from tl_cli.finetune.trainer import build_optimizer, train_step
+    from tl_cli.finetune.schedule import build_optimizer
+    from tl_cli.finetune.step import train_step
     from tl_cli.finetune.config import FinetuneConfig
     from tl_cli.finetune.model import FinetuneModel
     from tl_cli.finetune.data import make_loaders

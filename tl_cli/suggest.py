@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 import os
 import shlex
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Mapping
 
 from tl_cli.backbones import DEFAULT_BACKBONE
 from tl_cli.errors import ConfigError
@@ -157,16 +157,6 @@ def recommend(
     return Suggestion(route, freeze, backbone, n_layers, n, reasons, tuple(warnings), cc, command)
 
 
-def backbone_layer_count(backbone: str) -> int:
-    """Layers of a registered backbone as `tl layers` numbers them (meta device: no weights needed)."""
-    from tl_cli.backbones import get_spec
-    from tl_cli.backbones.describe import meta_backbone
-    from tl_cli.backbones.layers import count_layers
-
-    spec = get_spec(backbone)
-    return count_layers(meta_backbone(spec), spec.preprocess.input_size)
-
-
 def suggest(data_dir: str | os.PathLike, backbone: str = DEFAULT_BACKBONE, val_fraction: float = 0.2) -> Suggestion:
     """Count a dataset's images per class with `tl extract`'s split and recommend a route.
 
@@ -178,11 +168,12 @@ def suggest(data_dir: str | os.PathLike, backbone: str = DEFAULT_BACKBONE, val_f
         >>> suggest("photos").route
         'extract'
     """
+    from tl_cli.backbones.describe import layer_count
     from tl_cli.data.scan import scan_dataset
 
     ds = scan_dataset(data_dir, val_fraction)
     counts = {c: [0, 0] for c in ds.classes}
     for s in ds.samples:
         counts[ds.classes[s.label]][0 if s.split == "train" else 1] += 1
-    return recommend({c: (tr, va) for c, (tr, va) in counts.items()}, backbone_layer_count(backbone),
+    return recommend({c: (tr, va) for c, (tr, va) in counts.items()}, layer_count(backbone),
                      backbone, shlex.quote(str(data_dir)))

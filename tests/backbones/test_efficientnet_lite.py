@@ -53,7 +53,9 @@ def test_coffee_is_espresso_and_chelsea_is_a_cat(lite):
 
 def _score(net, pre) -> float:
     """Probability of the right answer, summed over two photos: espresso, and any cat class."""
-    return (_probs(net, skimage_data.coffee(), pre)[ESPRESSO] + _probs(net, skimage_data.chelsea(), pre)[list(CAT_CLASSES)].sum()).item()
+    espresso = _probs(net, skimage_data.coffee(), pre)[ESPRESSO]
+    cat = _probs(net, skimage_data.chelsea(), pre)[list(CAT_CLASSES)].sum()
+    return (espresso + cat).item()
 
 
 def test_imagenet_mean_std_is_measurably_worse(lite):

@@ -10,8 +10,8 @@ import torch
 from typer.testing import CliRunner
 
 from tl_cli.cli import app
-from tl_cli.finetune.model import FinetuneModel
 from tl_cli.data.preprocess import load_tensor
+from tl_cli.finetune.model import FinetuneModel
 from tl_cli.runs.store import load_run
 from tl_cli.runs.workspace import Workspace
 

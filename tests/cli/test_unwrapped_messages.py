@@ -6,13 +6,11 @@ import errno
 import os
 import subprocess
 import sys
-
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 import tl_cli
-
 from tl_cli.cli import app
 
 runner = CliRunner()
@@ -32,8 +30,8 @@ def test_long_error_is_one_line_through_a_pipe(tmp_path):
     missing = tmp_path / LONG
     env = {**os.environ, "COLUMNS": "80", "TL_WORKSPACE": str(tmp_path / "ws"),
            "PYTHONPATH": str(Path(tl_cli.__file__).parents[1])}  # this tree's tl_cli
-    p = subprocess.run([sys.executable, "-m", "tl_cli", "info", str(missing)], stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, text=True, env=env, timeout=120)
+    p = subprocess.run([sys.executable, "-m", "tl_cli", "info", str(missing)], capture_output=True,
+                       text=True, env=env, timeout=120)
     assert p.returncode == 2
     lines = p.stderr.splitlines()
     assert lines[0].startswith(f"error: no run {missing} (not a folder, nor a run in {tmp_path / 'ws' / 'runs'})"), p.stderr

@@ -17,10 +17,10 @@ from tests.helpers import badfiles as bf
 from tests.helpers.images import make_folder, write_image
 from tl_cli.backbones import create_backbone, get_spec
 from tl_cli.cli import app
+from tl_cli.data.preprocess import load_tensor, open_rgb
 from tl_cli.data.scan import scan_dataset
 from tl_cli.errors import DataError, ImageError
 from tl_cli.features.extract import ExtractConfig, extract_features
-from tl_cli.data.preprocess import load_tensor, open_rgb
 
 LENET = ExtractConfig(backbone="lenet5", pretrained=False, workers=0, batch_size=8)
 LENET_ARGS = ["--backbone", "lenet5", "--no-pretrained", "--workers", "0"]

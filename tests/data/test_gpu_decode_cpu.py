@@ -6,17 +6,14 @@ must not take, resize/crop geometry, and pixels within a stated tolerance of the
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from tl_cli.data.decode import iter_batches, load_crop
-from tl_cli.data.gpu_decode import decode_batch, iter_gpu_batches, normalize_tensor, resize_crop_tensor
+from tl_cli.data.gpu_decode import decode_batch, iter_gpu_batches, resize_crop_tensor
 from tl_cli.data.jpeg_header import jpeg_info
-from tl_cli.data.preprocess import Preprocess
-from tl_cli.features.engines import normalize_batch
+from tl_cli.data.preprocess import Preprocess, normalize, normalize_tensor
 
 PRE = Preprocess(input_size=64, resize_size=72)
 # Pillow vs torchvision's decoder + torch's antialiased resize: the same libjpeg IDCT on the CPU,
@@ -118,7 +115,7 @@ def test_batches_in_order_with_positions_and_normalised_like_numpy(tmp_path):
     assert [b.index for b in batches] == [[0, 1, 2], [4, 5], [6]]
     assert [i for b in batches for i, _ in b.failed] == [3]
     u8, _, _, _ = decode_batch([tmp_path / n for n in names[:3]], PRE, "cpu")
-    np.testing.assert_array_equal(batches[0].pixels.numpy(), normalize_batch(u8.permute(0, 2, 3, 1).numpy(), PRE))
+    np.testing.assert_array_equal(batches[0].pixels.numpy(), normalize(u8.permute(0, 2, 3, 1).numpy(), PRE))
     np.testing.assert_array_equal(normalize_tensor(u8, PRE).numpy(), batches[0].pixels.numpy())
 
 

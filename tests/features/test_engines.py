@@ -11,12 +11,11 @@ import torch
 
 from tests.helpers.paths import REPO, SAMPLE_DATA
 from tl_cli.backbones import create_backbone, get_spec, resolve_weights
-from tl_cli.features.engines import (OnnxEngine, TorchEngine, choose_engine, make_engine, normalize_batch, normalize_image,
-                            onnx_path)
-from tl_cli.errors import ConfigError
-from tl_cli.features.extract import ExtractConfig, extract_features
 from tl_cli.data.decode import iter_batches, load_crop
-from tl_cli.data.preprocess import load_tensor
+from tl_cli.data.preprocess import load_tensor, normalize, normalize_tensor
+from tl_cli.errors import ConfigError
+from tl_cli.features.engines import OnnxEngine, TorchEngine, choose_engine, make_engine, onnx_path
+from tl_cli.features.extract import ExtractConfig, extract_features
 
 pytest.importorskip("onnxruntime")
 
@@ -33,14 +32,15 @@ def _eager(net, x: torch.Tensor) -> np.ndarray:
         return net.forward_features(x).numpy()
 
 
-def test_normalize_batch_is_bit_identical_to_to_tensor():
+def test_normalize_is_bit_identical_to_to_tensor():
     for name in ("lenet5", "efficientnet_lite0"):
         pre = get_spec(name).preprocess
         rels = _photos()[:6]
         u8 = np.stack([load_crop(PHOTOS / r, pre) for r in rels])
         ref = torch.stack([load_tensor(PHOTOS / r, pre) for r in rels]).numpy()
-        np.testing.assert_array_equal(normalize_batch(u8, pre), ref)
-        np.testing.assert_array_equal(np.stack([normalize_image(c, pre) for c in u8]), ref)
+        np.testing.assert_array_equal(normalize(u8, pre), ref)  # a batch
+        np.testing.assert_array_equal(np.stack([normalize(c, pre) for c in u8]), ref)  # one image at a time
+        np.testing.assert_array_equal(normalize_tensor(torch.from_numpy(u8).permute(0, 3, 1, 2), pre).numpy(), ref)
 
 
 def test_threaded_loader_equals_sequential_in_order_with_failures(tmp_path):
@@ -61,7 +61,7 @@ def test_threaded_loader_equals_sequential_in_order_with_failures(tmp_path):
     assert failed == [f for b in seq for f in b.failed] and [i for i, _ in failed] == [names.index("zz_bad.jpg")]
     for a, b in zip(seq, par):
         np.testing.assert_array_equal(a.pixels, b.pixels)
-    first = normalize_batch(par[0].pixels, pre)
+    first = normalize(par[0].pixels, pre)
     ref = torch.stack([load_tensor(root / names[i], pre) for i in par[0].index]).numpy()
     np.testing.assert_array_equal(first, ref)
     # normalised in the decode threads: the exact network input of the sequential reference
@@ -146,9 +146,9 @@ def test_predict_on_the_engine_equals_eager_torch_and_skips_torch(image_folder):
     import subprocess
     import sys
 
+    from tl_cli.head.small_data import train_small_data
     from tl_cli.inference.predict import Predictor, _HeadOnEngine
     from tl_cli.runs.store import load_run
-    from tl_cli.head.small_data import train_small_data
     from tl_cli.runs.workspace import Workspace
 
     res = train_small_data(image_folder, ExtractConfig(backbone="lenet5", pretrained=False, workers=0))

@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import pytest
 import torch
 
 from tests.helpers.images import write_image
 from tl_cli.backbones import create_backbone, get_spec
-from tl_cli.features.extract import ExtractConfig, extract_features
 from tl_cli.data.preprocess import Preprocess, load_tensor
+from tl_cli.features.extract import ExtractConfig, extract_features
 from tl_cli.head.small_data import train_small_data
 from tl_cli.runs.workspace import Workspace
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.helpers.paths import REPO
 from tests.helpers.images import COLOURS, make_folder, write_image
+from tests.helpers.paths import REPO
 from tl_cli.cli import app
 from tl_cli.features.extract import ExtractConfig, extract_features
 from tl_cli.runs.workspace import Workspace

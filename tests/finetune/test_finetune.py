@@ -15,10 +15,10 @@ import torch
 
 from tests.helpers.finetune import KillAfter, Notes, assert_same, last_weights, weights
 from tests.helpers.paths import REPO
-from tl_cli.finetune.checkpoint import CHECKPOINT, load_checkpoint
 from tl_cli.errors import ConfigError, RunError, UnsafeFile
-from tl_cli.finetune.trainer import resume, start
+from tl_cli.finetune.checkpoint import CHECKPOINT, load_checkpoint
 from tl_cli.finetune.config import FinetuneConfig
+from tl_cli.finetune.trainer import resume, start
 from tl_cli.runs.store import load_run
 from tl_cli.runs.workspace import Workspace
 

@@ -9,9 +9,10 @@ import torch.nn as nn
 
 from tl_cli.backbones import create_backbone
 from tl_cli.errors import ConfigError
-from tl_cli.finetune.trainer import build_optimizer, lr_factor, train_step
 from tl_cli.finetune.config import FinetuneConfig
 from tl_cli.finetune.model import FinetuneModel
+from tl_cli.finetune.schedule import build_optimizer, lr_factor
+from tl_cli.finetune.step import train_step
 
 # (backbone, k, input side): small inputs keep the steps fast; the layer numbering does not
 # depend on the input size for these networks.
@@ -124,6 +125,6 @@ def test_finetune_numbers_layers_like_tl_layers(name):
     net, _ = create_backbone(name, pretrained=False)
     model = FinetuneModel(net, 3, 1, spec.preprocess.input_size)
     assert len(model.layers) == len(shown)
-    assert [(l.index, l.name, l.kind, l.params) for l in model.layers[:-1]] == \
-        [(l.index, l.name, l.kind, l.params) for l in shown[:-1]]
+    assert [(x.index, x.name, x.kind, x.params) for x in model.layers[:-1]] == \
+        [(x.index, x.name, x.kind, x.params) for x in shown[:-1]]
     assert model.layers[-1].kind == "Linear" and model.layers[-1].output_shape == (3,)  # the new head

@@ -128,20 +128,20 @@ def test_9_resume_joins_the_process_group_for_the_runs_device(image_folder, tmp_
         raise Stop
 
     monkeypatch.setattr(distributed, "init", init)
-    for kwargs, expected in (({}, "cpu"), ({"overrides": {"device": "cuda"}}, "cuda"),
-                             ({"run_dir": tmp_path / "missing"}, "auto")):
+    cases = (({}, "cpu"), ({"overrides": {"device": "cuda"}}, "cuda"), ({"run_dir": tmp_path / "missing"}, "auto"))
+    for kwargs, _ in cases:
         with pytest.raises(Stop):
             trainer.resume(workspace=ws, **({"run_dir": r.run_dir} | kwargs))
-    assert seen == ["cpu", "cuda", "auto"]
+    assert seen == [expected for _, expected in cases] == ["cpu", "cuda", "auto"]
 
 
 def test_validation_halves_its_batch_on_out_of_memory(image_folder, monkeypatch):
     """float32 validation needs more memory per image than bf16 training steps: it must not be where a run dies."""
     from tl_cli.backbones import create_backbone, get_spec
-    from tl_cli.finetune.data import make_loaders
-    from tl_cli.finetune.model import FinetuneModel
-    from tl_cli.finetune.trainer import validate
     from tl_cli.data.scan import scan_dataset
+    from tl_cli.finetune.data import make_loaders
+    from tl_cli.finetune.epoch import validate
+    from tl_cli.finetune.model import FinetuneModel
 
     ds = scan_dataset(image_folder)
     torch.manual_seed(0)

@@ -10,12 +10,12 @@ import torch
 
 from tests.helpers.finetune import KillAfter, Notes, assert_same, last_weights, weights
 from tl_cli.backbones import create_backbone, get_spec
-from tl_cli.finetune.checkpoint import load_checkpoint
-from tl_cli.data.scan import scan_dataset
-from tl_cli.finetune.trainer import resume, start
-from tl_cli.finetune.config import FinetuneConfig
-from tl_cli.head.softmax import train_head
 from tl_cli.data.preprocess import load_tensor
+from tl_cli.data.scan import scan_dataset
+from tl_cli.finetune.checkpoint import load_checkpoint
+from tl_cli.finetune.config import FinetuneConfig
+from tl_cli.finetune.trainer import resume, start
+from tl_cli.head.softmax import train_head
 from tl_cli.runs.store import load_run
 from tl_cli.runs.workspace import Workspace
 

@@ -69,8 +69,8 @@ def test_oom_in_the_optimizer_update_is_an_error_not_a_retry(image_folder, tmp_p
 def test_accumulate_never_touches_weights_or_optimizer_state():
     from tl_cli.backbones import create_backbone
     from tl_cli.finetune.model import FinetuneModel
+    from tl_cli.finetune.schedule import build_optimizer
     from tl_cli.finetune.step import accumulate
-    from tl_cli.finetune.trainer import build_optimizer
 
     torch.manual_seed(0)
     model = FinetuneModel(create_backbone("lenet5", pretrained=False)[0], 3, 2, 32, 0.0).train()

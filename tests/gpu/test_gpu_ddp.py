@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from tests.helpers.gpu import GPU, needs_2_gpus, run_dir_of, torchrun
-from tl_cli.runs.workspace import Workspace
 
 pytestmark = GPU
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from tests.helpers.gpu import GPU, PHOTOS, cosine_rows, lite0_weights_or_skip
 from tl_cli.data.decode import iter_batches
-from tl_cli.features.engines import TorchEngine, normalize_batch
+from tl_cli.data.preprocess import normalize
+from tl_cli.features.engines import TorchEngine
 
 pytestmark = GPU
 
@@ -30,7 +30,7 @@ def test_cuda_float32_features_match_the_cpu_and_bf16_is_close_with_the_same_pre
     net = lite0_weights_or_skip()
     pre = get_spec("efficientnet_lite0").preprocess
     rel, crops = _photo_crops(pre)
-    cpu = TorchEngine(net, torch.device("cpu"))(normalize_batch(crops, pre))
+    cpu = TorchEngine(net, torch.device("cpu"))(normalize(crops, pre))
     f32 = TorchEngine(net, torch.device("cuda"), pre=pre)(crops)  # uint8 in, normalised on the GPU
     bf16 = TorchEngine(net, torch.device("cuda"), bf16=True, pre=pre)(crops)
     assert cosine_rows(f32, cpu).min() > 0.9999
@@ -52,7 +52,7 @@ def test_nvjpeg_features_match_the_pillow_path_within_tolerance():
     rel, crops = _photo_crops(pre)
     gpu = list(iter_gpu_batches(PHOTOS, rel, pre, 64, 4, torch.device("cuda")))
     assert len(gpu) == 1 and gpu[0].n_cpu_decoded == 0 and not gpu[0].failed
-    ref = normalize_batch(crops, pre)
+    ref = normalize(crops, pre)
     assert np.abs(gpu[0].pixels.cpu().numpy() - ref).mean() * 255 * np.mean(pre.std) < 1.5  # in grey levels
     engine = TorchEngine(net, torch.device("cuda"), pre=pre)
     assert cosine_rows(engine(gpu[0].pixels), engine(crops)).min() > 0.998

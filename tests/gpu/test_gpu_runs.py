@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from tests.helpers.gpu import GPU
 from tl_cli.finetune.config import FinetuneConfig

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.helpers.images import make_folder
-
 from tl_cli.runs.store import Run, load_run
 
 

@@ -12,8 +12,8 @@ import contextlib
 import hashlib
 import io
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
 
 
 class _Handler(BaseHTTPRequestHandler):

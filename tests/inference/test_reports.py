@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.helpers.paths import SAMPLE_DATA
-from tests.helpers.tiny_run import full_run, head_run, tiny_run
-from tests.helpers.images import COLOURS, write_image
 from typer.testing import CliRunner
 
+from tests.helpers.images import COLOURS, write_image
+from tests.helpers.paths import SAMPLE_DATA
+from tests.helpers.tiny_run import full_run, head_run, tiny_run
 from tl_cli.cli import app
 from tl_cli.errors import ExportError
 from tl_cli.inference.predict import load_predictor
@@ -202,9 +202,9 @@ def test_onnx_export_matches_pytorch_on_real_images(tmp_path):
     pytest.importorskip("onnxruntime")
     import torch
 
+    from tl_cli.data.preprocess import Preprocess, load_tensor
     from tl_cli.inference.export import ExportConfig, export_run, run_exported
     from tl_cli.inference.load import build_from_run
-    from tl_cli.data.preprocess import Preprocess, load_tensor
 
     run = head_run(tmp_path / "run", ["cat", "coffee", "rocket"])
     photos = sorted((SAMPLE / "photos").rglob("*.jpg"))[::6]
@@ -263,7 +263,8 @@ def test_onnx_export_cli_and_predict_on_it(run, tmp_path):
     # evaluate works on the export too, and writes beside it
     r = tl("evaluate", tmp_path / "data", "--model", onnx_file, "--format", "json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["accuracy"] == json.loads(tl("evaluate", tmp_path / "data", "--format", "json").stdout)["accuracy"]
+    on_run = json.loads(tl("evaluate", tmp_path / "data", "--format", "json").stdout)
+    assert json.loads(r.stdout)["accuracy"] == on_run["accuracy"]
     # --split val on the export selects the run's validation images (val_fraction carried in its JSON)
     r = tl("evaluate", tmp_path / "data", "--model", onnx_file, "--split", "val", "--format", "json")
     assert r.exit_code == 0 and json.loads(r.stdout)["n"] == run.meta.dataset.n_val
@@ -356,7 +357,6 @@ def test_full_network_runs_export_and_predict(tmp_path):
     """Runs that hold the whole network (fine-tuned) export and predict like head-only ones."""
     pytest.importorskip("onnxruntime")
     from tests.helpers.images import make_folder
-
     from tl_cli.inference.export import ExportConfig, export_run
 
     run = full_run(tmp_path / "run", ["blue", "green", "red"])

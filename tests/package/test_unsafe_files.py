@@ -18,8 +18,8 @@ from tl_cli.cli import app
 from tl_cli.data.scan import is_safe_relpath, resolve_inside
 from tl_cli.errors import DataError, RunError, UnknownBackbone, UnsafeFile
 from tl_cli.features.extract import ExtractConfig, extract_features
-from tl_cli.inference.predict import Predictor
 from tl_cli.head.small_data import train_small_data
+from tl_cli.inference.predict import Predictor
 
 LENET = ExtractConfig(backbone="lenet5", pretrained=False, workers=0, batch_size=8)
 runner = CliRunner()

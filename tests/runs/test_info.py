@@ -10,16 +10,16 @@ import torch
 from typer.testing import CliRunner
 
 from tl_cli.backbones import create_backbone
+from tl_cli.backbones.layers import enumerate_layers, frozen_module_names
+from tl_cli.backbones.wrapper import attach_head
 from tl_cli.cli import app
 from tl_cli.errors import RunError
 from tl_cli.features.extract import ExtractConfig
-from tl_cli.backbones.layers import enumerate_layers, frozen_module_names
-from tl_cli.backbones.wrapper import attach_head
+from tl_cli.head.small_data import train_small_data
 from tl_cli.runs.info import resolve_run, run_info, workspace_runs
 from tl_cli.runs.store import save_tensors
-from tl_cli.runtime.atomic import write_json
-from tl_cli.head.small_data import train_small_data
 from tl_cli.runs.workspace import Workspace
+from tl_cli.runtime.atomic import write_json
 
 runner = CliRunner()
 

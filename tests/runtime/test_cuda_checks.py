@@ -130,10 +130,9 @@ def test_11_other_library_errors_are_not():
 
 def test_13_decode_threads_and_workers_scale_with_the_cores(monkeypatch):
     from tl_cli.data import decode
-    from tl_cli.features import engines
     from tl_cli.finetune import data
 
-    monkeypatch.setattr(engines, "cpu_count", lambda: 16)
+    monkeypatch.setattr(distributed, "cpu_count", lambda: 16)
     assert decode.default_threads() == 16  # no cap of 8 on a 16-core GPU machine
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     assert data.default_workers("cuda") == 15 and data.default_workers("cpu") == 8
@@ -154,8 +153,9 @@ def test_13_cudnn_autotuning_unless_deterministic(monkeypatch):
 
 
 def test_13_training_speed_leaves_out_the_first_step():
-    from tl_cli.finetune.trainer import _speed
     import time
+
+    from tl_cli.finetune.epoch import _speed
 
     t0 = time.perf_counter() - 10.0  # a first step that took 9 s (CUDA start-up, autotuning)
     t_first = time.perf_counter() - 1.0

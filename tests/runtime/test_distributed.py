@@ -13,14 +13,13 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.helpers.paths import REPO
 from tests.helpers.images import make_folder, write_image
-from tl_cli.runtime import distributed
-from tl_cli.runtime.distributed import DistInfo, my_shard
+from tests.helpers.paths import REPO
 from tl_cli.errors import ConfigError
 from tl_cli.features.extract import ExtractConfig, extract_features
 from tl_cli.runs.workspace import Workspace
-
+from tl_cli.runtime import distributed
+from tl_cli.runtime.distributed import DistInfo, my_shard
 
 
 def free_port() -> int:
@@ -240,13 +239,15 @@ def test_ddp_probe_equals_one_process_probe(ddp_data, tmp_path):
     from tl_cli.finetune.checkpoint import load_checkpoint
     from tl_cli.finetune.trainer import start
 
-    args = [*DDP_ARGS[:-2], "--epochs", "2", "--lr", "0.001", "--head-lr", "0.001", "--label-smoothing", "0"]  # last two: --head-init random
+    # DDP_ARGS less its last two (--head-init random)
+    args = [*DDP_ARGS[:-2], "--epochs", "2", "--lr", "0.001", "--head-lr", "0.001", "--label-smoothing", "0"]
     two = two_process_run(ddp_data, tmp_path / "two", args)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        one = start(ddp_data, dataclasses.replace(ddp_reference_config(), head_init="probe", epochs=2, lr=0.001,
-                                                  head_lr=0.001, warmup_epochs=None, label_smoothing=0.0), Workspace.open(tmp_path / "one"))
+        cfg = dataclasses.replace(ddp_reference_config(), head_init="probe", epochs=2, lr=0.001, head_lr=0.001,
+                                  warmup_epochs=None, label_smoothing=0.0)
+        one = start(ddp_data, cfg, Workspace.open(tmp_path / "one"))
     finally:
         torch.set_num_threads(threads)
     ckpt_two = load_checkpoint(two)
@@ -301,9 +302,9 @@ def test_ddp_resume_after_a_kill_equals_the_uninterrupted_run(ddp_data, tmp_path
 
 
 def test_global_batch_must_split_evenly_over_ranks(ddp_data, monkeypatch):
+    from tl_cli.finetune.config import FinetuneConfig
     from tl_cli.finetune.ddp import local_batch_size
     from tl_cli.finetune.trainer import start
-    from tl_cli.finetune.config import FinetuneConfig
 
     assert local_batch_size(8, DistInfo(rank=1, world_size=4)) == 2
     with pytest.raises(ConfigError, match="multiple of the 3 processes"):
@@ -316,8 +317,8 @@ def test_global_batch_must_split_evenly_over_ranks(ddp_data, monkeypatch):
 
 
 def test_sync_bn_needs_cuda(ddp_data):
-    from tl_cli.finetune.trainer import start
     from tl_cli.finetune.config import FinetuneConfig
+    from tl_cli.finetune.trainer import start
 
     cfg = FinetuneConfig(backbone="lenet5", pretrained=False, freeze=0, epochs=2, workers=0, device="cpu", sync_bn=True)
     ws = Workspace.open()
@@ -355,8 +356,8 @@ def test_ranks_steps_together_are_the_one_process_steps(ddp_data):
 def test_every_epoch_reshuffles(ddp_data, monkeypatch):
     from torch.utils.data.distributed import DistributedSampler
 
-    from tl_cli.finetune.trainer import start
     from tl_cli.finetune.config import FinetuneConfig
+    from tl_cli.finetune.trainer import start
 
     seen = []
     original = DistributedSampler.set_epoch

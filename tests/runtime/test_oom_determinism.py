@@ -8,8 +8,8 @@ import torch
 
 from tl_cli.errors import OutOfMemory
 from tl_cli.features.extract import ExtractConfig, extract_features
-from tl_cli.runtime.oom import HalvingForward, is_oom
 from tl_cli.runs.workspace import Workspace
+from tl_cli.runtime.oom import HalvingForward, is_oom
 
 LENET = ExtractConfig(backbone="lenet5", pretrained=False, workers=0, batch_size=8)
 
@@ -135,8 +135,9 @@ def _ft_cfg(**kw):
 
 def test_train_step_in_micro_batches_equals_the_whole_batch():
     from tl_cli.backbones import create_backbone
-    from tl_cli.finetune.trainer import build_optimizer, train_step
     from tl_cli.finetune.model import FinetuneModel
+    from tl_cli.finetune.schedule import build_optimizer
+    from tl_cli.finetune.step import train_step
 
     cfg = _ft_cfg()
     torch.manual_seed(0)
@@ -156,8 +157,8 @@ def test_train_step_in_micro_batches_equals_the_whole_batch():
 
 
 def test_finetune_with_simulated_oom_goes_on_in_micro_batches(image_folder, tmp_path, monkeypatch):
-    from tl_cli.finetune.trainer import start
     from tl_cli.finetune.model import FinetuneModel
+    from tl_cli.finetune.trainer import start
     from tl_cli.runtime.progress import Reporter
 
     normal = start(image_folder, _ft_cfg(), Workspace.open(tmp_path / "a"))

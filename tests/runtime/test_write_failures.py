@@ -14,12 +14,12 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.helpers.images import make_folder
-from tl_cli.runtime.atomic import write_bytes
 from tl_cli.cli import app
 from tl_cli.errors import WorkspaceError
 from tl_cli.features.extract import ExtractConfig
 from tl_cli.head.small_data import train_small_data
 from tl_cli.runs.workspace import Workspace
+from tl_cli.runtime.atomic import write_bytes
 
 LENET = ExtractConfig(backbone="lenet5", pretrained=False, workers=0, batch_size=8)
 LENET_ARGS = ["--backbone", "lenet5", "--no-pretrained", "--workers", "0"]

@@ -8,13 +8,12 @@ import math
 import pytest
 from typer.testing import CliRunner
 
+from tests.helpers.images import make_folder
+from tl_cli.backbones.describe import layer_count
 from tl_cli.cli import app
 from tl_cli.data.scan import scan_dataset
 from tl_cli.errors import ConfigError, DataError
-from tl_cli.suggest import (EXTRACT_BELOW, RETRAIN_ABOVE, backbone_layer_count, freeze_for, frozen_fraction, recommend,
-                            suggest)
-
-from tests.helpers.images import make_folder
+from tl_cli.suggest import EXTRACT_BELOW, RETRAIN_ABOVE, freeze_for, frozen_fraction, recommend, suggest
 
 runner = CliRunner()
 
@@ -58,10 +57,10 @@ def test_more_data_never_freezes_more_layers(n_layers):
 
 
 def test_layer_counts_per_backbone():
-    assert backbone_layer_count("efficientnet_lite0") == 50
-    assert backbone_layer_count("vgg16") == 16
-    assert backbone_layer_count("alexnet") == 8
-    assert backbone_layer_count("lenet5") == 5
+    assert layer_count("efficientnet_lite0") == 50
+    assert layer_count("vgg16") == 16
+    assert layer_count("alexnet") == 8
+    assert layer_count("lenet5") == 5
     # the same share of a different backbone's layers
     assert recommend(two(240), 16, backbone="vgg16").freeze == round(frozen_fraction(240) * 16)
     assert recommend(two(240), 16, backbone="vgg16").command == "tl finetune DATA --freeze 12 --backbone vgg16"

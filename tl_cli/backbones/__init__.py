@@ -1,5 +1,10 @@
-"""Backbones: the registry and the built-in networks."""
+"""Backbones: the registry and the built-in networks.
 
+Importing this package registers the built-in backbones (`builtin` imports `registry`, never the
+other way round), so `list_backbones()` and `get_spec()` see them from any import path.
+"""
+
+from tl_cli.backbones.builtin import DEFAULT_BACKBONE  # importing builtin registers the built-in backbones
 from tl_cli.backbones.registry import (
     BackboneSpec,
     WeightsChoice,
@@ -10,8 +15,6 @@ from tl_cli.backbones.registry import (
     register_backbone,
     resolve_weights,
 )
-
-DEFAULT_BACKBONE = "efficientnet_lite0"
 
 __all__ = [
     "BackboneSpec",

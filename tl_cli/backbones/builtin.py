@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from tl_cli.data.preprocess import Preprocess
 from tl_cli.backbones.registry import BackboneSpec, register_backbone
+from tl_cli.data.preprocess import Preprocess
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 

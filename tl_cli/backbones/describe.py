@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tl_cli.backbones.registry import BackboneSpec, get_spec, list_backbones
+
+if TYPE_CHECKING:  # layers imports torch; this module is imported by commands that may not need it
+    from tl_cli.backbones.layers import LayerInfo
 
 
 @dataclass(frozen=True)
@@ -27,9 +31,21 @@ def meta_backbone(spec: BackboneSpec):
         return spec.build()
 
 
-def describe(name: str) -> BackboneSummary:
+def backbone_layers(name: str) -> list[LayerInfo]:
+    """The numbered layer table of a registered backbone, as `tl layers` shows it and `--freeze N` counts."""
     from tl_cli.backbones.layers import enumerate_layers
 
+    spec = get_spec(name)
+    return enumerate_layers(meta_backbone(spec), spec.preprocess.input_size)
+
+
+def layer_count(name: str) -> int:
+    """How many layers `--freeze N` can count for backbone `name` (the new head is the last)."""
+    return len(backbone_layers(name))
+
+
+def describe(name: str) -> BackboneSummary:
+    """Size, feature width, layer count, input size and weights availability of backbone `name`."""
     spec = get_spec(name)
     net = meta_backbone(spec)
     try:
@@ -40,7 +56,7 @@ def describe(name: str) -> BackboneSummary:
         name=spec.name,
         params=sum(p.numel() for p in net.parameters()),
         feature_dim=spec.feature_dim,
-        layers=len(enumerate_layers(net, spec.preprocess.input_size)),
+        layers=layer_count(name),
         input_size=spec.preprocess.input_size,
         has_pretrained=spec.has_pretrained,
         weights_available=available,

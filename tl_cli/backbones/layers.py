@@ -80,10 +80,6 @@ def _has_real_params(m: nn.Module) -> bool:
     return any(p.device.type != "meta" for p in m.parameters())
 
 
-def count_layers(backbone: nn.Module, input_size: int) -> int:
-    return len(enumerate_layers(backbone, input_size))
-
-
 def check_freeze(n_freeze: int, n_layers: int) -> None:
     """`--freeze N` must leave at least the classifier (the last layer) trainable."""
     if n_freeze < 0:

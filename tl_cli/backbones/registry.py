@@ -10,13 +10,14 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
-from tl_cli.errors import UnknownBackbone, UnsafeFile, WeightsNotFound
 from tl_cli.data.preprocess import Preprocess
+from tl_cli.errors import UnknownBackbone, UnsafeFile, WeightsNotFound
 
 if TYPE_CHECKING:  # torch is imported lazily so `tl --help` stays fast
     import torch.nn as nn
@@ -44,13 +45,13 @@ class BackboneSpec:
     family: str
     preprocess: Preprocess
     feature_dim: int
-    build: Callable[[], "nn.Module"]
+    build: Callable[[], nn.Module]
     weights_source: str = ""
     find_weights: Callable[[], Path | None] = lambda: None
     how_to_get_weights: str = ""
     has_pretrained: bool = True
     description: str = ""
-    load_state_dict: Callable[["nn.Module", dict], None] | None = None
+    load_state_dict: Callable[[nn.Module, dict], None] | None = None
     weights_url: str = ""
 
 
@@ -68,13 +69,11 @@ def register_backbone(spec: BackboneSpec) -> BackboneSpec:
 
 def list_backbones() -> list[str]:
     """Registered backbone names, in registration order."""
-    _ensure_loaded()
     return list(_REGISTRY)
 
 
 def get_spec(name: str) -> BackboneSpec:
     """The spec for `name`; an unknown name raises UnknownBackbone naming the closest ones."""
-    _ensure_loaded()
     if name in _REGISTRY:
         return _REGISTRY[name]
     # Names are only ever looked up in the registry; something path-like gets a pointed answer
@@ -87,11 +86,6 @@ def get_spec(name: str) -> BackboneSpec:
     close = difflib.get_close_matches(name.lower(), list(_REGISTRY), n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}?" if close else "run `tl backbones` to list them"
     raise UnknownBackbone(f"unknown backbone {name!r}", hint=hint)
-
-
-def _ensure_loaded() -> None:
-    # Importing the package registers the built-in backbones.
-    from tl_cli.backbones import builtin  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -196,7 +190,8 @@ def load_state_dict_file(path: Path) -> dict:
     return obj
 
 
-def create_backbone(name: str, weights: str | os.PathLike | None = None, pretrained: bool = True) -> tuple["nn.Module", WeightsChoice]:
+def create_backbone(name: str, weights: str | os.PathLike | None = None,
+                    pretrained: bool = True) -> tuple[nn.Module, WeightsChoice]:
     """Build a backbone with its weights loaded, in eval mode.
 
     Args:

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
-
-import typer
-
-from tl_cli.backbones.builtin import DEFAULT_BACKBONE
+from tl_cli.backbones import DEFAULT_BACKBONE
 from tl_cli.cli.app import command, out
-from tl_cli.cli.options import BackboneOpt
+from tl_cli.cli.options import BackboneOpt, FreezeOpt
 
 
 @command("backbones", epilog="Example:  tl backbones")
@@ -39,17 +35,17 @@ def _weights_here(d) -> str:
 @command("layers", epilog="Example:  tl layers --backbone vgg16 --freeze 10")
 def layers_cmd(
     backbone: BackboneOpt = DEFAULT_BACKBONE,
-    freeze: Annotated[Optional[int], typer.Option("--freeze", help="Show which layers `--freeze N` keeps fixed.")] = None,
+    freeze: FreezeOpt = None,
 ) -> None:
     """The numbered layer table that `--freeze N` counts (needs no pretrained weights)."""
     from rich.table import Table
 
     from tl_cli.backbones import get_spec
-    from tl_cli.backbones.describe import meta_backbone
-    from tl_cli.backbones.layers import check_freeze, enumerate_layers
+    from tl_cli.backbones.describe import backbone_layers
+    from tl_cli.backbones.layers import check_freeze
 
     spec = get_spec(backbone)
-    layers = enumerate_layers(meta_backbone(spec), spec.preprocess.input_size)
+    layers = backbone_layers(backbone)
     if freeze is not None:
         check_freeze(freeze, len(layers))
     t = Table(title=f"{backbone}: {len(layers)} layers (input {spec.preprocess.input_size}px)", title_justify="left")

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Optional
-
-import typer
-
 from tl_cli.cli.app import command, err, out, workspace
-from tl_cli.cli.options import ModelOpt, WorkspaceOpt
+from tl_cli.cli.options import FormatOpt, ModelOpt, OutputOpt, WorkspaceOpt
 
 
 @command("export", epilog="Examples:  tl export --format onnx   tl export --model .tl/runs/RUN --format torchscript -o clf.pt   "
                           "tl predict cat.jpg --model .tl/runs/RUN/model.onnx")
 def export_cmd(
-    fmt: Annotated[str, typer.Option("--format", "-f", help="onnx or torchscript.")] = "onnx",
+    fmt: FormatOpt = "onnx",
     model: ModelOpt = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default <run>/model.onnx or model.pt).")] = None,
+    output: OutputOpt = None,
     ws_path: WorkspaceOpt = None,
 ) -> None:
     """Export a run's whole classifier (backbone + head) to ONNX or TorchScript.

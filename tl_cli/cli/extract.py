@@ -7,10 +7,20 @@ from typing import Annotated
 
 import typer
 
-from tl_cli.backbones.builtin import DEFAULT_BACKBONE
+from tl_cli.backbones import DEFAULT_BACKBONE
 from tl_cli.cli.app import command, err, out, workspace
-from tl_cli.cli.options import (BackboneOpt, BatchSizeOpt, DeviceOpt, EngineOpt, PretrainedOpt, StrictOpt, ValFractionOpt, WeightsOpt,
-                      WorkersOpt, WorkspaceOpt)
+from tl_cli.cli.options import (
+    BackboneOpt,
+    BatchSizeOpt,
+    DeviceOpt,
+    EngineOpt,
+    PretrainedOpt,
+    StrictOpt,
+    ValFractionOpt,
+    WeightsOpt,
+    WorkersOpt,
+    WorkspaceOpt,
+)
 
 
 @command(
@@ -41,9 +51,9 @@ def extract_cmd(
     run through the network.
     """
     from tl_cli.features.extract import ExtractConfig
+    from tl_cli.head.small_data import train_small_data
     from tl_cli.head.softmax import HeadConfig
     from tl_cli.runtime.progress import RichReporter
-    from tl_cli.head.small_data import train_small_data
 
     cfg = ExtractConfig(
         backbone=backbone, weights=str(weights) if weights else None, pretrained=pretrained,

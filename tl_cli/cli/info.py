@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from tl_cli.cli.app import command, out, workspace
-from tl_cli.cli.options import SummaryFormatOpt, WorkspaceOpt, check_format
+from tl_cli.cli.options import FormatOpt, WorkspaceOpt, check_format
 
 DASH = "-"
 
@@ -20,8 +20,9 @@ def _v(x, fmt: str = "{}") -> str:
 
 @command("info", epilog="Examples:  tl info   tl info 20260101-120000-extract-photos   tl info .tl/runs/X --format json")
 def info_cmd(
-    run: Annotated[Optional[str], typer.Argument(help="Run folder, or a run name (or unique prefix) from `tl runs`; default the latest.")] = None,
-    fmt: SummaryFormatOpt = "table",
+    run: Annotated[Optional[str], typer.Argument(
+        help="Run folder, or a run name (or unique prefix) from `tl runs`; default the latest.")] = None,
+    fmt: FormatOpt = "table",
     no_layers: Annotated[bool, typer.Option("--no-layers", help="Skip the layer table.")] = False,
     ws_path: WorkspaceOpt = None,
 ) -> None:
@@ -94,7 +95,7 @@ def _size(n: int) -> str:
 
 
 @command("runs", epilog="Example:  tl runs   tl runs --format json")
-def runs_cmd(fmt: SummaryFormatOpt = "table", ws_path: WorkspaceOpt = None) -> None:
+def runs_cmd(fmt: FormatOpt = "table", ws_path: WorkspaceOpt = None) -> None:
     """The workspace's runs, newest first, with route, backbone, classes and validation accuracy."""
     from rich.table import Table
 

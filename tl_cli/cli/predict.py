@@ -7,13 +7,13 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 
 from tl_cli.cli.app import command, err, out, workspace
-from tl_cli.cli.options import BatchSizeOpt, DeviceOpt, FormatOpt, ModelOrOnnxOpt, WorkersOpt, WorkspaceOpt, check_format
+from tl_cli.cli.options import BatchSizeOpt, DeviceOpt, FormatOpt, ModelOpt, OutputOpt, WorkersOpt, WorkspaceOpt, check_format
 
 FORMATS = ("table", "json", "csv")
 
@@ -22,18 +22,18 @@ FORMATS = ("table", "json", "csv")
                            "ls *.jpg | tl predict -   tl predict 'inbox/**/*.png' --model model.onnx")
 def predict_cmd(
     paths: Annotated[list[str], typer.Argument(help="Image files, folders (recursive), globs, or - to read paths from stdin.")],
-    model: ModelOrOnnxOpt = None,
+    model: ModelOpt = None,
     topk: Annotated[int, typer.Option("--topk", "-k", min=1, help="How many classes to show per image.")] = 1,
     fmt: FormatOpt = "table",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write results to this file (table -> csv).")] = None,
+    output: OutputOpt = None,
     batch_size: BatchSizeOpt = 32,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     ws_path: WorkspaceOpt = None,
 ) -> None:
     """Classify images with the latest run (or --model). Exit status 1 if any image failed."""
-    from tl_cli.runtime.atomic import write_text
     from tl_cli.inference.predict import expand_inputs, load_predictor
+    from tl_cli.runtime.atomic import write_text
     from tl_cli.runtime.progress import RichReporter
 
     check_format(fmt, FORMATS)
@@ -97,10 +97,11 @@ def _print_table(preds) -> None:
                             "tl evaluate ./photos_test --format json > metrics.json")
 def evaluate_cmd(
     data_dir: Annotated[Path, typer.Argument(help="Labelled folder of class sub-folders.")],
-    model: ModelOrOnnxOpt = None,
+    model: ModelOpt = None,
     fmt: FormatOpt = "table",
-    split: Annotated[str, typer.Option("--split", help="all images of the folder, or only the val or train split the run used.")] = "all",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for the files (default <run>/evaluations/<date>-<data>-<split>).")] = None,
+    split: Annotated[str, typer.Option(
+        "--split", help="all images of the folder, or only the val or train split the run used.")] = "all",
+    output: OutputOpt = None,
     batch_size: BatchSizeOpt = 32,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
@@ -110,8 +111,9 @@ def evaluate_cmd(
 
     Writes metrics.json, confusion.csv/.png, misclassified.csv and report.html.
     """
-    from tl_cli.inference.evaluate import default_output_dir, evaluate, write_evaluation
+    from tl_cli.inference.evaluate import default_output_dir, evaluate
     from tl_cli.inference.predict import load_predictor
+    from tl_cli.inference.report import write_evaluation
     from tl_cli.runtime.progress import RichReporter
 
     check_format(fmt, FORMATS)

@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Annotated, Optional
 
-import typer
 from rich.markup import escape
 
 from tl_cli.backbones import DEFAULT_BACKBONE
 from tl_cli.cli.app import command, out, workspace
-from tl_cli.cli.options import BackboneOpt, SummaryFormatOpt, ValFractionOpt, WorkspaceOpt, check_format
+from tl_cli.cli.options import BackboneOpt, DataDirArg, FormatOpt, ValFractionOpt, WorkspaceOpt, check_format
 
 
 @command("suggest", epilog="Example:  tl suggest ./photos   tl suggest ./photos --backbone resnet50 --format json")
 def suggest_cmd(
-    data_dir: Annotated[Optional[Path], typer.Argument(help="Folder of class sub-folders (default: the last dataset used).")] = None,
+    data_dir: DataDirArg = None,
     backbone: BackboneOpt = DEFAULT_BACKBONE,
     val_fraction: ValFractionOpt = 0.2,
-    fmt: SummaryFormatOpt = "table",
+    fmt: FormatOpt = "table",
     ws_path: WorkspaceOpt = None,
 ) -> None:
     """Count images per class and recommend extract, finetune --freeze N or retrain, saying why."""

@@ -10,15 +10,16 @@ number of images. Large JPEGs are downscaled by the decoder itself (`Image.draft
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from tl_cli.errors import ImageError
+from tl_cli.data import preprocess
 from tl_cli.data.preprocess import Preprocess, open_rgb, resize_crop
+from tl_cli.errors import ImageError
 
 
 @dataclass
@@ -48,11 +49,7 @@ def _try_crop(path: Path, pre: Preprocess, normalize: bool = False) -> np.ndarra
         crop = load_crop(path, pre)
     except ImageError as exc:
         return str(exc).split(": ", 1)[-1]
-    if normalize:
-        from tl_cli.features.engines import normalize_image
-
-        return normalize_image(crop, pre)
-    return crop
+    return preprocess.normalize(crop, pre) if normalize else crop
 
 
 def _assemble(start: int, results: list[np.ndarray | str]) -> Batch:
@@ -104,10 +101,10 @@ def iter_batches(root: Path, relpaths: list[str], pre: Preprocess, batch_size: i
 def default_threads() -> int:
     """Decoding threads: one per core this process may use (its share of the node under torchrun).
 
-    On a CPU, decoding is ~5x cheaper than the forward pass, so these threads mostly fill the
+    On a CPU, decoding is much cheaper than the forward pass (benchmarks/README.md), so these threads mostly fill the
     gaps the network leaves; on a GPU the network is fast and decoding is the limit, so every
     core is worth having (a 16-core GPU machine gets 16, not a fixed cap).
     """
-    from tl_cli.features.engines import cpu_count
+    from tl_cli.runtime.distributed import cpu_count
 
     return cpu_count()

@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import warnings
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from tl_cli.data.decode import Batch, _try_crop
 from tl_cli.data.jpeg_header import jpeg_info
-from tl_cli.data.preprocess import MAX_IMAGE_PIXELS, Preprocess
+from tl_cli.data.preprocess import MAX_IMAGE_PIXELS, Preprocess, normalize_tensor
 
 DECODER = "nvjpeg"  # what the feature cache records for features made from these pixels
 
@@ -122,18 +122,6 @@ def decode_batch(paths: list[Path], pre: Preprocess, device, pool: ThreadPoolExe
             n_cpu += 1
         kept.append(j)
     return (torch.stack(crops) if crops else None), kept, failed, n_cpu
-
-
-def normalize_tensor(u8, pre: Preprocess):
-    """(N, 3, S, S) uint8 -> float32 network input, the operations of `engines.normalize_batch`."""
-    import torch
-
-    dev = u8.device
-    x = u8.float()
-    x /= torch.tensor(255.0, device=dev)  # a device tensor: a true division, like numpy's
-    x -= torch.tensor(pre.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-    x /= torch.tensor(pre.std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-    return x
 
 
 def iter_gpu_batches(root: Path, relpaths: list[str], pre: Preprocess, batch_size: int, threads: int,

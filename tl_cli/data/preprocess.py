@@ -6,6 +6,7 @@ transforms, so extraction, training, prediction and export all feed the network 
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ class Preprocess:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
+    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
@@ -152,15 +153,56 @@ def resize_crop(im, pre: Preprocess):
     return im.crop((left, top, left + pre.input_size, top + pre.input_size))
 
 
+@functools.lru_cache(maxsize=16)
+def _lut(mean: tuple[float, ...], std: tuple[float, ...]):
+    """(3, 256) float32: channel c's network input for each uint8 value v, computed with the float32
+    operations (v / 255 - mean) / std in that order."""
+    import numpy as np
+
+    x = np.broadcast_to(np.arange(256, dtype=np.float32), (3, 256)).copy()
+    x /= np.float32(255.0)
+    x -= np.asarray(mean, dtype=np.float32)[:, None]
+    x /= np.asarray(std, dtype=np.float32)[:, None]
+    return x
+
+
+def normalize(u8, pre: Preprocess):
+    """uint8 RGB crops (..., S, S, 3) -> float32 network input (..., 3, S, S), numpy: one image or a batch.
+
+    The one definition of the normalisation: (v / 255 - mean) / std, each step in float32, in this
+    order. A uint8 has 256 values, so each channel's result is looked up in a table computed with
+    those operations: exactly their values, and cheaper than computing them per pixel
+    (benchmarks/README.md). `to_tensor` uses this; `normalize_tensor` (the same operations on a
+    torch device) is bit-identical to it. numpy releases the GIL in the lookup, so decode threads
+    can run it beside the network.
+    """
+    import numpy as np
+
+    lut = _lut(tuple(pre.mean), tuple(pre.std))
+    u8 = np.asarray(u8)
+    return np.stack([lut[c][u8[..., c]] for c in range(3)], axis=-3)
+
+
+def normalize_tensor(u8, pre: Preprocess):
+    """(N, 3, S, S) uint8 torch tensor -> float32 network input on its device, bit-identical to `normalize`."""
+    import torch
+
+    dev = u8.device
+    x = u8.float()
+    # Device tensors, not Python numbers: CUDA divides by a host scalar as a multiply by its
+    # reciprocal, which can differ from numpy's division in the last bit.
+    x /= torch.tensor(255.0, device=dev)
+    x -= torch.tensor(pre.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    x /= torch.tensor(pre.std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    return x
+
+
 def to_tensor(im, pre: Preprocess):
-    """PIL RGB image -> normalised float32 CHW tensor."""
+    """PIL RGB image -> normalised float32 CHW tensor (`normalize`)."""
     import numpy as np
     import torch
 
-    a = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(pre.mean).view(3, 1, 1)
-    std = torch.tensor(pre.std).view(3, 1, 1)
-    return a.sub_(mean).div_(std)
+    return torch.from_numpy(normalize(np.asarray(im, dtype=np.uint8), pre))
 
 
 def load_tensor(path: str | Path, pre: Preprocess):

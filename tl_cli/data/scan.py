@@ -76,7 +76,7 @@ class Dataset:
     def abspath(self, s: Sample) -> Path:
         return resolve_inside(self.root, s.relpath)
 
-    def drop_classes(self, names: list[str], reason: str) -> "Dataset":
+    def drop_classes(self, names: list[str], reason: str) -> Dataset:
         """A copy without the classes `names` (each listed in `skipped` as "name/: reason")."""
         if not names:
             return self

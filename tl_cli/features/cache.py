@@ -21,15 +21,15 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
-from tl_cli.runtime.atomic import atomic_path, raise_write_error, remove_stale_temporaries, write_json
 from tl_cli.data.scan import is_safe_relpath
 from tl_cli.errors import CacheError
+from tl_cli.runtime.atomic import atomic_path, raise_write_error, remove_stale_temporaries, write_json
 
 FORMAT_VERSION = 2
 _CHUNK = re.compile(r"^chunk-(\d{10})\.h5$")  # numbered names; older versions used random (uuid) names
@@ -86,7 +86,7 @@ class FeatureCache:
         self._rows: dict[str, tuple[FileStat, Path, int]] = {}
 
     # -- locking ---------------------------------------------------------------------------
-    def __enter__(self) -> "FeatureCache":
+    def __enter__(self) -> FeatureCache:
         try:
             self.pending.mkdir(parents=True, exist_ok=True)
             fh = open(self.dir / "lock", "a+")

@@ -1,29 +1,28 @@
 """Inference engines for the frozen backbone: one interface, numpy in, numpy out.
 
 `TorchEngine` is eager PyTorch (the reference, and the engine on CUDA: float32, channels_last).
-`OnnxEngine` runs the same network through onnxruntime on CPU: measured on our 2-core machine it
-is ~3x eager channels_last and ~10x eager NCHW float32, with features within 1e-5 of eager
-float32. The ONNX file is exported once per (backbone, weights, torch version) and kept in the
+`OnnxEngine` runs the same network through onnxruntime on CPU: several times faster than eager
+PyTorch there (benchmarks/README.md, "Measurements the design relies on"), with features within
+1e-5 of eager float32. The ONNX file is exported once per (backbone, weights, torch version) and kept in the
 per-user cache (`runtime.cache_dirs.engines_dir()`: $TL_CACHE_DIR/engines, else ~/.cache/tl/engines),
 so later runs, new workspaces and `tl predict` never import torch for the backbone. Two processes
 that need the same engine at once take a lock: one exports, the other waits and reuses the file.
 
-Both engines take the batch already normalised, float32 NCHW (see `normalize_image`, which the
+Both engines take the batch already normalised, float32 NCHW (`data.preprocess.normalize`, which the
 decode threads apply), and return (N, feature_dim) float32 features.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from tl_cli.errors import ConfigError
+from tl_cli.runtime.onnx import OPSET
 
 if TYPE_CHECKING:
     from tl_cli.backbones import BackboneSpec, WeightsChoice
@@ -31,7 +30,7 @@ if TYPE_CHECKING:
 
 ENGINES = ("auto", "torch", "onnx")
 # Bump when the export recipe changes, so stale files are not reused.
-EXPORT_FORMAT = "dynamo-opset18-v1"
+EXPORT_FORMAT = f"dynamo-opset{OPSET}-v1"
 
 
 class Engine(Protocol):
@@ -40,50 +39,6 @@ class Engine(Protocol):
     takes_uint8: bool  # takes (N, S, S, 3) uint8 crops and normalises them itself (CUDA)
 
     def __call__(self, x: np.ndarray) -> np.ndarray: ...
-
-
-def cpu_count() -> int:
-    """Cores this process may use (affinity-aware, unlike os.cpu_count).
-
-    Under torchrun the node's cores are shared by its LOCAL_WORLD_SIZE processes, so each rank
-    sizes its decode threads and onnxruntime pool to its share instead of oversubscribing.
-    """
-    from tl_cli.runtime.distributed import env_info
-
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, env_info().local_world_size))
-
-
-@functools.lru_cache(maxsize=16)
-def _lut(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """(3, 256) float32: channel c's network input for each uint8 value v, computed with the float32
-    operations of `preprocess.to_tensor` in its order ((v / 255 - mean) / std), so exactly its values."""
-    x = np.broadcast_to(np.arange(256, dtype=np.float32), (3, 256)).copy()
-    x /= np.float32(255.0)
-    x -= np.asarray(mean, dtype=np.float32)[:, None]
-    x /= np.asarray(std, dtype=np.float32)[:, None]
-    return x
-
-
-def normalize_image(crop: np.ndarray, pre: "Preprocess") -> np.ndarray:
-    """(S, S, 3) uint8 crop -> (3, S, S) float32, bit-identical to `preprocess.to_tensor`.
-
-    A uint8 has 256 values, so the per-channel result is looked up in a table computed with
-    to_tensor's float32 operations: exactly equal, and cheaper than computing it per pixel (a
-    224 x 224 crop: 0.4 ms instead of 0.9 ms here, of the ~5 ms an image costs the decode
-    threads). numpy releases the GIL in the lookup, so decode threads can run it beside the network.
-    """
-    lut = _lut(pre.mean, pre.std)
-    return np.stack([lut[c][crop[:, :, c]] for c in range(3)])
-
-
-def normalize_batch(u8: np.ndarray, pre: "Preprocess") -> np.ndarray:
-    """(N, S, S, 3) uint8 crops -> (N, 3, S, S) float32, bit-identical to `preprocess.to_tensor`."""
-    lut = _lut(pre.mean, pre.std)
-    return np.stack([lut[c][u8[..., c]] for c in range(3)], axis=1)
 
 
 def onnxruntime_available() -> bool:
@@ -110,19 +65,19 @@ def choose_engine(name: str, device_type: str) -> str:
 class TorchEngine:
     """Eager PyTorch `forward_features` in inference mode, float32 on every device.
 
-    CPU: float32 channels_last (2-3x NCHW, within 1e-5 of it). CUDA: float32 channels_last
+    CPU: float32 channels_last (faster than NCHW, within 1e-5 of it; benchmarks/README.md). CUDA: float32 channels_last
     (cuDNN may use TF32, torch's default), the precision prediction and evaluation use too, so a
     head fitted on these features scores the same when served (runtime/device.py: precision
     policy). On CUDA the engine takes the batch as uint8 crops (`takes_uint8`): a quarter of the
     bytes to copy, and normalised on the GPU with the same float32 operations as
-    `normalize_batch`, so the input is bit-identical to the CPU's. It also takes a float32 batch
+    `preprocess.normalize`, so the input is bit-identical to the CPU's. It also takes a float32 batch
     already on the GPU (the nvJPEG decoder's). `bf16=True` (tests, measurements) runs bf16
     autocast instead; its features differ by ~1e-2 and are never cached as float32 ones.
     """
 
     name = "torch"
 
-    def __init__(self, net, device, bf16: bool = False, pre: "Preprocess | None" = None):
+    def __init__(self, net, device, bf16: bool = False, pre: Preprocess | None = None):
         import torch
 
         self.device = device
@@ -131,20 +86,15 @@ class TorchEngine:
         self.pre = pre
         self.takes_uint8 = device.type == "cuda" and pre is not None
         self.net = net.to(device).eval().to(memory_format=torch.channels_last)
-        if pre is not None:  # uint8 input is accepted on any device; CUDA is where it pays
-            self._mean = torch.tensor(pre.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-            self._std = torch.tensor(pre.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-            # A device tensor, not a Python number: CUDA divides by a host scalar as a multiply by
-            # its reciprocal, which can differ from numpy's division in the last bit.
-            self._255 = torch.tensor(255.0, dtype=torch.float32, device=device)
 
     def _input(self, x):
         import torch
 
+        from tl_cli.data.preprocess import normalize_tensor
+
         t = torch.from_numpy(x) if isinstance(x, np.ndarray) else x
-        if t.dtype == torch.uint8:  # (N, S, S, 3) crops: the normalisation of normalize_batch, on the device
-            t = t.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-            t = t.div_(self._255).sub_(self._mean).div_(self._std)
+        if t.dtype == torch.uint8:  # (N, S, S, 3) crops: normalised on the device
+            t = normalize_tensor(t.to(self.device, non_blocking=True).permute(0, 3, 1, 2), self.pre)
         return t.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
     def __call__(self, x) -> np.ndarray:
@@ -156,25 +106,6 @@ class TorchEngine:
                 return self.net.forward_features(t).float().cpu().numpy()
 
 
-def session_options(threads: int | None = None):
-    """onnxruntime options for throughput: all graph optimisations, one intra-op thread per core,
-    threads that sleep rather than spin when idle."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # a CNN is a chain; parallel mode only adds overhead
-    so.intra_op_num_threads = threads or cpu_count()
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3  # errors only: the CLI's output is ours
-    # No busy-waiting between operators: the decode threads need those cores while the network
-    # runs. Measured on the 2-core machine (load 11-12, side by side): extraction 13.3 and 12.2
-    # images/s without spinning, 10.8 and 11.0 with it; the forward pass alone did not change
-    # beyond the noise.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return so
-
-
 class OnnxEngine:
     """onnxruntime on CPU over an exported `forward_features` graph (dynamic batch)."""
 
@@ -183,17 +114,17 @@ class OnnxEngine:
     takes_uint8 = False
 
     def __init__(self, path: Path, threads: int | None = None):
-        import onnxruntime as ort
+        from tl_cli.runtime.onnx import ort_session
 
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(self.path), session_options(threads), providers=["CPUExecutionProvider"])
+        self.session = ort_session(self.path, threads)
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
 
-def engine_fingerprint(spec: "BackboneSpec", choice: "WeightsChoice") -> str:
+def engine_fingerprint(spec: BackboneSpec, choice: WeightsChoice) -> str:
     """What an exported graph depends on: backbone, weights, input size, torch and export recipe."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -211,7 +142,7 @@ def engine_fingerprint(spec: "BackboneSpec", choice: "WeightsChoice") -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def onnx_path(engines_dir: Path, spec: "BackboneSpec", choice: "WeightsChoice") -> Path:
+def onnx_path(engines_dir: Path, spec: BackboneSpec, choice: WeightsChoice) -> Path:
     return Path(engines_dir) / f"{spec.name}-{engine_fingerprint(spec, choice)}.onnx"
 
 
@@ -233,28 +164,13 @@ def _features_module(net):
 def export_onnx(net, input_size: int, path: Path, verify: bool = False) -> Path:
     """Export `net.forward_features` to a single ONNX file at `path` (atomic), batch dimension dynamic.
 
-    The torch.export-based exporter is used: its graph runs ~1.5x faster in onnxruntime than the
-    legacy TorchScript exporter's on EfficientNet-Lite0 (measured side by side).
+    With `verify`, the file is checked (`_verify_export`) before it is renamed into place: a file
+    that fails never appears at `path`.
     """
-    import contextlib
-    import io
-    import warnings
+    from tl_cli.runtime.onnx import export_onnx as export
 
-    import torch
-
-    from tl_cli.runtime.atomic import atomic_path
-
-    module = _features_module(net)
-    x = torch.zeros(2, 3, input_size, input_size)  # batch 2: batch 1 would be specialised away
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings(), \
-            contextlib.redirect_stdout(io.StringIO()), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (x,), str(tmp), input_names=["x"], output_names=["features"],
-                          dynamo=True, dynamic_shapes=({0: batch},), external_data=False, verbose=False)
-        if verify:  # before the rename: a file that fails never appears at `path`
-            _verify_export(net, input_size, tmp)
-    return path
+    check = (lambda tmp: _verify_export(net, input_size, tmp)) if verify else None
+    return export(_features_module(net), (3, input_size, input_size), path, "x", "features", check=check)
 
 
 def export_once(build_net, input_size: int, path: Path) -> bool:
@@ -277,27 +193,27 @@ def export_once(build_net, input_size: int, path: Path) -> bool:
 
 def _verify_export(net, input_size: int, onnx_file: Path) -> None:
     """Raise ExportError unless `onnx_file` loads and gives eager float32 features on one image."""
-    import onnxruntime as ort
     import torch
 
     from tl_cli.errors import ExportError
+    from tl_cli.runtime.onnx import ort_session
 
     x = torch.randn(1, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = net.forward_features(x).numpy()
-    sess = ort.InferenceSession(str(onnx_file), session_options(1), providers=["CPUExecutionProvider"])
+    sess = ort_session(onnx_file, threads=1)
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     if got.shape != ref.shape or not np.allclose(got, ref, rtol=1e-3, atol=1e-4):
         raise ExportError(f"the ONNX export of {onnx_file.name} does not reproduce PyTorch's features")
 
 
-def make_engine(name: str, spec: "BackboneSpec", choice: "WeightsChoice", device: str, engines_dir: Path,
+def make_engine(name: str, spec: BackboneSpec, choice: WeightsChoice, device: str, engines_dir: Path,
                 build_net, threads: int | None = None) -> tuple[Engine, list[str]]:
     """Build the engine `name` ("auto", "torch", "onnx") for `device` ("auto", "cpu", "cuda:N").
 
     `build_net()` returns the eager backbone; it is only called when needed (torch engine, or an
     ONNX export that is not cached yet), so a cached ONNX engine on a CPU machine never imports
-    torch (~2-4 s of start-up here). If the export fails under "auto", the torch engine is used
+    torch (seconds of start-up; benchmarks/README.md). If the export fails under "auto", the torch engine is used
     and a note says why.
 
     Returns:
@@ -305,7 +221,7 @@ def make_engine(name: str, spec: "BackboneSpec", choice: "WeightsChoice", device
 
     Example:
         >>> eng, notes = make_engine("auto", spec, choice, "cpu", engines_dir(), build)
-        >>> eng(normalize_batch(crops, spec.preprocess)).shape
+        >>> eng(normalize(crops, spec.preprocess)).shape
         (32, 1280)
     """
     from tl_cli.runtime.device import device_type, resolve_device

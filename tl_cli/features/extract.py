@@ -1,8 +1,9 @@
 """Run a frozen backbone over a dataset once and keep the penultimate features in the cache.
 
-Images are decoded in threads (`loader.py`) while the engine (`engines.py`: onnxruntime on CPU
-by default, eager PyTorch otherwise) runs the network, so the two overlap. Rows are written to the cache in chunks as they are produced: an interrupted
-extraction keeps what it finished, and the next run extracts only the rest.
+Images are decoded in threads (`data/decode.py`) while the engine (`engines.py`: onnxruntime on
+CPU by default, eager PyTorch otherwise) runs the network, so the two overlap. Rows are written
+to the cache in chunks as they are produced: an interrupted extraction keeps what it finished,
+and the next run extracts only the rest.
 
 Under torchrun every rank runs the backbone on its share of the batches (`distributed.my_shard`)
 and all features are gathered to rank 0, which alone holds the cache and writes it: the cache is
@@ -20,17 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from tl_cli.runtime import distributed
 from tl_cli.backbones import DEFAULT_BACKBONE, get_spec, resolve_weights
-from tl_cli.features.cache import FeatureCache, FileStat, dataset_fingerprint, stat_files
-from tl_cli.data.scan import Dataset, scan_dataset
-from tl_cli.runtime.oom import HalvingForward
-from tl_cli.errors import ConfigError, DataError, ImageError
 from tl_cli.data.preprocess import Preprocess
-from tl_cli.runtime.progress import Reporter
-from tl_cli.runtime import cache_dirs
+from tl_cli.data.scan import Dataset, scan_dataset
+from tl_cli.errors import ConfigError, DataError, ImageError
+from tl_cli.features.cache import FeatureCache, FileStat, dataset_fingerprint, stat_files
 from tl_cli.runs.workspace import Workspace
-
+from tl_cli.runtime import cache_dirs, distributed
+from tl_cli.runtime.oom import HalvingForward
+from tl_cli.runtime.progress import Reporter
 
 DECODERS = ("auto", "cpu", "gpu")
 
@@ -198,7 +197,7 @@ def _drop_unreadable_classes(ds: Dataset, good_rel: list[str], failed: list[tupl
 
 
 def _batches(root: Path, todo: list[FileStat], pre: Preprocess, cfg: ExtractConfig, engine, decoder: str = "cpu",
-             raw_engine=None, done: "_Filled | None" = None):
+             raw_engine=None, done: _Filled | None = None):
     """Yield (indices into todo, features or None, [(index, reason)] unreadable) per batch, in todo order.
 
     Under torchrun each rank decodes and runs only its batches; each round every rank contributes

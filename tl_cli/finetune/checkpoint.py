@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from tl_cli.runtime.atomic import atomic_path
 from tl_cli.errors import RunError, UnsafeFile
+from tl_cli.runtime.atomic import atomic_path
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.safetensors"

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from tl_cli.runtime.atomic import write_json
 from tl_cli.backbones import DEFAULT_BACKBONE
 from tl_cli.errors import ConfigError, RunError
+from tl_cli.runtime.atomic import write_json
 
 CONFIG_FILE = "config.json"
 ROUTES = ("finetune", "retrain")
@@ -108,7 +108,7 @@ class FinetuneConfig:
                 raise ConfigError(message)
 
     @classmethod
-    def for_route(cls, route: str, **overrides: Any) -> "FinetuneConfig":
+    def for_route(cls, route: str, **overrides: Any) -> FinetuneConfig:
         """Defaults suited to the route, with `overrides` on top.
 
         Retraining moves every pretrained layer, so its backbone learning rate is lower (a tenth
@@ -124,7 +124,7 @@ class FinetuneConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FinetuneConfig":
+    def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -136,7 +136,7 @@ class FinetuneConfig:
         write_json(run_dir / CONFIG_FILE, self.to_dict())
 
     @classmethod
-    def load(cls, run_dir: Path) -> "FinetuneConfig":
+    def load(cls, run_dir: Path) -> FinetuneConfig:
         path = run_dir / CONFIG_FILE
         try:
             return cls.from_dict(json.loads(path.read_text()))
@@ -145,7 +145,7 @@ class FinetuneConfig:
         except ValueError as exc:
             raise RunError(f"{path}: not valid JSON ({exc})") from exc
 
-    def with_resume_overrides(self, overrides: dict[str, Any]) -> "FinetuneConfig":
+    def with_resume_overrides(self, overrides: dict[str, Any]) -> FinetuneConfig:
         """The saved config with the settings given on `--resume` applied.
 
         Raises:

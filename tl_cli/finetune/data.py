@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tl_cli.data.scan import Dataset, Sample
-from tl_cli.runtime.distributed import DistInfo, env_info
-from tl_cli.errors import ImageError
 from tl_cli.data.preprocess import Preprocess, eval_transform, open_rgb, train_transform
+from tl_cli.data.scan import Dataset, Sample
+from tl_cli.errors import ImageError
+from tl_cli.runtime.distributed import DistInfo, env_info
 
 
 def default_workers(device_type: str = "cpu") -> int:
@@ -54,7 +54,8 @@ class LabelledImages:
 
     def transform(self, im):
         if self._transform is None:
-            self._transform = eval_transform(self.pre) if self.mode == "eval" else train_transform(self.pre, self.mode == "augment")
+            eval_mode = self.mode == "eval"
+            self._transform = eval_transform(self.pre) if eval_mode else train_transform(self.pre, self.mode == "augment")
         return self._transform(im)
 
     def __getitem__(self, i: int):

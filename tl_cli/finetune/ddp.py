@@ -13,8 +13,8 @@ DistributedSampler always does) and no trained layer depends on the batch (batch
 
 from __future__ import annotations
 
-from tl_cli.runtime.distributed import DistInfo, active, all_reduce_sum, env_info, my_shard
 from tl_cli.errors import ConfigError
+from tl_cli.runtime.distributed import DistInfo, active, all_reduce_sum, env_info, my_shard
 
 
 def local_batch_size(batch_size: int, info: DistInfo | None = None) -> int:

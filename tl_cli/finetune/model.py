@@ -48,7 +48,7 @@ class FinetuneModel(nn.Module):
         self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
         self._frozen_norms = [self.net.get_submodule(n) for layer in self.layers[:self.freeze] for n in layer.norms]
 
-    def train(self, mode: bool = True) -> "FinetuneModel":
+    def train(self, mode: bool = True) -> FinetuneModel:
         super().train(mode)
         for norm in self._frozen_norms:  # running statistics of frozen layers stay pretrained
             norm.eval()

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from tl_cli.data.scan import Dataset
-from tl_cli.head.softmax import cross_entropy, train_head
 from tl_cli.data.preprocess import Preprocess
+from tl_cli.data.scan import Dataset
 from tl_cli.finetune.data import LabelledImages, collate
+from tl_cli.head.softmax import cross_entropy, train_head
 
 
 @dataclass

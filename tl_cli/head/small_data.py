@@ -7,13 +7,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from tl_cli.runtime import distributed
 from tl_cli.features.extract import ExtractConfig, ExtractResult, extract_features
 from tl_cli.head.softmax import HeadConfig, HeadResult, train_head
-from tl_cli.runtime.progress import Reporter
 from tl_cli.runs.meta import DatasetRef, RunMeta, WeightsRef
 from tl_cli.runs.store import new_run_dir, save_run
 from tl_cli.runs.workspace import Workspace
+from tl_cli.runtime import distributed
+from tl_cli.runtime.progress import Reporter
 
 
 @dataclass

@@ -205,7 +205,7 @@ def train_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | Non
     grid = sorted(cfg.l2_grid, reverse=True) if has_val else [sorted(cfg.l2_grid)[len(cfg.l2_grid) // 2]]
     w = np.zeros((xb.shape[1], n_classes))
     # One BLAS thread: the matmuls are skinny (C columns) and memory-bound, and multi-threaded
-    # OpenBLAS spin-waits badly on small blocks (measured 6x slower per evaluation on 2 busy cores).
+    # OpenBLAS spin-waits badly on small blocks (much slower per evaluation on busy cores: benchmarks/README.md).
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1, user_api="blas"):

@@ -11,9 +11,6 @@ and the misclassified files, written as an evaluation folder a user can open and
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +19,7 @@ import numpy as np
 
 from tl_cli.data.scan import scan_dataset
 from tl_cli.errors import ConfigError, DataError
-from tl_cli.inference.predict import BasePredictor
+from tl_cli.inference.base import BasePredictor
 from tl_cli.runtime.progress import Reporter
 
 SPLITS = ("all", "val", "train")
@@ -144,47 +141,3 @@ def default_output_dir(predictor: BasePredictor, ev: Evaluation) -> Path:
         n += 1
         path = path.with_name(f"{stamp}-{slug}-{ev.split}-{n}")
     return path
-
-
-def confusion_csv(ev: Evaluation) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["true \\ predicted"] + ev.classes)
-    for c, row in zip(ev.classes, ev.metrics["confusion"]):
-        w.writerow([c] + row)
-    return buf.getvalue()
-
-
-def misclassified_csv(items: list[Misclassified]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["path", "true", "predicted", "confidence"])
-    for m in items:
-        w.writerow([m.path, m.true, m.predicted, f"{m.confidence:.6f}"])
-    return buf.getvalue()
-
-
-def write_evaluation(ev: Evaluation, out_dir: str | os.PathLike) -> Path:
-    """Write the five files into `out_dir`, all at once: they appear together or not at all."""
-    from tl_cli.runtime.atomic import atomic_dir
-    from tl_cli.inference.report import confusion_png, report_html
-
-    out_dir = Path(out_dir)
-    wrong = ev.misclassified()
-    png = confusion_png(ev.classes, np.array(ev.metrics["confusion"]), title=_title(ev))
-    files = {
-        "metrics.json": (json.dumps(ev.metrics, indent=2) + "\n").encode(),
-        "confusion.csv": confusion_csv(ev).encode(),
-        "confusion.png": png,
-        "misclassified.csv": misclassified_csv(wrong).encode(),
-        "report.html": report_html(ev, wrong, png).encode(),
-    }
-    with atomic_dir(out_dir) as tmp:
-        for name, data in files.items():
-            (tmp / name).write_bytes(data)
-    return out_dir
-
-
-def _title(ev: Evaluation) -> str:
-    m = ev.metrics
-    return f"{ev.root.name} ({ev.split}): accuracy {m['accuracy']:.1%} on {m['n']} images"

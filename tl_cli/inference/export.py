@@ -19,15 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tl_cli.runtime.atomic import atomic_path, write_json
-from tl_cli.errors import ConfigError, ExportError, TLError
-from tl_cli.inference.predict import BasePredictor
 from tl_cli.data.preprocess import Preprocess
-from tl_cli.runs.meta import RunMeta
+from tl_cli.errors import ConfigError, ExportError
+from tl_cli.inference.onnx_model import INPUT, OUTPUT, sidecar_path
 from tl_cli.runs.store import Run, versions
+from tl_cli.runtime.atomic import atomic_path, write_json
+from tl_cli.runtime.onnx import OPSET, export_onnx, ort_session
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
-INPUT, OUTPUT = "input", "logits"
 
 
 @dataclass(frozen=True)
@@ -36,14 +35,14 @@ class ExportConfig:
 
     Attributes:
         format: "onnx" or "torchscript".
-        opset: ONNX opset (17: supported by every onnxruntime of the last years).
+        opset: ONNX opset (runtime/onnx.py: the one the backbone engine uses too).
         atol, rtol: allowed difference of logits from eager PyTorch (float32 rounding level).
         n_samples: images the export is checked on (3, so the check also exercises a batch size
             other than the one used for tracing).
     """
 
     format: str = "onnx"
-    opset: int = 17
+    opset: int = OPSET
     atol: float = 1e-4
     rtol: float = 1e-4
     n_samples: int = 3
@@ -68,12 +67,6 @@ class ExportResult:
     seconds: float
 
 
-def sidecar_path(model_path: str | Path) -> Path:
-    """Where the JSON describing an exported model lives: `model.onnx` -> `model.onnx.json`."""
-    p = Path(model_path)
-    return p.with_name(p.name + ".json")
-
-
 def sample_inputs(run: Run, pre: Preprocess, n: int, paths: list[Path] | None = None):
     """(n, 3, S, S) float32 inputs: the given images, else images spread over the run's dataset, else noise.
 
@@ -82,8 +75,8 @@ def sample_inputs(run: Run, pre: Preprocess, n: int, paths: list[Path] | None = 
     """
     import torch
 
-    from tl_cli.errors import ImageError
     from tl_cli.data.preprocess import load_tensor
+    from tl_cli.errors import ImageError
 
     source = "given images"
     if paths is None:
@@ -120,17 +113,11 @@ def _dataset_images(run: Run, n: int) -> list[Path]:
 
 
 def _write_onnx(net, example, path: Path, cfg: ExportConfig) -> None:
-    import torch
-
     try:
         import onnx  # noqa: F401  (the exporter needs it; fail with a clear message if absent)
     except ImportError as exc:
-        raise ExportError("ONNX export needs the onnx package", hint="pip install 'tl-cli[onnx]'") from exc
-    torch.onnx.export(
-        net, (example,), str(path), dynamo=False, opset_version=cfg.opset,
-        input_names=[INPUT], output_names=[OUTPUT],
-        dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
-    )
+        raise ExportError("ONNX export needs the onnx package", hint="pip install onnx onnxscript") from exc
+    export_onnx(net, tuple(example.shape[1:]), path, INPUT, OUTPUT, cfg.opset)
 
 
 def _write_torchscript(net, example, path: Path, cfg: ExportConfig) -> None:
@@ -141,22 +128,12 @@ def _write_torchscript(net, example, path: Path, cfg: ExportConfig) -> None:
     torch.jit.save(traced, str(path))
 
 
-def onnx_session(path: Path):
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise ExportError("running ONNX models needs onnxruntime", hint="pip install 'tl-cli[onnx]'") from exc
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # warnings about unused initialisers are noise to a user
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def run_exported(path: Path, fmt: str, x) -> np.ndarray:
     """Logits of an exported file on input `x` (float32 NCHW tensor)."""
     import torch
 
     if fmt == "onnx":
-        return onnx_session(path).run([OUTPUT], {INPUT: x.numpy()})[0]
+        return ort_session(path).run([OUTPUT], {INPUT: x.numpy()})[0]
     with torch.no_grad():
         return torch.jit.load(str(path), map_location="cpu")(x).numpy()
 
@@ -233,60 +210,11 @@ def describe_export(run: Run, cfg: ExportConfig, output: Path, pre: Preprocess, 
             "recipe": "scale pixels to [0, 1]; resize the shorter side to resize_size; centre-crop input_size; "
                       "subtract mean and divide by std per channel",
         },
-        "output": {"name": OUTPUT, "shape": ["batch", len(run.classes)], "meaning": "logits; softmax gives probabilities in the order of classes"},
+        "output": {"name": OUTPUT, "shape": ["batch", len(run.classes)],
+                   "meaning": "logits; softmax gives probabilities in the order of classes"},
         "run": str(run.dir),
         "trained": run.meta.to_dict(),  # the whole RunMeta: evaluate reads the split from it
         "config": cfg.to_dict(),
         "check": {"max_abs_diff": diff, "n_samples": n, "inputs": source},
         "versions": versions(),
     }
-
-
-class OnnxPredictor(BasePredictor):
-    """An exported .onnx classifier on onnxruntime, with the preprocessing from its JSON.
-
-    Example:
-        >>> OnnxPredictor(Path("model.onnx")).predict(["cat.jpg"])[0].labels
-        ['cat']
-    """
-
-    def __init__(self, path: Path):
-        import json
-
-        path = Path(path)
-        meta_path = sidecar_path(path)
-        if not path.is_file():
-            raise ExportError(f"no such ONNX file: {path}")
-        if not meta_path.is_file():
-            raise ExportError(f"{path} has no {meta_path.name} beside it (classes and preprocessing)",
-                              hint="export with `tl export --format onnx`, which writes both")
-        try:
-            self.meta = json.loads(meta_path.read_text())
-            self.trained = trained_meta(self.meta)
-            self.classes = list(self.trained.classes)
-            self.preprocess = self.trained.preprocess
-        except (ValueError, KeyError, TypeError, TLError) as exc:
-            raise ExportError(f"{meta_path}: unreadable export description ({exc})") from exc
-        self.path = path
-        self.source = str(path)
-        self.notes = []
-        self.model = OnnxModel(onnx_session(path))
-
-
-def trained_meta(description: dict) -> RunMeta:
-    """The RunMeta in an export's JSON: its "trained" section (the whole RunMeta since schema 1;
-    before that dataset, config, metrics and val_fraction only, completed from the export's keys)."""
-    base = {k: description[k] for k in ("classes", "backbone", "preprocess")}
-    return RunMeta.from_dict({**base, **description["trained"]})
-
-
-class OnnxModel:
-    """An exported classifier on onnxruntime: numpy inputs -> numpy probabilities."""
-
-    def __init__(self, session):
-        self.session = session
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        z = self.session.run([OUTPUT], {INPUT: np.ascontiguousarray(x, dtype=np.float32)})[0].astype(np.float64)
-        z = np.exp(z - z.max(1, keepdims=True))  # softmax, shifted so exp never overflows
-        return (z / z.sum(1, keepdims=True)).astype(np.float32)

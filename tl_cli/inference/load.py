@@ -37,5 +37,6 @@ def build_from_run(run: Run, weights: str | None = None) -> nn.Module:
     net = attach_head(net, n_classes, 0.0)
     missing, unexpected = net.load_state_dict(tensors, strict=False)
     if missing or unexpected:
-        raise RunError(f"{run.dir}: weights do not match {meta.backbone} ({len(missing)} missing, {len(unexpected)} unexpected)")
+        raise RunError(f"{run.dir}: weights do not match {meta.backbone} "
+                       f"({len(missing)} missing, {len(unexpected)} unexpected)")
     return net.eval()

@@ -2,7 +2,7 @@
 
 `load_predictor` picks the engine from what `--model` points at: a run folder (PyTorch) or an
 `.onnx` file (onnxruntime, preprocessing read from the JSON written beside it by `tl export`).
-Both engines share the batching and per-file error handling below, so they answer identically.
+Both share the batching and per-file error handling of `base.BasePredictor`, so they answer identically.
 """
 
 from __future__ import annotations
@@ -10,36 +10,17 @@ from __future__ import annotations
 import glob
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
 from tl_cli.data.scan import IMAGE_SUFFIXES, _walk_files, sniff_image
 from tl_cli.errors import ConfigError
-from tl_cli.data.preprocess import Preprocess
-from tl_cli.runtime.progress import Reporter
-from tl_cli.runs.meta import RunMeta
-from tl_cli.runtime import cache_dirs
+from tl_cli.head.softmax import softmax
+from tl_cli.inference.base import BasePredictor, Prediction
 from tl_cli.runs.store import WEIGHTS, Run, load_arrays, load_run
 from tl_cli.runs.workspace import Workspace
-
-
-@dataclass
-class Prediction:
-    """Top-k result for one file; `error` is set (and labels empty) when it could not be read."""
-
-    path: str
-    labels: list[str] = field(default_factory=list)
-    probs: list[float] = field(default_factory=list)
-    error: str | None = None
-
-    def to_dict(self) -> dict:
-        d = {"path": self.path, "labels": self.labels, "probs": [round(p, 6) for p in self.probs]}
-        if self.error:
-            d["error"] = self.error
-        return d
+from tl_cli.runtime import cache_dirs
 
 
 def expand_inputs(items: list[str], stdin=None) -> tuple[list[Path], list[Prediction]]:
@@ -78,78 +59,6 @@ def expand_inputs(items: list[str], stdin=None) -> tuple[list[Path], list[Predic
     return unique, missing
 
 
-class BasePredictor:
-    """Batching, top-k and per-file errors over a `model`; subclasses set the attributes below."""
-
-    classes: list[str]
-    preprocess: Preprocess
-    model: Callable[[np.ndarray], np.ndarray]  # (B, 3, S, S) float32 preprocessed -> (B, C) probabilities
-    source: str  # what was loaded, for messages
-    trained: RunMeta  # how the model was trained (the run's meta, or an export's copy of it)
-    notes: list[str]  # lines for the user about how the model is run (e.g. a fallback taken)
-
-    def _batches(self, paths: list[str | Path], batch_size: int, workers: int | None, reporter: Reporter | None):
-        """Yield (probs or None, indices of readable files, [(index, error)]) per batch."""
-        from tl_cli.data.decode import default_threads, iter_batches
-
-        if batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
-        if workers is None:  # decoding threads pay off only beyond one batch
-            workers = default_threads() if len(paths) > batch_size else 0
-        reporter = reporter or Reporter()
-        # Root "/" with absolute paths: the loader joins root / path, which keeps them as given.
-        batches = iter_batches(Path("/"), [os.path.abspath(p) for p in paths], self.preprocess, batch_size, workers,
-                               normalize=True)
-        reporter.start("predicting", len(paths))
-        try:
-            for b in batches:
-                yield (self.model(b.pixels) if b.pixels is not None else None), b.index, b.failed
-                reporter.advance(len(b.index) + len(b.failed))
-        finally:
-            reporter.stop()
-
-    def predict_batches(self, paths: list[str | Path], topk: int = 1, batch_size: int = 32,
-                        workers: int | None = 0, reporter: Reporter | None = None) -> Iterator[Prediction]:
-        """Classify files batch by batch, yielding one Prediction per file in input order.
-
-        Unreadable files come back with `error` set; they never stop the batch.
-        `workers=None` picks decoding processes automatically.
-        """
-        if topk < 1:
-            raise ConfigError(f"--topk must be >= 1, got {topk}")
-        k = min(topk, len(self.classes))
-        paths = [str(p) for p in paths]
-        for probs, idx, bad in self._batches(paths, batch_size, workers, reporter):
-            done: dict[int, Prediction] = {i: Prediction(paths[i], error=err) for i, err in bad}
-            if probs is not None:
-                top = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # ties: the earlier class first
-                for row, i in enumerate(idx):
-                    done[i] = Prediction(paths[i], [self.classes[j] for j in top[row]],
-                                         [float(probs[row, j]) for j in top[row]])
-            yield from (done[i] for i in sorted(done))
-
-    def predict(self, paths: list[str | Path], topk: int = 1, batch_size: int = 32, workers: int | None = 0,
-                reporter: Reporter | None = None) -> list[Prediction]:
-        """Classify files; see `predict_batches`.
-
-        Example:
-            >>> load_predictor().predict(["cat.jpg"], topk=2)[0].labels
-            ['cat', 'dog']
-        """
-        return list(self.predict_batches(paths, topk, batch_size, workers, reporter))
-
-    def probabilities(self, paths: list[str | Path], batch_size: int = 32, workers: int | None = 0,
-                      reporter: Reporter | None = None):
-        """(N, C) numpy probabilities of the readable files, their indices, and [(index, error)] of the others."""
-        probs, kept, failed = [], [], []
-        for p, idx, bad in self._batches(list(paths), batch_size, workers, reporter):
-            failed.extend(bad)
-            if p is not None:
-                probs.append(p)
-                kept.extend(idx)
-        return (np.concatenate(probs) if probs else np.empty((0, len(self.classes)), np.float32)), kept, failed
-
-
 class TorchModel:
     """The whole classifier of a run in eager PyTorch: numpy inputs -> numpy probabilities."""
 
@@ -166,33 +75,32 @@ class TorchModel:
 
         with torch.inference_mode():
             t = torch.from_numpy(x).to(self.device).contiguous(memory_format=torch.channels_last)
-            return self.net(t).float().softmax(-1).cpu().numpy()
+            logits = self.net(t).float().cpu().numpy()
+        return softmax(logits)
 
 
 class _HeadOnEngine:
     """A head-only run as the cached ONNX feature engine + a numpy Linear: no torch import.
 
-    `tl predict one.jpg` is then ~1 s cold instead of paying 2-4 s for `import torch`.
+    `tl predict one.jpg` in a cold process then skips `import torch`, most of its start-up (benchmarks/README.md).
     """
 
     def __init__(self, engine, weight: np.ndarray, bias: np.ndarray):
         self.engine, self.weight, self.bias = engine, weight, bias
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        from tl_cli.head.softmax import softmax
-
         return softmax(self.engine(x) @ self.weight.T + self.bias)
 
     @classmethod
     def try_load(cls, run: Run, device: str, weights: str | None, engines_dir: Path | None,
-                 notes: list[str]) -> "_HeadOnEngine | None":
+                 notes: list[str]) -> _HeadOnEngine | None:
         """The engine route when it applies (head run, CPU, onnxruntime, recorded weights present), else None.
 
         When the backbone can't be exported or run by onnxruntime, a line is added to `notes` and
         None is returned: the caller runs the whole model in eager PyTorch, as `tl extract` does.
         """
-        from tl_cli.runtime.device import device_type
         from tl_cli.features.engines import onnxruntime_available
+        from tl_cli.runtime.device import device_type
 
         w = run.meta.weights
         if run.meta.kind != "head" or engines_dir is None or weights is not None \
@@ -244,7 +152,7 @@ class Predictor(BasePredictor):
             self.model = TorchModel(run, resolve_device(device), weights)
 
     @classmethod
-    def from_workspace(cls, model: str | None = None, workspace: Workspace | None = None, **kw) -> "Predictor":
+    def from_workspace(cls, model: str | None = None, workspace: Workspace | None = None, **kw) -> Predictor:
         ws = workspace or Workspace.open()
         kw.setdefault("engines_dir", cache_dirs.engines_dir())
         return cls(load_run(model or ws.latest_run()), **kw)
@@ -259,7 +167,7 @@ def load_predictor(model: str | os.PathLike | None = None, workspace: Workspace 
         or onnxruntime not installed.
     """
     if model is not None and Path(model).suffix.lower() == ".onnx":
-        from tl_cli.inference.export import OnnxPredictor
+        from tl_cli.inference.onnx_model import OnnxPredictor
 
         return OnnxPredictor(Path(model))
     return Predictor.from_workspace(model, workspace, device=device)

@@ -1,4 +1,5 @@
-"""Pictures and pages of an evaluation: the confusion-matrix PNG and the self-contained report.html.
+"""The files of an evaluation (`write_evaluation`): metrics.json, confusion.csv and .png,
+misclassified.csv, and the self-contained report.html.
 
 The page embeds everything (the matrix and thumbnails as base64 data URIs, no scripts, no
 fonts, no network), so it can be mailed, archived or opened offline and shows the same.
@@ -7,14 +8,16 @@ fonts, no network), so it can be mailed, archived or opened offline and shows th
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import io
-from typing import TYPE_CHECKING
+import json
+import os
+from pathlib import Path
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from tl_cli.inference.evaluate import Evaluation, Misclassified
+from tl_cli.inference.evaluate import Evaluation, Misclassified
 
 MAX_THUMBNAILS = 120  # a page with thousands of images is slow to open and no easier to read
 THUMB_SIZE = 160
@@ -59,8 +62,8 @@ def confusion_png(classes: list[str], cm: np.ndarray, title: str = "") -> bytes:
 
 def thumbnail_uri(path: str, size: int = THUMB_SIZE) -> str | None:
     """A small JPEG of the image as a data URI, or None if it cannot be read."""
-    from tl_cli.errors import ImageError
     from tl_cli.data.preprocess import open_rgb
+    from tl_cli.errors import ImageError
 
     try:
         im = open_rgb(path, draft_size=size)
@@ -96,7 +99,7 @@ def _e(x) -> str:
     return html.escape(str(x))
 
 
-def report_html(ev: "Evaluation", wrong: list["Misclassified"], png: bytes) -> str:
+def report_html(ev: Evaluation, wrong: list[Misclassified], png: bytes) -> str:
     """One self-contained HTML page: summary, per-class table, confusion matrix, mistakes with thumbnails."""
     m = ev.metrics
     macro = m["macro_avg"]
@@ -143,3 +146,46 @@ def report_html(ev: "Evaluation", wrong: list["Misclassified"], png: bytes) -> s
         parts.append("</ul>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def confusion_csv(ev: Evaluation) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["true \\ predicted"] + ev.classes)
+    for c, row in zip(ev.classes, ev.metrics["confusion"]):
+        w.writerow([c] + row)
+    return buf.getvalue()
+
+
+def misclassified_csv(items: list[Misclassified]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "true", "predicted", "confidence"])
+    for m in items:
+        w.writerow([m.path, m.true, m.predicted, f"{m.confidence:.6f}"])
+    return buf.getvalue()
+
+
+def write_evaluation(ev: Evaluation, out_dir: str | os.PathLike) -> Path:
+    """Write the five files into `out_dir`, all at once: they appear together or not at all."""
+    from tl_cli.runtime.atomic import atomic_dir
+
+    out_dir = Path(out_dir)
+    wrong = ev.misclassified()
+    png = confusion_png(ev.classes, np.array(ev.metrics["confusion"]), title=_title(ev))
+    files = {
+        "metrics.json": (json.dumps(ev.metrics, indent=2) + "\n").encode(),
+        "confusion.csv": confusion_csv(ev).encode(),
+        "confusion.png": png,
+        "misclassified.csv": misclassified_csv(wrong).encode(),
+        "report.html": report_html(ev, wrong, png).encode(),
+    }
+    with atomic_dir(out_dir) as tmp:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+    return out_dir
+
+
+def _title(ev: Evaluation) -> str:
+    m = ev.metrics
+    return f"{ev.root.name} ({ev.split}): accuracy {m['accuracy']:.1%} on {m['n']} images"

@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tl_cli.runtime.atomic import TMP_PREFIX
 from tl_cli.errors import RunError
 from tl_cli.runs.store import DamagedRun, Run, load_run, scan_runs
 from tl_cli.runs.workspace import Workspace
+from tl_cli.runtime.atomic import TMP_PREFIX
 
 ROUTES = ("extract", "finetune", "retrain")
 
@@ -152,9 +152,9 @@ def layer_rows(backbone: str, n_classes: int, route: str | None, freeze: int | N
 
     from tl_cli.backbones import get_spec
     from tl_cli.backbones.describe import meta_backbone
-    from tl_cli.errors import TLError
     from tl_cli.backbones.layers import enumerate_layers
     from tl_cli.backbones.wrapper import attach_head
+    from tl_cli.errors import TLError
 
     try:
         spec = get_spec(backbone)

@@ -102,14 +102,17 @@ class RunMeta:
              f"schema {self.schema!r} is newer than this tl reads ({SCHEMA}): upgrade tl"),
             (self.route is None or self.route in ROUTES, f"unknown route {self.route!r}"),
             (self.kind in KINDS, f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}"),
-            (bool(self.classes) and all(isinstance(c, str) and c for c in self.classes), "classes must be a non-empty list of names"),
+            (bool(self.classes) and all(isinstance(c, str) and c for c in self.classes),
+             "classes must be a non-empty list of names"),
             (len(set(self.classes)) == len(self.classes), "classes has duplicate names"),
             (isinstance(self.backbone, str) and bool(self.backbone), "backbone must be a name"),
             (isinstance(self.weights, WeightsRef), "weights must be an object"),
             (self.preprocess is None or isinstance(self.preprocess, Preprocess), "preprocess must be an object"),
             (isinstance(self.dataset, DatasetRef), "dataset must be an object"),
-            (_number(self.val_fraction) and 0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction!r}"),
-            (isinstance(self.config, dict) and all(isinstance(v, dict) for v in self.config.values()), "config must map names to objects"),
+            (_number(self.val_fraction) and 0 <= self.val_fraction < 1,
+             f"val_fraction must be in [0, 1), got {self.val_fraction!r}"),
+            (isinstance(self.config, dict) and all(isinstance(v, dict) for v in self.config.values()),
+             "config must map names to objects"),
             (isinstance(self.metrics, dict), "metrics must be an object"),
             (self.val_accuracy is not None or self.metrics.get("val_accuracy") is None, "metrics.val_accuracy must be a number"),
             (all(_int_or_none(getattr(self, k)) for k in ("freeze", "layers", "epochs", "best_epoch")),
@@ -139,7 +142,7 @@ class RunMeta:
         return json.loads(json.dumps(d))  # exactly what reads back from the file (lists, not tuples)
 
     @classmethod
-    def from_dict(cls, d: Any) -> "RunMeta":
+    def from_dict(cls, d: Any) -> RunMeta:
         """Read a meta.json object of any schema this tl knows. Raises MetaError saying what is wrong."""
         if not isinstance(d, dict):
             raise MetaError(f"expected a JSON object, got {type(d).__name__}")
@@ -156,7 +159,7 @@ class RunMeta:
         except TLError as exc:  # Preprocess refusing its values
             raise MetaError(exc.message) from exc
 
-    def stamped(self, created: str, versions: dict[str, str]) -> "RunMeta":
+    def stamped(self, created: str, versions: dict[str, str]) -> RunMeta:
         """This meta as saved now (runs.store.save_run)."""
         return replace(self, created=created, versions=dict(versions), schema=SCHEMA)
 

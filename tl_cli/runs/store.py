@@ -17,10 +17,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tl_cli.runtime.atomic import atomic_path, raise_write_error, write_json
-from tl_cli.errors import RunError
 from tl_cli.data.preprocess import Preprocess
+from tl_cli.errors import RunError
 from tl_cli.runs.meta import MetaError, RunMeta, read_meta
+from tl_cli.runtime.atomic import atomic_path, raise_write_error, write_json
 
 META = "meta.json"
 WEIGHTS = "model.safetensors"

@@ -13,8 +13,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from tl_cli.runtime.atomic import raise_write_error, write_json
 from tl_cli.errors import DataError, RunError, TLWarning, WorkspaceError
+from tl_cli.runtime.atomic import raise_write_error, write_json
 
 
 def default_workspace() -> Path:
@@ -26,7 +26,7 @@ class Workspace:
     root: Path
 
     @classmethod
-    def open(cls, root: str | os.PathLike | None = None) -> "Workspace":
+    def open(cls, root: str | os.PathLike | None = None) -> Workspace:
         return cls(Path(root).expanduser().absolute() if root else default_workspace().absolute())
 
     @property

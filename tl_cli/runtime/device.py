@@ -128,3 +128,4 @@ def train_precision(dev) -> str:
     if getattr(dev, "type", "cpu") != "cuda":
         return "float32"
     return "bf16" if bf16_native(dev) else "fp16"
+

@@ -213,3 +213,16 @@ def my_shard(n: int, batch_size: int = 1, info: DistInfo | None = None) -> list[
     for start in range(info.rank * batch_size, n, info.world_size * batch_size):
         out.extend(range(start, min(start + batch_size, n)))
     return out
+
+
+def cpu_count() -> int:
+    """Cores this process may use (affinity-aware, unlike os.cpu_count).
+
+    Under torchrun the node's cores are shared by its LOCAL_WORLD_SIZE processes, so each rank
+    sizes its decode threads and onnxruntime pool to its share instead of oversubscribing.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, env_info().local_world_size))

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import gc
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from tl_cli.errors import OutOfMemory
-
 
 # How allocation failures read when they do not come as torch.OutOfMemoryError: cuBLAS and
 # cuDNN report their own status codes (raised as RuntimeError), the CUDA runtime its error name,

@@ -38,8 +38,7 @@ class RichReporter(Reporter):
         self._task = None
 
     def start(self, description: str, total: int | None) -> None:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.stop()
         if self.unit == "bytes":

@@ -1,0 +1,113 @@
+"""One epoch of fine-tuning: the training pass (one optimiser step per batch) and the validation pass."""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tl_cli.finetune import ddp
+from tl_cli.finetune.schedule import set_lr, step_lr_factor
+from tl_cli.finetune.state import Training
+from tl_cli.finetune.step import accumulate, to_device
+from tl_cli.runtime.oom import apply_update
+
+
+@torch.no_grad()
+def validate(model: nn.Module, loader, device: torch.device) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over a loader (over all ranks' loaders), in eval mode; no label smoothing.
+
+    float32 on every device (no autocast): the accuracy that chooses the best epoch is the one
+    prediction and `tl evaluate` reproduce (precision policy, runtime/device.py).
+    Under torchrun pass the model itself, not its DDP wrapper (see ddp.wrap). Out of memory
+    (float32 needs twice the activation memory of the bf16 training steps) halves the batch.
+    """
+    from tl_cli.runtime.oom import HalvingForward
+
+    was_training = model.training
+    model.eval()
+    forward = HalvingForward(lambda xb: model(to_device(xb, device)).float())
+    loss_sum, correct, n = 0.0, 0, 0
+    for x, y, _ in loader:
+        if x is None:
+            continue
+        logits = forward(x)
+        y = y.to(device)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += int((logits.argmax(1) == y).sum())
+        n += len(y)
+    model.train(was_training)
+    loss_sum, correct, n = ddp.sum_over_ranks(loss_sum, correct, n)  # each rank saw its share
+    return (loss_sum / n, correct / n) if n else (float("nan"), float("nan"))
+
+
+def validate_run(tr: Training) -> tuple[float | None, float | None]:
+    """`validate` on the run's validation loader; (None, None) when the run has no validation images."""
+    return validate(tr.model, tr.loaders.val, tr.device) if tr.loaders.val is not None else (None, None)
+
+
+def run_epoch(tr: Training, epoch: int, deadline: float | None) -> dict | None:
+    """Train epoch `epoch` (0-based) through `tr.net` and validate; returns its history row, or None
+    if the deadline passed mid-epoch. Loss, accuracy and speed are over all ranks.
+
+    The forward/backward of a step is retried in micro-batches after out-of-memory (`tr.halving`),
+    the optimizer update runs once per step (`oom.apply_update`). images/s counts from the end
+    of the first step, so that CUDA and cuDNN start-up and the loader's first batch (worker
+    start-up) are not counted as training speed (with a single step, the whole epoch).
+    """
+    t = time.perf_counter()
+    tr.loaders.sampler.set_epoch(epoch)  # a new order every epoch, the same on resume
+    tr.model.train()
+    n_batches = len(tr.loaders.train)
+    loss_sum, correct, seen = 0.0, 0, 0
+    lr = 0.0
+    t_first, seen_first = None, 0  # time and images after the first step
+    tr.reporter.start(f"epoch {epoch + 1}/{tr.cfg.epochs}", n_batches)
+    try:
+        for i, (x, y, errors) in enumerate(tr.loaders.train):
+            tr.skipped.update(errors)
+            if not ddp.any_rank(x is None):  # a step happens on all ranks or none (DDP syncs in backward)
+                lr = set_lr(tr.opt, step_lr_factor(tr.cfg, epoch, i, n_batches))
+                loss, ok = _step(tr, x, y)
+                loss_sum, correct, seen = loss_sum + loss * len(y), correct + ok, seen + len(y)
+                if t_first is None:
+                    t_first, seen_first = time.perf_counter(), seen
+            speed = _speed(seen, seen_first, t, t_first)
+            tr.reporter.advance(1, loss=f"{loss_sum / max(seen, 1):.4f}", acc=f"{correct / max(seen, 1):.3f}",
+                                img_s=f"{speed:.1f}/s")
+            if deadline and ddp.any_rank(time.perf_counter() > deadline):
+                return None
+    finally:
+        tr.reporter.stop()
+    speed = _speed(seen, seen_first, t, t_first)
+    loss_sum, correct, seen, speed = ddp.sum_over_ranks(loss_sum, correct, seen, speed)
+    val_loss, val_acc = validate_run(tr)
+    return {
+        "epoch": epoch + 1,
+        "train_loss": loss_sum / max(seen, 1),
+        "train_accuracy": correct / max(seen, 1),
+        "val_loss": val_loss,
+        "val_accuracy": val_acc,
+        "lr": lr,
+        "seconds": time.perf_counter() - t,
+        "images_per_second": speed,
+    }
+
+
+def _step(tr: Training, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+    """Forward/backward (retried in micro-batches after out-of-memory), then one optimizer update."""
+    forward_backward = functools.partial(accumulate, tr.net or tr.model, tr.opt, x, y, tr.loss_fn, tr.device, amp=tr.amp)
+    loss, ok = tr.halving(forward_backward, len(y)) if tr.halving else forward_backward()
+    apply_update(lambda: tr.amp.update(tr.opt))
+    return loss, ok
+
+
+def _speed(seen: int, seen_first: int, t0: float, t_first: float | None) -> float:
+    """Training images/s of this rank: after the first step when there were more, else overall."""
+    now = time.perf_counter()
+    if t_first is not None and seen > seen_first and now > t_first:
+        return (seen - seen_first) / (now - t_first)
+    return seen / max(now - t0, 1e-9)

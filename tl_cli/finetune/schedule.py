@@ -1,0 +1,61 @@
+"""The optimiser and its learning-rate schedule: linear warm-up, then cosine decay to 0.
+
+The schedule is a curve over (fractional) epochs rather than steps, so a run resumed with another
+batch size follows the same curve.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tl_cli.finetune.config import FinetuneConfig
+from tl_cli.finetune.model import FinetuneModel
+
+
+def lr_factor(progress: float, warmup: float, total: float) -> float:
+    """Learning-rate multiplier at `progress` epochs: linear warm-up to 1, then cosine to 0 at `total`."""
+    if warmup > 0 and progress < warmup:
+        return progress / warmup
+    t = min(max((progress - warmup) / max(total - warmup, 1e-12), 0.0), 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def step_progress(epoch: int, step: int, n_steps: int, warmup: float) -> float:
+    """Where on the curve step `step` (0-based) of `epoch` (0-based, `n_steps` steps each) runs.
+
+    A step spans [start, end) of the curve. Warm-up steps take the value at their end and decay
+    steps the value at their start, so no step runs at factor 0: the first runs at 1/n_steps of
+    the warm-up, the last just above 0, and the curve reaches 0 after the last step.
+    """
+    start, end = epoch + step / n_steps, epoch + (step + 1) / n_steps
+    return end if end <= warmup else max(start, warmup)
+
+
+def step_lr_factor(cfg: FinetuneConfig, epoch: int, step: int, n_steps: int) -> float:
+    """The learning-rate multiplier of one optimiser step of a run with settings `cfg`."""
+    return lr_factor(step_progress(epoch, step, n_steps, cfg.warmup_epochs), cfg.warmup_epochs, cfg.epochs)
+
+
+def build_optimizer(model: FinetuneModel, cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    """AdamW (default) or SGD+Nesterov over the trainable parameters.
+
+    Two learning rates (trained backbone layers: `lr`, new head: `head_lr`); no weight decay on
+    biases and norm weights (1-d tensors), where decay only fights the normalisation.
+    """
+    groups = []
+    for params, lr in ((model.body_parameters(), cfg.lr), (model.head_parameters(), cfg.head_lr)):
+        for ps, wd in (([p for p in params if p.ndim > 1], cfg.weight_decay), ([p for p in params if p.ndim <= 1], 0.0)):
+            if ps:
+                groups.append({"params": ps, "lr": lr, "base_lr": lr, "weight_decay": wd})
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.head_lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.head_lr)
+
+
+def set_lr(opt: torch.optim.Optimizer, factor: float) -> float:
+    """Scale every parameter group's base learning rate by `factor`; returns the head's (for display)."""
+    for g in opt.param_groups:
+        g["lr"] = g["base_lr"] * factor
+    return opt.param_groups[-1]["lr"]
