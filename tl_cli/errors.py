@@ -20,6 +20,10 @@ class TLError(Exception):
         return self.message
 
 
+class TLWarning(UserWarning):
+    """Something the user should know that does not stop the command (the CLI prints "note: ...")."""
+
+
 class DataError(TLError):
     """The dataset folder is missing, empty, or not laid out as class sub-folders."""
 

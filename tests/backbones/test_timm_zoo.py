@@ -20,7 +20,6 @@ from typer.testing import CliRunner
 from tests.helpers.hub_server import serve_hub, timm_weights_bytes
 from tl_cli.backbones import create_backbone, get_spec
 from tl_cli.cli import app
-from tl_cli.data.preprocess import Preprocess
 from tl_cli.errors import UnknownBackbone, WeightsNotFound
 from tl_cli.runs.store import load_run
 from tl_cli.runs.workspace import Workspace
@@ -153,7 +152,7 @@ def test_extract_onnx_parity_predict_export_info(hub, image_folder):
     assert r.exit_code == 0, r.output
     run_dir = Path(Workspace.open().latest_run())
     run = load_run(run_dir)
-    assert run.meta["backbone"] == VIT and Preprocess.from_dict(run.meta["preprocess"]) == get_spec(VIT).preprocess
+    assert run.meta.backbone == VIT and run.meta.preprocess == get_spec(VIT).preprocess
 
     import os
 
@@ -189,7 +188,7 @@ def test_finetune_freeze_keeps_frozen_layers_bit_identical(hub, hub_files, image
            "--lr", "1e-2", *FAST)
     assert r.exit_code == 0, r.output
     run = load_run(Path(Workspace.open().latest_run()))
-    assert run.meta["freeze"] == 5
+    assert run.meta.freeze == 5
     got = run.tensors()
     served = _served(hub_files, VIT)
     frozen = ["patch_embed.", "cls_token", "pos_embed", "blocks.0."]

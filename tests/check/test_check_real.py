@@ -60,7 +60,11 @@ def test_end_of_run_leak_line_from_file_hashes(tmp_path):
     train = next(f for f in sorted((root / "red").iterdir()) if not is_val(f.name, 0.2))
     run = tmp_path / "run"
     run.mkdir()
-    (run / "meta.json").write_text(json.dumps({"dataset": {"root": str(root)}, "val_fraction": 0.2}))
+    from tl_cli.runs.meta import DatasetRef, RunMeta
+
+    meta = RunMeta(route="finetune", kind="full", classes=("red", "green", "blue"), backbone="lenet5",
+                   dataset=DatasetRef(root=str(root)), val_fraction=0.2)
+    (run / "meta.json").write_text(json.dumps(meta.to_dict()))
     ws = Workspace.open(tmp_path / "ws")
     assert run_leak_note(ws, run) is None
     shutil.copyfile(train, root / "red" / _val_name("copy"))

@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from tl_cli.cli import app
-from tl_cli.data.preprocess import Preprocess, load_tensor
+from tl_cli.data.preprocess import load_tensor
 from tl_cli.finetune.model import FinetuneModel
 from tl_cli.runs.store import load_run
 from tl_cli.runs.workspace import Workspace
@@ -29,8 +29,8 @@ def test_finetune_then_predict_and_evaluate(image_folder):
     assert "--freeze 2 of 5 layers" in r.output and "best epoch" in r.output
     run_dir = Path(Workspace.open().latest_run())
     meta = load_run(run_dir).meta
-    assert meta["route"] == "finetune" and meta["freeze"] == 2 and meta["epochs"] == 3
-    assert meta["best_epoch"] in (0, 1, 2, 3) and meta["val_fraction"] == 0.2  # 0: the linear probe (LP-FT)
+    assert meta.route == "finetune" and meta.freeze == 2 and meta.epochs == 3
+    assert meta.best_epoch in (0, 1, 2, 3) and meta.val_fraction == 0.2  # 0: the linear probe (LP-FT)
     for f in ("history.csv", "curves.png", "config.json", "checkpoint.pt", "model.safetensors"):
         assert (run_dir / f).is_file(), f
 
@@ -45,18 +45,18 @@ def test_finetune_then_predict_and_evaluate(image_folder):
     ref = FinetuneModel(net, 3, 0, 32).net
     ref.load_state_dict(load_run(run_dir).tensors())
     ref.eval()
-    pre = Preprocess.from_dict(meta["preprocess"])
+    pre = meta.preprocess
     with torch.no_grad():
         probs = ref(torch.stack([load_tensor(f, pre) for f in files])).softmax(-1)
     for rec, p in zip(got, probs):
-        assert rec["labels"][0] == meta["classes"][int(p.argmax())]
+        assert rec["labels"][0] == meta.classes[int(p.argmax())]
         assert rec["probs"][0] == pytest.approx(float(p.max()), abs=1e-5)
 
     r = tl("evaluate", image_folder, "--split", "val", "--format", "json")
     assert r.exit_code == 0, r.output
     m = json.loads(r.stdout)
-    assert m["n"] == meta["dataset"]["n_val"]
-    assert m["accuracy"] == pytest.approx(meta["metrics"]["val_accuracy"])  # the same split and weights
+    assert m["n"] == meta.dataset.n_val
+    assert m["accuracy"] == pytest.approx(meta.metrics["val_accuracy"])  # the same split and weights
 
 
 def test_retrain_defaults_to_last_dataset_and_resume_of_finished_run(image_folder):
@@ -64,8 +64,8 @@ def test_retrain_defaults_to_last_dataset_and_resume_of_finished_run(image_folde
     r = tl("retrain", "--epochs", "2", *LENET)
     assert r.exit_code == 0, r.output
     meta = load_run(Workspace.open().latest_run()).meta
-    cfg = meta["config"]["finetune"]
-    assert meta["route"] == "retrain" and meta["freeze"] == 0 and cfg["lr"] < cfg["head_lr"]
+    cfg = meta.config["finetune"]
+    assert meta.route == "retrain" and meta.freeze == 0 and cfg["lr"] < cfg["head_lr"]
     r = tl("retrain", "--resume")
     assert r.exit_code == 0 and "already finished" in r.output
 

@@ -166,7 +166,7 @@ def test_time_budget_stops_cleanly_and_keeps_the_best(image_folder, tmp_path):
     assert 1 <= len(res.history) < 500
     assert took < budget + one  # the budget, plus at most a batch and saving the final model
     run = load_run(res.run_dir)
-    assert run.meta["best_epoch"] == res.best_epoch and run.meta["stop_reason"] == "time_budget"
+    assert run.meta.best_epoch == res.best_epoch and run.meta.stop_reason == "time_budget"
     assert (res.run_dir / "history.csv").read_text().count("\n") == len(res.history) + 1
     assert (res.run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -184,7 +184,7 @@ def test_early_stopping_keeps_the_best_epoch(image_folder):
     assert len(res.history) == res.best_epoch + 2
     best_row = res.history[res.best_epoch - 1]
     assert all(h["val_accuracy"] <= best_row["val_accuracy"] for h in res.history)
-    assert load_run(res.run_dir).meta["metrics"]["val_accuracy"] == best_row["val_accuracy"]
+    assert load_run(res.run_dir).meta.metrics["val_accuracy"] == best_row["val_accuracy"]
 
 
 def test_training_data_loads_in_spawned_workers(image_folder):

@@ -37,7 +37,7 @@ def test_4_validation_never_runs_under_autocast(image_folder, tmp_path, monkeypa
     assert not any("validate" in w or "penultimate_features" in w for w in where)
     from tl_cli.runs.store import load_run
 
-    assert load_run(r.run_dir).meta["precision"] == {"train": "bf16", "validation": "float32"}
+    assert load_run(r.run_dir).meta.precision == {"train": "bf16", "validation": "float32"}
 
 
 def test_4_extraction_features_are_float32_on_every_device():

@@ -74,7 +74,7 @@ def test_epoch_0_is_the_probe_head(hard_folder):
     assert first["val_loss"] == pytest.approx(val_loss, rel=1e-4, abs=1e-6)
     assert first["lr"] == 0.0 and any("linear probe" in m for m in notes.lines)
     assert res.best["val_accuracy"] >= first["val_accuracy"]  # epoch 0 is a candidate for the best
-    assert load_run(res.run_dir).meta["config"]["finetune"]["head_init"] == "probe"
+    assert load_run(res.run_dir).meta.config["finetune"]["head_init"] == "probe"
 
 
 def test_destructive_fine_tuning_keeps_the_probe(hard_folder):
@@ -87,7 +87,7 @@ def test_destructive_fine_tuning_keeps_the_probe(hard_folder):
     assert len(w) == 1
     np.testing.assert_allclose(saved[w[0]].numpy(), head.weight, rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(saved[w[0].replace("weight", "bias")].numpy(), head.bias, rtol=1e-3, atol=1e-4)
-    assert load_run(res.run_dir).meta["best_epoch"] == 0
+    assert load_run(res.run_dir).meta.best_epoch == 0
 
 
 def test_random_head_has_no_epoch_0(hard_folder):

@@ -37,11 +37,11 @@ def test_validation_accuracy_is_what_evaluate_reproduces_on_the_gpu_and_the_cpu(
 
     data, r = cuda_run
     run = load_run(r.run_dir)
-    assert run.meta["precision"]["validation"] == "float32"
-    assert run.meta["precision"]["train"] in ("bf16", "fp16")
+    assert run.meta.precision["validation"] == "float32"
+    assert run.meta.precision["train"] in ("bf16", "fp16")
     for device in ("cuda", "cpu"):
         ev = evaluate(Predictor(run, device=device), data, split="val")
-        assert ev.metrics["accuracy"] == pytest.approx(run.meta["metrics"]["val_accuracy"], abs=1e-9), device
+        assert ev.metrics["accuracy"] == pytest.approx(run.meta.metrics["val_accuracy"], abs=1e-9), device
 
 
 def test_a_cuda_run_resumes_and_predicts_on_the_cpu(tmp_path):

@@ -29,12 +29,12 @@ def test_leaderboard_ranks_keeps_best_and_reuses_caches(image_folder):
     board = json.loads((ws.root / "leaderboard.json").read_text())["entries"]
     assert [e["backbone"] for e in board] != [] and len(board) == 2
     # The ranking is the runs' own validation scores: accuracy first, then lower loss.
-    metrics = {e["backbone"]: load_run(Path(e["run_dir"])).meta["metrics"] for e in board}
+    metrics = {e["backbone"]: load_run(Path(e["run_dir"])).meta.metrics for e in board}
     keys = [(-metrics[e["backbone"]]["val_accuracy"], metrics[e["backbone"]]["val_loss"]) for e in board]
     assert keys == sorted(keys)
     assert Path(ws.latest_run()) == Path(board[0]["run_dir"])  # the best is the latest run
     for e in board:  # every backbone has its own run, with its own backbone and preprocessing
-        assert load_run(Path(e["run_dir"])).meta["backbone"] == e["backbone"]
+        assert load_run(Path(e["run_dir"])).meta.backbone == e["backbone"]
         assert e["n_extracted"] == 36 and e["backbone"] in r.stdout
     assert {e["feature_dim"] for e in board} == {84, 96}
     from tl_cli.backbones import create_backbone

@@ -34,6 +34,7 @@ def head_run(run_dir: Path, classes: list[str], backbone: str = "efficientnet_li
     import torch
 
     from tl_cli.backbones import get_spec, resolve_weights
+    from tl_cli.runs.meta import RunMeta, WeightsRef
     from tl_cli.runs.store import save_run
 
     spec = get_spec(backbone)
@@ -42,11 +43,8 @@ def head_run(run_dir: Path, classes: list[str], backbone: str = "efficientnet_li
     w = torch.randn(len(classes), spec.feature_dim, generator=g) * 0.05
     b = torch.randn(len(classes), generator=g) * 0.1
     run_dir.mkdir(parents=True)
-    meta = {
-        "route": "extract", "kind": "head", "classes": classes, "backbone": backbone,
-        "weights": {"id": choice.identity, "file": None, "pretrained": True},
-        "preprocess": spec.preprocess.to_dict(), "dataset": {}, "config": {}, "metrics": {},
-    }
+    meta = RunMeta(route="extract", kind="head", classes=tuple(classes), backbone=backbone,
+                   weights=WeightsRef(choice.identity, None, True), preprocess=spec.preprocess)
     save_run(run_dir, {"head.weight": w, "head.bias": b}, meta)
     return load_run(run_dir)
 
@@ -57,13 +55,14 @@ def full_run(run_dir: Path, classes: list[str], backbone: str = "lenet5", seed: 
 
     from tl_cli.backbones import create_backbone, get_spec
     from tl_cli.backbones.wrapper import attach_head
+    from tl_cli.runs.meta import RunMeta
     from tl_cli.runs.store import save_run
 
     torch.manual_seed(seed)
     net, _ = create_backbone(backbone, pretrained=False)
     net = attach_head(net, len(classes))
     run_dir.mkdir(parents=True)
-    meta = {"route": "finetune", "kind": "full", "classes": classes, "backbone": backbone,
-            "preprocess": get_spec(backbone).preprocess.to_dict(), "val_fraction": 0.3, "dataset": {}, "config": {}}
+    meta = RunMeta(route="finetune", kind="full", classes=tuple(classes), backbone=backbone,
+                   preprocess=get_spec(backbone).preprocess, val_fraction=0.3)
     save_run(run_dir, net.state_dict(), meta)
     return load_run(run_dir)

@@ -133,12 +133,12 @@ def test_confusion_png_and_self_contained_report(run, tmp_path):
 
 
 def test_evaluate_val_split_uses_the_runs_split(run):
-    data = Path(run.meta["dataset"]["root"])
+    data = Path(run.meta.dataset.root)
     r = tl("evaluate", data, "--split", "val", "--format", "json")
     assert r.exit_code == 0, r.output
     m = json.loads(r.stdout)
-    assert m["n"] == run.meta["dataset"]["n_val"] and m["split"] == "val"
-    assert m["accuracy"] == pytest.approx(run.meta["metrics"]["val_accuracy"], abs=1e-6)
+    assert m["n"] == run.meta.dataset.n_val and m["split"] == "val"
+    assert m["accuracy"] == pytest.approx(run.meta.metrics["val_accuracy"], abs=1e-6)
 
 
 def test_evaluate_unknown_classes_are_named(run, tmp_path):
@@ -211,7 +211,7 @@ def test_onnx_export_matches_pytorch_on_real_images(tmp_path):
     t0 = time.perf_counter()
     res = export_run(run, ExportConfig("onnx"), tmp_path / "clf.onnx", sample_paths=photos)
     assert res.sample_source == "given images" and res.max_abs_diff < 1e-4
-    pre = Preprocess.from_dict(run.meta["preprocess"])
+    pre = run.meta.preprocess
     x = torch.stack([load_tensor(p, pre) for p in photos])
     with torch.no_grad():
         ref = build_from_run(run).eval()(x).numpy()
@@ -220,7 +220,7 @@ def test_onnx_export_matches_pytorch_on_real_images(tmp_path):
     assert np.abs(ref).max() > 0.1  # real signal, not all zeros
 
     side = json.loads((tmp_path / "clf.onnx.json").read_text())
-    assert side["classes"] == run.classes and side["preprocess"] == run.meta["preprocess"]
+    assert side["classes"] == run.classes and Preprocess.from_dict(side["preprocess"]) == run.meta.preprocess
     # tl predict on the .onnx agrees with the run on PyTorch.
     unseen = sorted((SAMPLE / "unseen").glob("*.jpg"))
     a = load_predictor(run.dir).predict(unseen, topk=3)
@@ -267,7 +267,7 @@ def test_onnx_export_cli_and_predict_on_it(run, tmp_path):
     assert json.loads(r.stdout)["accuracy"] == on_run["accuracy"]
     # --split val on the export selects the run's validation images (val_fraction carried in its JSON)
     r = tl("evaluate", tmp_path / "data", "--model", onnx_file, "--split", "val", "--format", "json")
-    assert r.exit_code == 0 and json.loads(r.stdout)["n"] == run.meta["dataset"]["n_val"]
+    assert r.exit_code == 0 and json.loads(r.stdout)["n"] == run.meta.dataset.n_val
 
 
 def test_failed_check_leaves_nothing(run, tmp_path, monkeypatch):
@@ -342,7 +342,10 @@ def test_empty_input_is_an_error_and_help_has_examples(run, tmp_path):
 
 
 def test_run_val_fraction_reads_every_meta_shape():
-    from tl_cli.runs.store import val_fraction_of as run_val_fraction
+    from tl_cli.runs.meta import RunMeta
+
+    def run_val_fraction(d: dict) -> float:  # files from before the schema: the shapes each route wrote
+        return RunMeta.from_dict({"classes": ["a", "b"], "backbone": "lenet5", **d}).val_fraction
 
     assert run_val_fraction({"val_fraction": 0.3, "config": {"extract": {"val_fraction": 0.1}}}) == 0.3  # fine-tuned
     assert run_val_fraction({"dataset": {"val_fraction": 0.25}}) == 0.25

@@ -17,8 +17,9 @@ from tl_cli.errors import RunError
 from tl_cli.features.extract import ExtractConfig
 from tl_cli.head.small_data import train_small_data
 from tl_cli.runs.info import resolve_run, run_info, workspace_runs
-from tl_cli.runs.store import save_run
+from tl_cli.runs.store import save_tensors
 from tl_cli.runs.workspace import Workspace
+from tl_cli.runtime.atomic import write_json
 
 runner = CliRunner()
 
@@ -34,11 +35,13 @@ def extract_run(image_folder):
 
 
 def fake_run(ws: Workspace, name: str, meta: dict):
-    """A run folder as another route would write it (weights are not read by `tl info`)."""
+    """A run folder with a meta.json as written before the schema, by hand or by another route
+    (weights are not read by `tl info`)."""
     d = ws.runs / name
     d.mkdir(parents=True)
     (d / "history.csv").write_text("epoch,val_accuracy\n1,0.9\n")
-    save_run(d, {"x": torch.zeros(1)}, meta)
+    save_tensors(d / "model.safetensors", {"x": torch.zeros(1)})
+    write_json(d / "meta.json", meta)
     return d
 
 

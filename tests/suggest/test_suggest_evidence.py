@@ -52,5 +52,5 @@ def test_suggest_measures_the_probe_from_the_extract_cache(image_folder, tmp_pat
     s = suggest(image_folder, "lenet5", workspace=ws)
     assert s.probe is not None
     # the same head tl extract fitted, on the same features and split: the same validation accuracy
-    assert s.probe.val_accuracy == pytest.approx(load_run(res.run_dir).meta["metrics"]["val_accuracy"])
+    assert s.probe.val_accuracy == pytest.approx(load_run(res.run_dir).meta.metrics["val_accuracy"])
     assert s.probe.n_val == sum(c.val for c in s.counts)

@@ -114,6 +114,15 @@ class WeightsChoice:
         return "random-seed0" if self.path is None else file_digest(self.path)
 
 
+def absolute_weights_path(weights: str | os.PathLike | None) -> str | None:
+    """A --weights value as an absolute path (None stays None), for configs and run metadata.
+
+    Stored as typed, a relative `w.pth` would be looked up in whatever folder a later
+    `tl predict` or `--resume` runs from.
+    """
+    return None if weights is None else str(Path(weights).expanduser().resolve())
+
+
 def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike | None = None, pretrained: bool = True) -> WeightsChoice:
     """Decide which weights to use, failing clearly when pretrained ones are missing.
 

@@ -88,12 +88,12 @@ def _cached_features(ws, root: Path, relpaths: list[str]) -> np.ndarray | None:
 def run_leak_note(ws, run_dir: Path) -> str | None:
     """After a fine-tuning run: one line saying how much of its validation split leaks, or None."""
     from tl_cli.data.scan import scan_dataset
-    from tl_cli.runs.store import grouping_of, val_fraction_of
+    from tl_cli.runs.meta import read_meta
 
     try:
-        meta = json.loads((Path(run_dir) / "meta.json").read_text())
-        root = Path(meta["dataset"]["root"])
-        ds = scan_dataset(root, val_fraction_of(meta), grouping=grouping_of(meta))
+        meta = read_meta(Path(run_dir) / "meta.json")
+        root = Path(meta.dataset.root)
+        ds = scan_dataset(root, meta.val_fraction, grouping=meta.grouping)
     except Exception:  # noqa: BLE001 - a hint must never break a finished run
         return None
     rel = [s.relpath for s in ds.samples]

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 
 import typer
 from rich.console import Console
+
+from tl_cli.errors import TLWarning
 
 app = typer.Typer(
     name="tl",
@@ -17,8 +20,24 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+
+
+class _MessageConsole(Console):
+    """A console that word-wraps only on a terminal.
+
+    Into a file or a pipe, rich would hard-wrap at 80 columns and split a message such as
+    "Read-only file system" across lines of a log; there every message stays one line.
+    Decided at each print, since the stream (and whether it is a terminal) can change.
+    """
+
+    def print(self, *objects, soft_wrap=None, **kwargs) -> None:
+        if soft_wrap is None:
+            soft_wrap = self.soft_wrap or not self.is_terminal
+        super().print(*objects, soft_wrap=soft_wrap, **kwargs)
+
+
 out = Console(highlight=False, soft_wrap=True)  # results: stdout
-err = Console(stderr=True, highlight=False)  # messages, progress: stderr
+err = _MessageConsole(stderr=True, highlight=False)  # messages, progress: stderr
 
 
 def debug() -> bool:
@@ -51,6 +70,16 @@ def report_error(exc: BaseException) -> int:
     return 1
 
 
+def _show_note(show_other, message, category, *args, **kwargs) -> None:
+    """Library warnings meant for the user (TLWarning) as one "note:" line; others as Python shows them."""
+    from rich.markup import escape
+
+    if issubclass(category, TLWarning):
+        err.print(f"[yellow]note:[/] {escape(str(message))}")
+    else:
+        show_other(message, category, *args, **kwargs)
+
+
 def command(*args, **kwargs):
     """`app.command` that turns library errors into one clear line and a non-zero exit."""
 
@@ -58,7 +87,10 @@ def command(*args, **kwargs):
         @functools.wraps(fn)
         def wrapper(*a, **kw):
             try:
-                return fn(*a, **kw)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("always", TLWarning)
+                    warnings.showwarning = functools.partial(_show_note, warnings.showwarning)
+                    return fn(*a, **kw)
             except (typer.Exit, typer.Abort, SystemExit):
                 raise
             except BaseException as exc:  # noqa: BLE001 - this is the one place errors are mapped

@@ -119,6 +119,10 @@ def runs_cmd(fmt: FormatOpt = "table", ws_path: WorkspaceOpt = None) -> None:
     t.add_column("val acc", justify="right")
     t.add_column("created", no_wrap=True)
     for r in rows:
+        if r.damaged:
+            t.add_row("[green]*[/]" if r.latest else "", escape(r.name), "[red]damaged[/]", DASH, DASH, DASH,
+                      r.created.replace("T", " ")[:16])
+            continue
         classes = ", ".join(r.classes)
         classes = f"{len(r.classes)}: " + (classes if len(classes) <= 40 else classes[:37] + "...")
         t.add_row("[green]*[/]" if r.latest else "", escape(r.name), _v(r.route), _v(r.backbone), escape(classes),
@@ -126,3 +130,6 @@ def runs_cmd(fmt: FormatOpt = "table", ws_path: WorkspaceOpt = None) -> None:
     out.print(t)
     if any(r.latest for r in rows):
         out.print("[dim]* latest: the run `tl predict` and `tl evaluate` use by default[/]")
+    for r in rows:
+        if r.damaged:
+            out.print(f"[red]damaged[/] {escape(r.name)}: {escape(r.damaged)}")

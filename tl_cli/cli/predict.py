@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from tl_cli.cli.app import command, err, out, workspace
 from tl_cli.cli.options import BatchSizeOpt, DeviceOpt, FormatOpt, ModelOpt, OutputOpt, WorkersOpt, WorkspaceOpt, check_format
@@ -43,6 +44,8 @@ def predict_cmd(
         raise DataError("no images in the given inputs", hint="pass image files, folders of images, or globs")
     predictor = load_predictor(model, workspace(ws_path), device=device)
     err.print(f"[dim]model: {predictor.source}[/]")
+    for note in predictor.notes:
+        err.print(f"[yellow]note:[/] {escape(note)}")
     preds = missing + (predictor.predict(files, topk, batch_size, workers, RichReporter(err)) if files else [])
     if output:
         write_text(output, format_predictions(preds, "csv" if fmt == "table" else fmt))
@@ -111,14 +114,13 @@ def evaluate_cmd(
     from tl_cli.inference.evaluate import default_output_dir, evaluate
     from tl_cli.inference.predict import load_predictor
     from tl_cli.inference.report import write_evaluation
-    from tl_cli.runs.store import grouping_of, val_fraction_of
     from tl_cli.runtime.progress import RichReporter
 
     check_format(fmt, FORMATS)
     predictor = load_predictor(model, workspace(ws_path), device=device)
     err.print(f"[dim]model: {predictor.source}[/]")
-    ev = evaluate(predictor, data_dir, split, val_fraction_of(predictor.train_meta), batch_size, workers,
-                  RichReporter(err), grouping_of(predictor.train_meta) if split != "all" else None)
+    ev = evaluate(predictor, data_dir, split, predictor.trained.val_fraction, batch_size, workers,
+                  RichReporter(err), predictor.trained.grouping if split != "all" else None)
     folder = write_evaluation(ev, output or default_output_dir(predictor, ev))
     for rel, why in ev.failed:
         err.print(f"[yellow]skipped[/] {rel}: {why}", markup=True, highlight=False)

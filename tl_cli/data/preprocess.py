@@ -14,8 +14,10 @@ from typing import Any
 
 from tl_cli.errors import ConfigError, ImageError
 
-# Pillow refuses images above 2x this many pixels and warns above it; we refuse above it.
+# tl refuses images above this many pixels (checked on the header, before decoding).
 # 10,000 x 10,000 is far beyond any photo worth classifying and bounds decode memory to ~300 MB.
+# Pillow's own limit (Image.MAX_IMAGE_PIXELS) is process-wide, the application's to set: tl
+# leaves it alone.
 MAX_IMAGE_PIXELS = 100_000_000
 
 
@@ -66,18 +68,19 @@ def open_rgb(path: str | Path, draft_size: int | None = None):
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns between its limit and twice it; tl's own check below decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
+                check_pixels(path, im.size)
                 if im.format == "PNG":
                     check_png_checksums(path)
                 if draft_size and im.format == "JPEG":
                     im.draft("RGB", (draft_size, draft_size))
                 im = ImageOps.exif_transpose(im)
                 return _to_rgb(im)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:  # beyond Pillow's own hard limit
         raise ImageError(f"{path}: image too large (decompression bomb?): {exc}") from exc
     except UnidentifiedImageError as exc:
         # Same words as the dataset scan uses for these files.
@@ -85,6 +88,14 @@ def open_rgb(path: str | Path, draft_size: int | None = None):
         raise ImageError(f"{path}: {'empty file' if empty else 'not an image (unknown content)'}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path}: cannot decode image: {exc}") from exc
+
+
+def check_pixels(path: str | Path, size: tuple[int, int]) -> None:
+    """Raise ImageError if an image of `size` (width, height) exceeds MAX_IMAGE_PIXELS."""
+    w, h = size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise ImageError(f"{path}: image too large (decompression bomb?): {w} x {h} = {w * h:,} pixels, "
+                         f"more than tl's limit of {MAX_IMAGE_PIXELS:,}")
 
 
 def check_png_checksums(path: str | Path) -> None:

@@ -2,7 +2,8 @@
 
 Layout in the workspace:
     caches/<key>/features.h5        consolidated rows: features, relpath, size, mtime_ns
-    caches/<key>/pending/*.h5       chunks written during an extraction that has not finished
+    caches/<key>/pending/chunk-<n>.h5  chunks written during an extraction that has not finished,
+                                    numbered in write order (later chunks win for the same file)
     caches/<key>/lock               held (flock) by the process extracting into this cache
 
 `key` hashes everything that changes what a feature means: backbone, weights digest,
@@ -19,7 +20,7 @@ import fcntl
 import hashlib
 import json
 import os
-import uuid
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from tl_cli.errors import CacheError
 from tl_cli.runtime.atomic import atomic_path, raise_write_error, remove_stale_temporaries, write_json
 
 FORMAT_VERSION = 2
+_CHUNK = re.compile(r"^chunk-(\d{10})\.h5$")  # numbered names; older versions used random (uuid) names
 
 
 @dataclass(frozen=True)
@@ -154,8 +156,22 @@ class FeatureCache:
                 path.unlink(missing_ok=True)
 
     def _chunks(self) -> list[Path]:
+        """Pending chunks in write order: a later chunk's row for a file replaces an earlier one's.
+
+        Numbered chunks by number; chunks named by uuid (written by older versions, before any
+        numbered one) first, by modification time.
+        """
         # Temporaries of a write in progress start with atomic.TMP_PREFIX, so "chunk-*" never matches them.
-        return sorted(self.pending.glob("chunk-*.h5"))
+        def order(p: Path) -> tuple:
+            m = _CHUNK.match(p.name)
+            return (1, int(m.group(1)), 0) if m else (0, 0, p.stat().st_mtime_ns)
+
+        return sorted(self.pending.glob("chunk-*.h5"), key=order)
+
+    def _next_chunk(self) -> Path:
+        """The name of the next chunk: one above the highest number (the lock makes this the only writer)."""
+        numbers = [int(m.group(1)) for p in self.pending.glob("chunk-*.h5") if (m := _CHUNK.match(p.name))]
+        return self.pending / f"chunk-{max(numbers, default=0) + 1:010d}.h5"
 
     def lookup(self, stats: list[FileStat]) -> set[str]:
         """Relative paths whose cached row is still valid (same size and mtime)."""
@@ -194,7 +210,7 @@ class FeatureCache:
         """Persist freshly extracted rows now, so a killed run keeps them."""
         if not stats:
             return
-        path = self.pending / f"chunk-{uuid.uuid4().hex[:12]}.h5"
+        path = self._next_chunk()
         self._write(path, stats, feats)
         for i, s in enumerate(stats):
             self._rows[s.relpath] = (s, path, i)

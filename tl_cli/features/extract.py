@@ -67,7 +67,10 @@ class ExtractConfig:
     groups: str | None = None
 
     def __post_init__(self) -> None:
+        from tl_cli.backbones.registry import absolute_weights_path
         from tl_cli.features.engines import ENGINES
+
+        object.__setattr__(self, "weights", absolute_weights_path(self.weights))
 
         if self.decoder not in DECODERS:
             raise ConfigError(f"unknown --decoder {self.decoder!r}", hint=f"use one of {', '.join(DECODERS)}")

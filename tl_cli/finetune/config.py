@@ -91,6 +91,9 @@ class FinetuneConfig:
     groups: str | None = None
 
     def __post_init__(self) -> None:
+        from tl_cli.backbones.registry import absolute_weights_path
+
+        object.__setattr__(self, "weights", absolute_weights_path(self.weights))
         if self.warmup_epochs is None:
             object.__setattr__(self, "warmup_epochs", min(1.0, self.epochs / 5))
         checks = [

@@ -8,7 +8,6 @@ images get the backbone's plain preprocessing, exactly what prediction uses.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,14 +23,12 @@ def default_workers(device_type: str = "cpu") -> int:
     CPU: decoding is ~10x cheaper than the forward and backward passes there, so one worker per
     two cores keeps the network fed without stealing its threads, capped at 8 (each worker costs
     memory). CUDA: the GPU trains faster than a few cores decode, so every core but one (the
-    training process's) decodes. Under torchrun the node's cores are shared by its
-    LOCAL_WORLD_SIZE processes.
+    training process's) decodes. Cores are those this process may use (`cpu_count`: affinity-aware,
+    and shared by the node's LOCAL_WORLD_SIZE processes under torchrun).
     """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    n = cores // max(1, env_info().local_world_size)
+    from tl_cli.features.engines import cpu_count
+
+    n = cpu_count()
     if device_type == "cuda":
         return max(1, n - 1)
     return max(1, min(8, n // 2))

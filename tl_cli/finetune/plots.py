@@ -9,14 +9,16 @@ from tl_cli.runtime.atomic import atomic_path
 
 def save_curves(history: list[dict], path: Path, title: str = "") -> None:
     """Loss and accuracy per epoch, train and validation, side by side; written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # never needs a display; safe in workers and over ssh
-    import matplotlib.pyplot as plt
+    # A Figure on its own Agg canvas, not pyplot: no display needed, and the process-wide
+    # backend (the application's choice) is left alone.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
     # Train loss includes label smoothing and augmentation, so it can sit above validation loss.
     for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
         ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
@@ -33,4 +35,3 @@ def save_curves(history: list[dict], path: Path, title: str = "") -> None:
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)

@@ -38,6 +38,7 @@ from tl_cli.finetune.model import FinetuneModel
 from tl_cli.finetune.schedule import build_optimizer
 from tl_cli.finetune.state import Training, TrainState
 from tl_cli.finetune.step import Amp
+from tl_cli.runs.meta import DatasetRef, RunMeta, WeightsRef
 from tl_cli.runs.store import META, load_tensors, new_run_dir, save_run, save_tensors
 from tl_cli.runs.workspace import Workspace
 from tl_cli.runtime import distributed
@@ -371,25 +372,25 @@ def _warn_if_budget_short(reporter: Reporter, cfg: FinetuneConfig, done: int, ep
 def _save_final(tr: Training, state: TrainState) -> None:
     """model.safetensors (best epoch's full network) + meta.json, the files predict/evaluate read."""
     cfg, ds, spec, choice, loaders, best = tr.cfg, tr.ds, tr.spec, tr.choice, tr.loaders, state.best
-    meta = {
-        "route": cfg.route,
-        "kind": "full",
-        "classes": ds.classes,
-        "backbone": cfg.backbone,
-        "weights": {"id": choice.identity, "file": cfg.weights, "pretrained": cfg.pretrained},
-        "preprocess": spec.preprocess.to_dict(),
-        "freeze": cfg.freeze,
-        "layers": len(tr.model.layers),
-        "epochs": state.epoch,
-        "best_epoch": best["epoch"],
-        "stop_reason": state.stop_reason,
-        "finished": state.finished,
-        "val_fraction": cfg.val_fraction,
-        "dataset": {"root": str(ds.root), "layout": ds.layout, "n_train": loaders.n_train, "n_val": loaders.n_val,
-                    "counts": ds.counts()},
-        "config": {"finetune": cfg.to_dict()},
-        "metrics": {k: best[k] for k in ("val_accuracy", "val_loss", "train_accuracy", "train_loss")},
+    meta = RunMeta(
+        route=cfg.route,
+        kind="full",
+        classes=tuple(ds.classes),
+        backbone=cfg.backbone,
+        weights=WeightsRef(choice.identity, cfg.weights, cfg.pretrained),
+        preprocess=spec.preprocess,
+        dataset=DatasetRef(root=str(ds.root), layout=ds.layout, n_train=loaders.n_train, n_val=loaders.n_val,
+                           counts=ds.counts()),
+        val_fraction=cfg.val_fraction,
+        config={"finetune": cfg.to_dict()},
+        metrics={k: best[k] for k in ("val_accuracy", "val_loss", "train_accuracy", "train_loss")},
+        freeze=cfg.freeze,
+        layers=len(tr.model.layers),
+        epochs=state.epoch,
+        best_epoch=best["epoch"],
+        stop_reason=state.stop_reason,
+        finished=state.finished,
         # val_* were measured in float32, as predict/evaluate run; only training steps used `train`.
-        "precision": {"train": tr.amp.dtype, "validation": "float32"},
-    }
+        precision={"train": tr.amp.dtype, "validation": "float32"},
+    )
     save_run(tr.run_dir, load_tensors(tr.run_dir / BEST), meta)

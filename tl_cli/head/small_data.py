@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tl_cli.features.extract import ExtractConfig, ExtractResult, extract_features
 from tl_cli.head.softmax import HeadConfig, HeadResult, train_head
+from tl_cli.runs.meta import DatasetRef, RunMeta, WeightsRef
 from tl_cli.runs.store import new_run_dir, save_run
 from tl_cli.runs.workspace import Workspace
 from tl_cli.runtime import distributed
@@ -55,31 +56,26 @@ def train_small_data(
     head = train_head(ex.features[tr], ex.labels[tr], ex.features[va] if va.any() else None,
                       ex.labels[va] if va.any() else None, n_classes, head_cfg)
     run_dir = new_run_dir(ws.runs, "extract", ex.dataset.root.name)
-    meta = {
-        "route": "extract",
-        "kind": "head",
-        "classes": ex.dataset.classes,
-        "backbone": cfg.backbone,
-        "weights": {"id": ex.weights_id, "file": cfg.weights, "pretrained": cfg.pretrained},
-        "preprocess": ex.preprocess.to_dict(),
-        "dataset": {
-            "root": str(ex.dataset.root),
-            "layout": ex.dataset.layout,
-            "fingerprint": ex.fingerprint,
-            "cache_key": ex.cache_key,
-            "n_train": int(tr.sum()),
-            "n_val": int(va.sum()),
-            "counts": ex.dataset.counts(),
-        },
-        "config": {"extract": cfg.to_dict(), "head": head_cfg.to_dict()},
-        "metrics": {
+    meta = RunMeta(
+        route="extract",
+        kind="head",
+        classes=tuple(ex.dataset.classes),
+        backbone=cfg.backbone,
+        weights=WeightsRef(ex.weights_id, cfg.weights, cfg.pretrained),
+        preprocess=ex.preprocess,
+        dataset=DatasetRef(root=str(ex.dataset.root), layout=ex.dataset.layout, n_train=int(tr.sum()),
+                           n_val=int(va.sum()), counts=ex.dataset.counts(), fingerprint=ex.fingerprint,
+                           cache_key=ex.cache_key),
+        val_fraction=cfg.val_fraction,
+        config={"extract": cfg.to_dict(), "head": head_cfg.to_dict()},
+        metrics={
             "val_accuracy": head.val_accuracy,
             "val_loss": head.val_loss,
             "train_accuracy": head.train_accuracy,
             "l2": head.l2,
             "l2_search": head.grid,
         },
-    }
+    )
     try:
         save_run(run_dir, {"head.weight": head.weight, "head.bias": head.bias}, meta)
     except BaseException:

@@ -13,6 +13,7 @@ import numpy as np
 
 from tl_cli.data.preprocess import Preprocess
 from tl_cli.errors import ConfigError
+from tl_cli.runs.meta import RunMeta
 from tl_cli.runtime.progress import Reporter
 
 
@@ -39,7 +40,8 @@ class BasePredictor:
     preprocess: Preprocess
     model: Callable[[np.ndarray], np.ndarray]  # (B, 3, S, S) float32 preprocessed -> (B, C) probabilities
     source: str  # what was loaded, for messages
-    train_meta: dict  # the run's meta.json (dataset, config) as far as known: how it was trained
+    trained: RunMeta  # how the model was trained (the run's meta, or an export's copy of it)
+    notes: list[str]  # lines for the user about how the model is run (e.g. a fallback taken)
 
     def _batches(self, paths: list[str | Path], batch_size: int, workers: int | None, reporter: Reporter | None):
         """Yield (probs or None, indices of readable files, [(index, error)]) per batch."""

@@ -97,8 +97,8 @@ def evaluate(predictor: BasePredictor, data_dir: str | os.PathLike, split: str =
 
     Args:
         split: "all" images, or only the "val"/"train" split (same hashing, or folders, as training).
-        val_fraction: the split's share, as the model was trained with (see `runs.val_fraction_of`).
-        grouping: the split's grouping, as the model was trained with (see `runs.grouping_of`).
+        val_fraction: the split's share, as the model was trained with (`RunMeta.val_fraction`).
+        grouping: the split's grouping, as the model was trained with (`RunMeta.grouping`).
 
     Raises:
         DataError: the folder has classes the model does not know (named), or the split is empty.

@@ -80,7 +80,7 @@ def sample_inputs(run: Run, pre: Preprocess, n: int, paths: list[Path] | None = 
 
     source = "given images"
     if paths is None:
-        paths, source = _dataset_images(run, n), f"images from {run.meta.get('dataset', {}).get('root')}"
+        paths, source = _dataset_images(run, n), f"images from {run.meta.dataset.root}"
     tensors = []
     for p in paths:
         try:
@@ -100,7 +100,7 @@ def _dataset_images(run: Run, n: int) -> list[Path]:
     from tl_cli.data.scan import scan_dataset
     from tl_cli.errors import DataError
 
-    root = run.meta.get("dataset", {}).get("root")
+    root = run.meta.dataset.root
     if not root or not Path(root).is_dir():
         return []
     try:
@@ -163,7 +163,7 @@ def export_run(run: Run, cfg: ExportConfig = ExportConfig(), output: str | Path 
     output = Path(output) if output else run.dir / f"model{suffix}"
     if output.suffix.lower() == ".json":
         raise ConfigError(f"{output}: the export's own JSON is written beside it; choose another name")
-    pre = Preprocess.from_dict(run.meta["preprocess"])
+    pre = run.preprocess
     net = build_from_run(run).cpu().float().eval()
     x, source = sample_inputs(run, pre, cfg.n_samples, sample_paths)
     with torch.no_grad():
@@ -183,7 +183,7 @@ def export_run(run: Run, cfg: ExportConfig = ExportConfig(), output: str | Path 
         except ExportError:
             raise
         except Exception as exc:  # noqa: BLE001 - exporter failures come in many types
-            raise ExportError(f"{cfg.format} export of {run.meta['backbone']} failed: {type(exc).__name__}: {exc}") from exc
+            raise ExportError(f"{cfg.format} export of {run.meta.backbone} failed: {type(exc).__name__}: {exc}") from exc
         diff = float(np.abs(got - ref).max()) if got.shape == ref.shape else float("inf")
         if not (got.shape == ref.shape and np.allclose(got, ref, atol=cfg.atol, rtol=cfg.rtol)):
             raise ExportError(
@@ -203,7 +203,7 @@ def describe_export(run: Run, cfg: ExportConfig, output: Path, pre: Preprocess, 
         "format": cfg.format,
         "file": output.name,
         "classes": run.classes,
-        "backbone": run.meta["backbone"],
+        "backbone": run.meta.backbone,
         "preprocess": pre.to_dict(),
         "input": {
             "name": INPUT, "shape": ["batch", 3, s, s], "dtype": "float32", "layout": "NCHW, RGB",
@@ -213,7 +213,7 @@ def describe_export(run: Run, cfg: ExportConfig, output: Path, pre: Preprocess, 
         "output": {"name": OUTPUT, "shape": ["batch", len(run.classes)],
                    "meaning": "logits; softmax gives probabilities in the order of classes"},
         "run": str(run.dir),
-        "trained": {k: run.meta[k] for k in ("dataset", "config", "metrics", "val_fraction") if k in run.meta},
+        "trained": run.meta.to_dict(),  # the whole RunMeta: evaluate reads the split from it
         "config": cfg.to_dict(),
         "check": {"max_abs_diff": diff, "n_samples": n, "inputs": source},
         "versions": versions(),

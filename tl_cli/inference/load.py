@@ -19,24 +19,24 @@ def build_from_run(run: Run, weights: str | None = None) -> nn.Module:
     """
     meta = run.meta
     tensors = run.tensors()
-    n_classes = len(meta["classes"])
-    if meta.get("kind") == "head":
-        w = meta.get("weights", {})
-        net, choice = create_backbone(meta["backbone"], weights or w.get("file"), w.get("pretrained", True))
-        if choice.identity != w.get("id"):
+    n_classes = len(meta.classes)
+    if meta.kind == "head":
+        w = meta.weights
+        net, choice = create_backbone(meta.backbone, weights or w.file, w.pretrained)
+        if choice.identity != w.id:
             raise RunError(
-                f"the {meta['backbone']} weights on this machine ({choice.identity}) differ from the ones "
-                f"this model was trained with ({w.get('id')})",
+                f"the {meta.backbone} weights on this machine ({choice.identity}) differ from the ones "
+                f"this model was trained with ({w.id})",
                 hint="pass the original weights with --weights FILE",
             )
         net = attach_head(net, n_classes)
         net.classifier[1].weight.data.copy_(tensors["head.weight"])
         net.classifier[1].bias.data.copy_(tensors["head.bias"])
         return net.eval()
-    net, _ = create_backbone(meta["backbone"], pretrained=False)
+    net, _ = create_backbone(meta.backbone, pretrained=False)
     net = attach_head(net, n_classes, 0.0)
     missing, unexpected = net.load_state_dict(tensors, strict=False)
     if missing or unexpected:
-        raise RunError(f"{run.dir}: weights do not match {meta['backbone']} "
+        raise RunError(f"{run.dir}: weights do not match {meta.backbone} "
                        f"({len(missing)} missing, {len(unexpected)} unexpected)")
     return net.eval()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tl_cli.data.preprocess import Preprocess
-from tl_cli.errors import ExportError
+from tl_cli.errors import ExportError, TLError
 from tl_cli.head.softmax import softmax
 from tl_cli.inference.base import BasePredictor
+from tl_cli.runs.meta import RunMeta
 from tl_cli.runtime.onnx import ort_session
 
 INPUT, OUTPUT = "input", "logits"  # the tensor names of an exported classifier
@@ -40,14 +40,22 @@ class OnnxPredictor(BasePredictor):
                               hint="export with `tl export --format onnx`, which writes both")
         try:
             self.meta = json.loads(meta_path.read_text())
-            self.classes = list(self.meta["classes"])
-            self.preprocess = Preprocess.from_dict(self.meta["preprocess"])
-        except (ValueError, KeyError, TypeError) as exc:
+            self.trained = trained_meta(self.meta)
+            self.classes = list(self.trained.classes)
+            self.preprocess = self.trained.preprocess
+        except (ValueError, KeyError, TypeError, TLError) as exc:
             raise ExportError(f"{meta_path}: unreadable export description ({exc})") from exc
         self.path = path
         self.source = str(path)
-        self.train_meta = self.meta.get("trained", {})
+        self.notes = []
         self.model = OnnxModel(ort_session(path))
+
+
+def trained_meta(description: dict) -> RunMeta:
+    """The RunMeta in an export's JSON: its "trained" section (the whole RunMeta since schema 1;
+    before that dataset, config, metrics and val_fraction only, completed from the export's keys)."""
+    base = {k: description[k] for k in ("classes", "backbone", "preprocess")}
+    return RunMeta.from_dict({**base, **description["trained"]})
 
 
 class OnnxModel:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tl_cli.data.preprocess import Preprocess
 from tl_cli.data.scan import IMAGE_SUFFIXES, _walk_files, sniff_image
+from tl_cli.errors import ConfigError
 from tl_cli.head.softmax import softmax
 from tl_cli.inference.base import BasePredictor, Prediction
 from tl_cli.runs.store import WEIGHTS, Run, load_arrays, load_run
@@ -92,27 +92,36 @@ class _HeadOnEngine:
         return softmax(self.engine(x) @ self.weight.T + self.bias)
 
     @classmethod
-    def try_load(cls, run: Run, device: str, weights: str | None, engines_dir: Path | None) -> _HeadOnEngine | None:
-        """The engine route when it applies (head run, CPU, onnxruntime, recorded weights present), else None."""
+    def try_load(cls, run: Run, device: str, weights: str | None, engines_dir: Path | None,
+                 notes: list[str]) -> _HeadOnEngine | None:
+        """The engine route when it applies (head run, CPU, onnxruntime, recorded weights present), else None.
+
+        When the backbone can't be exported or run by onnxruntime, a line is added to `notes` and
+        None is returned: the caller runs the whole model in eager PyTorch, as `tl extract` does.
+        """
         from tl_cli.features.engines import onnxruntime_available
         from tl_cli.runtime.device import device_type
 
-        w = run.meta.get("weights", {})
-        if run.meta.get("kind") != "head" or engines_dir is None or weights is not None \
+        w = run.meta.weights
+        if run.meta.kind != "head" or engines_dir is None or weights is not None \
                 or device_type(device) != "cpu" or not onnxruntime_available():
             return None
         from tl_cli.backbones import create_backbone, get_spec, resolve_weights
         from tl_cli.features.engines import make_engine
 
-        spec = get_spec(run.meta["backbone"])
+        spec = get_spec(run.meta.backbone)
         try:
-            choice = resolve_weights(spec, w.get("file"), w.get("pretrained", True))
+            choice = resolve_weights(spec, w.file, w.pretrained)
         except Exception:  # noqa: BLE001 - the torch route reports missing weights clearly
             return None
-        if choice.identity != w.get("id"):
+        if choice.identity != w.id:
             return None  # the torch route raises the clear "weights differ" error
-        engine, _ = make_engine("onnx", spec, choice, "cpu", engines_dir,
-                                lambda: create_backbone(spec.name, w.get("file"), w.get("pretrained", True))[0])
+        try:
+            engine, _ = make_engine("onnx", spec, choice, "cpu", engines_dir,
+                                    lambda: create_backbone(spec.name, w.file, w.pretrained)[0])
+        except ConfigError as exc:  # export or onnxruntime failed: eager PyTorch, as `tl extract` falls back
+            notes.append(" ".join(f"{exc.message}; used eager PyTorch".split()))  # one line, whatever the exporter said
+            return None
         t = load_arrays(run.dir / WEIGHTS)
         return cls(engine, t["head.weight"].astype(np.float32), t["head.bias"].astype(np.float32))
 
@@ -132,10 +141,11 @@ class Predictor(BasePredictor):
     def __init__(self, run: Run, device: str = "auto", weights: str | None = None, engines_dir: Path | None = None):
         self.run = run
         self.source = str(run.dir)
-        self.train_meta = run.meta
+        self.trained = run.meta
         self.classes = run.classes
-        self.preprocess = Preprocess.from_dict(run.meta["preprocess"])  # never current defaults
-        self.model = _HeadOnEngine.try_load(run, device, weights, engines_dir)
+        self.preprocess = run.preprocess  # never current defaults
+        self.notes = []
+        self.model = _HeadOnEngine.try_load(run, device, weights, engines_dir, self.notes)
         if self.model is None:
             from tl_cli.runtime.device import resolve_device
 

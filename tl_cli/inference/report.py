@@ -27,38 +27,37 @@ ANNOTATE_UP_TO = 30  # classes; above this the cells are too small for numbers
 def confusion_png(classes: list[str], cm: np.ndarray, title: str = "") -> bytes:
     """The confusion matrix as a PNG: rows true, columns predicted, colour = share of the true
     class, each cell labelled with its count and row percentage."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display; safe in threads and on servers
-    import matplotlib.pyplot as plt
+    # A Figure on its own Agg canvas, not pyplot: no display, safe in threads, and the
+    # process-wide backend (the application's choice) is left alone.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     n = len(classes)
     rows = cm.sum(1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=np.float64), where=rows > 0)
     side = min(22.0, max(5.0, 0.75 * n + 2.5))
-    fig, ax = plt.subplots(figsize=(side + 1.2, side), dpi=100)
-    try:
-        im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-        ax.set_xticks(range(n), labels=classes, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
-        ax.set_yticks(range(n), labels=classes)
-        ax.set_xlabel("predicted class")
-        ax.set_ylabel("true class")
-        if title:
-            ax.set_title(title)
-        if n <= ANNOTATE_UP_TO:
-            size = 11 if n <= 8 else 8 if n <= 16 else 6
-            for i in range(n):
-                for j in range(n):
-                    dark = norm[i, j] > 0.55
-                    ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=size,
-                            color="white" if dark else "black")
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(side + 1.2, side), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ax.set_xticks(range(n), labels=classes, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
+    ax.set_yticks(range(n), labels=classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if title:
+        ax.set_title(title)
+    if n <= ANNOTATE_UP_TO:
+        size = 11 if n <= 8 else 8 if n <= 16 else 6
+        for i in range(n):
+            for j in range(n):
+                dark = norm[i, j] > 0.55
+                ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=size,
+                        color="white" if dark else "black")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
 
 
 def thumbnail_uri(path: str, size: int = THUMB_SIZE) -> str | None:

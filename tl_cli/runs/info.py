@@ -1,27 +1,23 @@
 """`tl info` and `tl runs`: what a run is, how it was trained, how well it did, where it lives.
 
-Reads only meta.json (and the backbone's architecture on the meta device for the layer table),
-never the weights. Meta is read defensively: runs written by other routes or older versions of
-tl may lack keys, which are shown as "-" rather than failing.
+Reads only meta.json, through `RunMeta` (and the backbone's architecture on the meta device for
+the layer table), never the weights. What a run does not record (older files, other routes) is
+shown as "-"; a damaged run is listed as damaged, with what is wrong.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from tl_cli.errors import RunError
-from tl_cli.runs.store import META, Run, list_runs, load_run
+from tl_cli.runs.store import DamagedRun, Run, load_run, scan_runs
 from tl_cli.runs.workspace import Workspace
 from tl_cli.runtime.atomic import TMP_PREFIX
 
 ROUTES = ("extract", "finetune", "retrain")
-_STAMP = re.compile(r"^(\d{8}-\d{6})")
-_VAL_ACC_KEYS = ("val_accuracy", "best_val_accuracy", "val_acc")
 
 
 @dataclass(frozen=True)
@@ -49,6 +45,7 @@ class RunSummary:
     val_accuracy: float | None
     dataset: str | None
     latest: bool
+    damaged: str | None = None  # what is wrong with a run that can't be used; None when it can
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,42 +80,6 @@ class RunInfo:
         return d
 
 
-def _find(meta: dict, key: str) -> Any:
-    """`key` at the top of meta.json, else in its metrics/config (or one level deeper in config)."""
-    if meta.get(key) is not None:
-        return meta[key]
-    for section in ("metrics", "config", "training", "train"):
-        sub = meta.get(section)
-        if isinstance(sub, dict):
-            if sub.get(key) is not None:
-                return sub[key]
-            for inner in sub.values():
-                if isinstance(inner, dict) and inner.get(key) is not None:
-                    return inner[key]
-    return None
-
-
-def _as_int(v: Any) -> int | None:
-    try:
-        return int(v) if v is not None and not isinstance(v, bool) else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _created(run: Run) -> _dt.datetime:
-    """When the run was made: meta "created", else the folder name's stamp, else meta.json's mtime."""
-    raw = run.meta.get("created")
-    if isinstance(raw, str):
-        try:
-            return _dt.datetime.fromisoformat(raw).replace(tzinfo=None)
-        except ValueError:
-            pass
-    m = _STAMP.match(run.dir.name)
-    if m:
-        return _dt.datetime.strptime(m.group(1), "%Y%m%d-%H%M%S")
-    return _dt.datetime.fromtimestamp((run.dir / META).stat().st_mtime)
-
-
 def _same(a: Path | str | None, b: Path) -> bool:
     if not a:
         return False
@@ -130,27 +91,31 @@ def _same(a: Path | str | None, b: Path) -> bool:
 
 def summarize(run: Run, latest: str | None = None) -> RunSummary:
     meta = run.meta
-    metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
-    acc = next((metrics[k] for k in _VAL_ACC_KEYS if isinstance(metrics.get(k), (int, float))), None)
-    ds = meta.get("dataset")
-    route = meta.get("route")
     return RunSummary(
         name=run.dir.name,
         dir=str(run.dir.resolve()),
-        created=_created(run).isoformat(timespec="seconds"),
-        route=route if isinstance(route, str) else None,
-        backbone=meta.get("backbone") if isinstance(meta.get("backbone"), str) else None,
-        classes=tuple(str(c) for c in meta.get("classes") or ()),
-        val_accuracy=float(acc) if acc is not None else None,
-        dataset=ds.get("root") if isinstance(ds, dict) else (ds if isinstance(ds, str) else None),
+        created=run.created.isoformat(timespec="seconds"),
+        route=meta.route,
+        backbone=meta.backbone,
+        classes=meta.classes,
+        val_accuracy=meta.val_accuracy,
+        dataset=meta.dataset.root,
         latest=_same(latest, run.dir),
     )
 
 
+def summarize_damaged(run: DamagedRun, latest: str | None = None) -> RunSummary:
+    return RunSummary(name=run.dir.name, dir=str(run.dir.resolve()), created=run.created.isoformat(timespec="seconds"),
+                      route=None, backbone=None, classes=(), val_accuracy=None, dataset=None,
+                      latest=_same(latest, run.dir), damaged=run.problem)
+
+
 def workspace_runs(ws: Workspace) -> list[RunSummary]:
-    """Complete runs of the workspace, newest first; the latest (the one `tl predict` uses) is marked."""
+    """The workspace's runs, newest first, damaged ones included (marked); the latest (the one
+    `tl predict` uses) is marked."""
     latest = ws.state().get("latest_run")
-    rows = [summarize(r, latest) for r in list_runs(ws.runs)]
+    runs, damaged = scan_runs(ws.runs)
+    rows = [summarize(r, latest) for r in runs] + [summarize_damaged(d, latest) for d in damaged]
     return sorted(rows, key=lambda s: (s.created, s.name), reverse=True)
 
 
@@ -238,25 +203,20 @@ def run_info(run: str | os.PathLike | None = None, workspace: Workspace | None =
     r = load_run(resolve_run(run, ws))
     meta = r.meta
     summary = summarize(r, ws.state().get("latest_run"))
-    freeze = _as_int(_find(meta, "freeze"))
-    metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
-    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
-    ds = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
+    scalars = {k: v for k, v in meta.metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
     rows: tuple[LayerRow, ...] = ()
     note = None
-    if layers and summary.backbone:
-        rows, note = layer_rows(summary.backbone, len(summary.classes), summary.route, freeze)
-    elif layers:
-        note = "no layer table: the run does not record its backbone"
+    if layers:
+        rows, note = layer_rows(meta.backbone, len(meta.classes), meta.route, meta.freeze)
     return RunInfo(
         summary=summary,
-        freeze=freeze,
-        epochs=_as_int(_find(meta, "epochs")),
-        best_epoch=_as_int(_find(meta, "best_epoch")),
-        stop_reason=str(meta["stop_reason"]) if isinstance(meta.get("stop_reason"), str) else None,
+        freeze=meta.freeze,
+        epochs=meta.epochs,
+        best_epoch=meta.best_epoch,
+        stop_reason=meta.stop_reason,
         metrics=scalars,
-        n_train=_as_int(ds.get("n_train")),
-        n_val=_as_int(ds.get("n_val")),
+        n_train=meta.dataset.n_train,
+        n_val=meta.dataset.n_val,
         layers=rows,
         layers_note=note,
         files=_files(r.dir),

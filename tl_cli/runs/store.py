@@ -2,22 +2,24 @@
 
     runs/<YYYYmmdd-HHMMSS>-<route>-<dataset>/
         model.safetensors   tensors only (head, or the whole network for fine-tuned runs)
-        meta.json           classes, backbone, weights digest, preprocessing, config, metrics,
-                            versions; written last, so its presence marks a complete run
+        meta.json           a RunMeta (runs/meta.py): classes, backbone, weights digest,
+                            preprocessing, config, metrics, versions; written last, so its
+                            presence marks a complete run
 Loading never executes code: safetensors and JSON only.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
+import os
 import platform
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from tl_cli.data.preprocess import Preprocess
 from tl_cli.errors import RunError
+from tl_cli.runs.meta import MetaError, RunMeta, read_meta
 from tl_cli.runtime.atomic import atomic_path, raise_write_error, write_json
 
 META = "meta.json"
@@ -93,71 +95,111 @@ def load_arrays(path: Path) -> dict:
         raise RunError(f"{path}: unreadable weights ({exc.__class__.__name__}: {exc})") from exc
 
 
-def save_run(run_dir: Path, tensors: dict, meta: dict[str, Any]) -> None:
-    """Write weights, then meta.json (last: its presence marks the run complete)."""
+def save_run(run_dir: Path, tensors: dict, meta: RunMeta) -> None:
+    """Write weights, then meta.json (last: its presence marks the run complete).
+
+    The one writer of meta.json: every route passes its `RunMeta`, stamped here with the time
+    and the versions of tl and its libraries.
+    """
     save_tensors(run_dir / WEIGHTS, tensors)
-    write_json(run_dir / META, {**meta, "versions": versions()})
+    created = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    write_json(run_dir / META, meta.stamped(created, versions()).to_dict())
 
 
 @dataclass(frozen=True)
 class Run:
     dir: Path
-    meta: dict
+    meta: RunMeta
 
     @property
     def classes(self) -> list[str]:
-        return list(self.meta["classes"])
+        return list(self.meta.classes)
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """The preprocessing the run was trained with (what prediction must use, never current defaults)."""
+        if self.meta.preprocess is None:
+            raise RunError(f"{self.dir}: meta.json records no preprocessing, so inputs can't be prepared as in training")
+        return self.meta.preprocess
+
+    @property
+    def created(self) -> _dt.datetime:
+        """When the run was saved (local time, naive); see `created_at`."""
+        return created_at(self.dir, self.meta.created)
 
     def tensors(self) -> dict:
         return load_tensors(self.dir / WEIGHTS)
 
 
-def val_fraction_of(meta: dict) -> float:
-    """The validation share recorded in a run's meta (or an export's copy of it), default 0.2.
+@dataclass(frozen=True)
+class DamagedRun:
+    """A run folder whose meta.json or weights can't be used, and why (one line)."""
 
-    Fine-tuned runs record it at the top, `tl extract` runs in config["extract"].
+    dir: Path
+    problem: str
+
+    @property
+    def created(self) -> _dt.datetime:
+        return created_at(self.dir, None)
+
+
+_STAMP = re.compile(r"^(\d{8}-\d{6})")
+
+
+def created_at(run_dir: Path, created: str | None) -> _dt.datetime:
+    """When a run was made: meta's `created`, else the folder name's stamp, else meta.json's mtime."""
+    if created:
+        try:
+            return _dt.datetime.fromisoformat(created).replace(tzinfo=None)
+        except ValueError:
+            pass
+    m = _STAMP.match(run_dir.name)
+    if m:
+        return _dt.datetime.strptime(m.group(1), "%Y%m%d-%H%M%S")
+    try:
+        return _dt.datetime.fromtimestamp((run_dir / META).stat().st_mtime)
+    except OSError:
+        return _dt.datetime.min
+
+
+def load_run(run_dir: str | os.PathLike) -> Run:
+    """Read a run folder's metadata (the one reader of meta.json, via `RunMeta`).
+
+    Raises:
+        RunError: no meta.json (not a complete run), or a damaged run (the message says what is wrong).
     """
-    if "val_fraction" in meta:
-        return float(meta["val_fraction"])
-    if "val_fraction" in meta.get("dataset", {}):
-        return float(meta["dataset"]["val_fraction"])
-    for section in meta.get("config", {}).values():  # {"extract": {...}, "head": {...}}
-        if isinstance(section, dict) and "val_fraction" in section:
-            return float(section["val_fraction"])
-    return 0.2
-
-
-def grouping_of(meta: dict):
-    """The split grouping (data/groups.py) a run was trained with, or None: evaluate's
-    `--split val` must select the same images."""
-    from tl_cli.data.groups import make_grouping
-
-    for section in meta.get("config", {}).values():  # {"extract": {...}} or {"finetune": {...}}
-        if isinstance(section, dict) and (section.get("group_pattern") or section.get("groups")):
-            return make_grouping(section.get("group_pattern"), section.get("groups"))
-    return None
-
-
-def load_run(run_dir: str | Path) -> Run:
-    """Read a run folder's metadata. Raises RunError if it is missing or incomplete."""
     run_dir = Path(run_dir)
     meta_path = run_dir / META
     if not meta_path.is_file():
         raise RunError(f"{run_dir} is not a complete tl run (no {META})", hint="pass a folder from .tl/runs")
     try:
-        meta = json.loads(meta_path.read_text())
-    except ValueError as exc:
-        raise RunError(f"{meta_path}: not valid JSON") from exc
+        meta = read_meta(meta_path)
+    except MetaError as exc:
+        raise RunError(f"damaged run {run_dir}: {exc.message}", hint="`tl runs` lists the runs that can be used") from exc
     if not (run_dir / WEIGHTS).is_file():
-        raise RunError(f"{run_dir}: {WEIGHTS} is missing")
+        raise RunError(f"damaged run {run_dir}: {WEIGHTS} is missing", hint="`tl runs` lists the runs that can be used")
     return Run(run_dir, meta)
 
 
-def list_runs(runs_root: Path) -> list[Run]:
-    out = []
+def scan_runs(runs_root: Path) -> tuple[list[Run], list[DamagedRun]]:
+    """The complete runs under `runs_root`, and the damaged ones (folders without meta.json are
+    runs still in progress, or interrupted: neither)."""
+    runs, damaged = [], []
     for d in sorted(runs_root.glob("*")) if runs_root.is_dir() else []:
-        try:
-            out.append(load_run(d))
-        except RunError:
+        if not (d / META).is_file():
             continue
-    return out
+        try:
+            runs.append(load_run(d))
+        except RunError as exc:
+            damaged.append(DamagedRun(d, exc.message.removeprefix(f"damaged run {d}: ")))
+    return runs, damaged
+
+
+def list_runs(runs_root: Path) -> list[Run]:
+    """The complete, readable runs under `runs_root`, in name order."""
+    return scan_runs(runs_root)[0]
+
+
+def newest_run(runs_root: Path) -> Run | None:
+    """The most recently made readable run, or None."""
+    return max(list_runs(runs_root), key=lambda r: (r.created, r.dir.name), default=None)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from tl_cli.errors import DataError, RunError, WorkspaceError
+from tl_cli.errors import DataError, RunError, TLWarning, WorkspaceError
 from tl_cli.runtime.atomic import raise_write_error, write_json
 
 
@@ -59,10 +60,27 @@ class Workspace:
             )
 
     def state(self) -> dict:
+        """state.json's keys ({} when it is missing or damaged; `state_problem` says which)."""
+        return self._read_state()[0]
+
+    def state_problem(self) -> str | None:
+        """One line when state.json exists but can't be read, else None."""
+        return self._read_state()[1]
+
+    def _read_state(self) -> tuple[dict, str | None]:
         try:
-            return json.loads(self.state_file.read_text())
-        except (OSError, ValueError):
-            return {}
+            text = self.state_file.read_text()
+        except FileNotFoundError:
+            return {}, None
+        except OSError as exc:
+            return {}, f"{self.state_file} is unreadable ({exc.strerror})"
+        try:
+            state = json.loads(text)
+        except ValueError:
+            return {}, f"{self.state_file} is damaged (not valid JSON)"
+        if not isinstance(state, dict):
+            return {}, f"{self.state_file} is damaged (not a JSON object)"
+        return state, None
 
     def remember(self, **values) -> None:
         """Update keys of state.json. Serialised by a lock beside it, so two tl processes
@@ -81,16 +99,34 @@ class Workspace:
             write_json(self.state_file, state)
 
     def last_dataset(self) -> Path:
-        d = self.state().get("last_dataset")
+        state, problem = self._read_state()
+        d = state.get("last_dataset")
         if not d:
-            raise DataError("no dataset given and none used before in this workspace", hint="pass DATA_DIR")
+            raise DataError("no dataset given and none used before in this workspace"
+                            + (f" ({problem})" if problem else ""), hint="pass DATA_DIR")
         return Path(d)
 
     def latest_run(self) -> Path:
-        r = self.state().get("latest_run")
-        if not r or not (Path(r) / "meta.json").is_file():
-            raise RunError(
-                f"no trained model in workspace {self.root}",
-                hint="train one with `tl extract DATA_DIR` (or `tl finetune`), or pass --model RUN_DIR",
-            )
-        return Path(r)
+        """The run `tl predict` uses by default: the last one trained here.
+
+        When state.json is damaged, or names a damaged run, the newest readable run is used
+        instead, and a TLWarning says what is damaged (the CLI prints it as one line).
+        """
+        from tl_cli.runs.store import META, load_run, newest_run
+
+        state, problem = self._read_state()
+        r = state.get("latest_run")
+        if r and (Path(r) / META).is_file():
+            try:
+                return load_run(r).dir
+            except RunError as exc:
+                problem = exc.message
+        if problem:
+            newest = newest_run(self.runs)
+            if newest is not None:
+                warnings.warn(TLWarning(f"{problem}; using the newest readable run, {newest.dir.name}"), stacklevel=2)
+                return newest.dir
+        raise RunError(
+            f"no trained model in workspace {self.root}" + (f" ({problem})" if problem else ""),
+            hint="train one with `tl extract DATA_DIR` (or `tl finetune`), or pass --model RUN_DIR",
+        )
