@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import tl_cli
-from tl_cli.features.engines import cpu_count
+from tl_cli.runtime.distributed import cpu_count
 from tl_cli.finetune.data import default_workers
 
 
@@ -28,4 +28,4 @@ def test_one_place_counts_cores():
     root = Path(tl_cli.__file__).parent
     hits = [(p.relative_to(root).as_posix(), line.strip()) for p in root.rglob("*.py")
             for line in p.read_text().splitlines() if re.search(r"os\.(cpu_count|sched_getaffinity)\(", line)]
-    assert {p for p, _ in hits} == {"features/engines.py"}, hits
+    assert {p for p, _ in hits} == {"runtime/distributed.py"}, hits

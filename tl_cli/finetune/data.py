@@ -26,7 +26,7 @@ def default_workers(device_type: str = "cpu") -> int:
     training process's) decodes. Cores are those this process may use (`cpu_count`: affinity-aware,
     and shared by the node's LOCAL_WORLD_SIZE processes under torchrun).
     """
-    from tl_cli.features.engines import cpu_count
+    from tl_cli.runtime.distributed import cpu_count
 
     n = cpu_count()
     if device_type == "cuda":
