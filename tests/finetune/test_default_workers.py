@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 import tl_cli
-from tl_cli.runtime.distributed import cpu_count
 from tl_cli.finetune.data import default_workers
+from tl_cli.runtime.distributed import cpu_count
 
 
 def test_workers_follow_the_affinity_mask_not_the_machine(monkeypatch):
