@@ -7,12 +7,12 @@ it belongs in.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from tl_cli.data.preprocess import thumbnail_uri
 
 if TYPE_CHECKING:
     from tl_cli.check.run import CheckResult
@@ -48,22 +48,8 @@ def _e(x) -> str:
     return html.escape(str(x))
 
 
-def _thumb(path) -> str | None:
-    from tl_cli.data.preprocess import open_rgb
-    from tl_cli.errors import ImageError
-
-    try:
-        im = open_rgb(path, draft_size=THUMB)
-    except ImageError:
-        return None
-    im.thumbnail((THUMB, THUMB))
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def _card(res: CheckResult, rel: str, caption: str, cls: str = "") -> str:
-    uri = _thumb(res.root / rel)
+    uri = thumbnail_uri(res.root / rel, THUMB)
     img = f"<img src='{uri}' alt='{_e(rel)}'>" if uri else "<div class='f'>(unreadable)</div>"
     return f"<div class='card'><div class='{cls}'>{img}</div>{caption}<div class='f'>{_e(rel)}</div></div>"
 

@@ -237,3 +237,19 @@ def _tv_interp(name: str):
 def eval_transform(pre: Preprocess):
     """Transform for validation, extraction and prediction: PIL image -> tensor."""
     return lambda im: to_tensor(resize_crop(im, pre), pre)
+
+
+def thumbnail_uri(path: str | Path, size: int = 160) -> str | None:
+    """A small JPEG of the image as a `data:` URI for self-contained HTML reports, or None if it
+    cannot be read (the report then says so instead of failing)."""
+    import base64
+    import io
+
+    try:
+        im = open_rgb(path, draft_size=size)
+    except ImageError:
+        return None
+    im.thumbnail((size, size))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tl_cli.data.preprocess import thumbnail_uri
 from tl_cli.inference.evaluate import Evaluation, Misclassified
 
 MAX_THUMBNAILS = 120  # a page with thousands of images is slow to open and no easier to read
@@ -58,21 +59,6 @@ def confusion_png(classes: list[str], cm: np.ndarray, title: str = "") -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
-
-
-def thumbnail_uri(path: str, size: int = THUMB_SIZE) -> str | None:
-    """A small JPEG of the image as a data URI, or None if it cannot be read."""
-    from tl_cli.data.preprocess import open_rgb
-    from tl_cli.errors import ImageError
-
-    try:
-        im = open_rgb(path, draft_size=size)
-    except ImageError:
-        return None
-    im.thumbnail((size, size))
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 _CSS = """
@@ -133,7 +119,7 @@ def report_html(ev: Evaluation, wrong: list[Misclassified], png: bytes) -> str:
         parts.append("<p>None: every image was classified correctly.</p>")
     parts.append("<div class='grid'>")
     for w in shown:
-        uri = thumbnail_uri(w.path)
+        uri = thumbnail_uri(w.path, THUMB_SIZE)
         img = f"<img src='{uri}' alt='{_e(w.path)}'>" if uri else "<div class='f'>(image unreadable)</div>"
         name = w.path[len(str(ev.root)) + 1:] if w.path.startswith(str(ev.root)) else w.path
         parts.append(f"<div class='card'>{img}<div class='t'>true: {_e(w.true)}</div>"
