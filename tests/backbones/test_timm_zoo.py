@@ -206,3 +206,16 @@ def test_resnet_extract_and_layers_cli(hub, image_folder):
     assert r.exit_code == 0, r.output
     r = tl("extract", image_folder, "--backbone", RESNET, *FAST)
     assert r.exit_code == 0, r.output
+
+
+def test_retrain_then_evaluate_reproduces_the_runs_validation_accuracy(hub, image_folder):
+    """`tl retrain` with a timm backbone (every layer trained), then `tl evaluate --split val` scores
+    the same images as training's validation and gets the accuracy the run recorded."""
+    r = tl("retrain", image_folder, "--backbone", VIT, "--epochs", "1", *FAST)
+    assert r.exit_code == 0, r.output
+    run = load_run(Path(Workspace.open().latest_run()))
+    assert run.meta.route == "retrain" and run.meta.backbone == VIT and run.meta.freeze == 0
+    r = tl("evaluate", image_folder, "--split", "val", "--format", "json", "--workers", "0")
+    assert r.exit_code == 0, r.output
+    metrics = json.loads(r.stdout)
+    assert metrics["accuracy"] == pytest.approx(run.meta.metrics["val_accuracy"], abs=1e-9)
