@@ -27,9 +27,11 @@ import torch
 import torch.nn as nn
 
 from tl_cli.backbones.registry import BackboneSpec
+from tl_cli.backbones.weights import offline as tl_offline
 from tl_cli.backbones.wrapper import Backbone
 from tl_cli.data.preprocess import Preprocess
 from tl_cli.errors import ConfigError, UnknownBackbone, WeightsNotFound
+from tl_cli.runtime.env import env_flag
 
 PREFIX = "timm/"
 # timm's registry names: lower-case architecture, optional ".tag"; nothing path-like gets through.
@@ -37,18 +39,9 @@ _NAME = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)?$")
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def is_timm_name(name: str) -> bool:
-    """True for names of the form `timm/<model>`."""
-    return name.startswith(PREFIX)
-
-
-def _truthy(var: str) -> bool:
-    return os.environ.get(var, "").strip().lower() not in ("", "0", "false", "no", "off")
-
-
 def hub_offline() -> bool:
     """HF_HUB_OFFLINE=1, or TL_OFFLINE=1 (which implies it): read the Hub cache only."""
-    return _truthy("HF_HUB_OFFLINE") or _truthy("TL_OFFLINE")
+    return env_flag("HF_HUB_OFFLINE") or tl_offline()
 
 
 def _hub_cache_dir() -> str | None:
@@ -189,7 +182,7 @@ def fetch_timm_weights(repo_id: str, model: str) -> Path:
             f"neither {repo_id}/{_WEIGHT_FILES[0]} nor {_WEIGHT_FILES[1]} (HTTP 404)",
             hint="check HF_ENDPOINT (a mirror must serve the Hub's /<repo>/resolve/<revision>/<file> paths)",
         ) from last
-    where = "TL_OFFLINE=1" if _truthy("TL_OFFLINE") else "HF_HUB_OFFLINE=1" if offline else "the Hub is unreachable"
+    where = "TL_OFFLINE=1" if tl_offline() else "HF_HUB_OFFLINE=1" if offline else "the Hub is unreachable"
     raise WeightsNotFound(
         f"weights of timm/{model} are not in the Hugging Face cache ({where}): missing {repo_id}/{_WEIGHT_FILES[0]} "
         f"under {_hub_cache_dir() or '~/.cache/huggingface/hub'}",

@@ -29,6 +29,7 @@ from pathlib import Path
 from tl_cli.errors import ConfigError, DownloadError, WeightsNotFound
 from tl_cli.runtime.atomic import TMP_PREFIX, _fsync_dir, _umask
 from tl_cli.runtime.cache_dirs import torch_checkpoints_dir
+from tl_cli.runtime.env import env_flag
 from tl_cli.runtime.locks import remove_unlocked_temporaries, try_lock_fd
 from tl_cli.runtime.progress import Reporter
 
@@ -39,7 +40,7 @@ _CHUNK = 1 << 16
 
 def offline() -> bool:
     """True when TL_OFFLINE asks tl never to use the network."""
-    return os.environ.get("TL_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
+    return env_flag("TL_OFFLINE")
 
 
 def download_timeout() -> float:

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from tl_cli.errors import TLWarning
+from tl_cli.runtime.env import env_flag
 
 app = typer.Typer(
     name="tl",
@@ -41,7 +42,7 @@ err = _MessageConsole(stderr=True, highlight=False)  # messages, progress: stder
 
 
 def debug() -> bool:
-    return os.environ.get("TL_DEBUG", "") not in ("", "0")
+    return env_flag("TL_DEBUG")
 
 
 def report_error(exc: BaseException) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 from tl_cli.errors import ConfigError
+from tl_cli.runtime.env import env_flag
 
 DETERMINISTIC_ENV = "TL_DETERMINISTIC"
 # Files whose presence means an NVIDIA driver may be reachable: Linux (/proc, /dev) and WSL2
@@ -90,7 +91,7 @@ def _driver_hint() -> bool:
 
 def deterministic() -> bool:
     """TL_DETERMINISTIC=1: deterministic CUDA kernels and no autotuning (slower; see README, GPU)."""
-    return os.environ.get(DETERMINISTIC_ENV, "").strip() not in ("", "0", "false", "no")
+    return env_flag(DETERMINISTIC_ENV)
 
 
 def configure_cuda() -> None:
