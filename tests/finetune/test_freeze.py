@@ -115,6 +115,16 @@ def test_resume_overrides_only_resource_settings():
         cfg.with_resume_overrides({"lr": 1.0})
 
 
+def test_resume_accepts_the_same_relative_weights_path(tmp_path, monkeypatch):
+    """A relative --weights is saved absolute; giving the same relative path on --resume is no change."""
+    monkeypatch.chdir(tmp_path)
+    cfg = FinetuneConfig(freeze=1, weights="w.pth")
+    assert cfg.weights == str(tmp_path / "w.pth")
+    assert cfg.with_resume_overrides({"weights": "w.pth"}) == cfg
+    with pytest.raises(ConfigError, match="weights"):
+        cfg.with_resume_overrides({"weights": "other.pth"})
+
+
 @pytest.mark.parametrize("name", ["lenet5", "resnet18", "efficientnet_lite0"])
 def test_finetune_numbers_layers_like_tl_layers(name):
     from tl_cli.backbones import get_spec

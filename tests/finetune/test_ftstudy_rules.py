@@ -100,6 +100,7 @@ def test_planned_schedule_ends_at_zero_inside_the_budget(image_folder, tmp_path)
     assert len(planned) == 1, notes.lines
     saved = json.loads((res.run_dir / "config.json").read_text())
     n = saved["epochs"]
+    assert saved["plan_epochs"] is False  # the saved config replays the plan, not the sizing
     assert n == 3 and f"planned {n} epochs" in planned[0] and "(the most planned)" in planned[0]
     assert res.stop_reason == "epochs" and len(res.history) == n + 1  # epoch 0 (the probe) and the plan, to its end ...
     assert res.history[-1]["lr"] < 0.05 * cfg.head_lr  # ... whose last step runs just above zero

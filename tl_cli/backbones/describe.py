@@ -46,6 +46,8 @@ def layer_count(name: str) -> int:
 
 def describe(name: str) -> BackboneSummary:
     """Size, feature width, layer count, input size and weights availability of backbone `name`."""
+    from tl_cli.backbones.layers import enumerate_layers
+
     spec = get_spec(name)
     net = meta_backbone(spec)
     try:
@@ -56,7 +58,7 @@ def describe(name: str) -> BackboneSummary:
         name=spec.name,
         params=sum(p.numel() for p in net.parameters()),
         feature_dim=spec.feature_dim,
-        layers=layer_count(name),
+        layers=len(enumerate_layers(net, spec.preprocess.input_size)),  # the net built above, not a second one
         input_size=spec.preprocess.input_size,
         has_pretrained=spec.has_pretrained,
         weights_available=available,

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tl_cli.check.neighbours import NEAR_THRESHOLD, normalize
+from tl_cli.check import NEAR_THRESHOLD
+from tl_cli.check.neighbours import normalize
 
 BLOCK = 2048
 FIX = ("run `tl check {root}` to see them; train with --groups <its groups.json> (or --group-pattern REGEX) "

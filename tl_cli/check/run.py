@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from tl_cli.check import NEAR_THRESHOLD
 from tl_cli.check.duplicates import Group, find_duplicates, leaked_val
 from tl_cli.check.imagestats import ImageStats, collect_stats
 from tl_cli.check.label_issues import LabelIssue, find_label_issues, out_of_fold_probs
-from tl_cli.check.neighbours import NEAR_THRESHOLD, normalize, search
+from tl_cli.check.neighbours import normalize, search
 from tl_cli.check.outliers import Outlier, class_balance, find_outliers
 from tl_cli.check.thumbhash import MIN_CONTRAST, MIN_FEATURE_SIM, rotated_pairs
 from tl_cli.errors import ConfigError

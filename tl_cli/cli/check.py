@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from tl_cli.backbones import DEFAULT_BACKBONE
-from tl_cli.check.neighbours import NEAR_THRESHOLD
+from tl_cli.check import NEAR_THRESHOLD
 from tl_cli.cli.app import command, err, out, workspace
 from tl_cli.cli.options import (
     BackboneOpt,

@@ -77,7 +77,7 @@ def extract_cmd(
     res = train_small_data(data_dir, cfg, HeadConfig(balanced=balanced), ws, RichReporter(err), train=not no_train)
     if res.extract is not None:  # under torchrun only rank 0 has the result and prints
         render_summary(res)
-        from tl_cli.check.neighbours import NEAR_THRESHOLD
+        from tl_cli.check import NEAR_THRESHOLD
         from tl_cli.check.quick import quick_check
 
         ex = res.extract  # the near-copy threshold is calibrated for the default backbone's features

@@ -29,7 +29,7 @@ import numpy as np
 
 from tl_cli.data.decode import Batch, _try_crop
 from tl_cli.data.jpeg_header import jpeg_info
-from tl_cli.data.preprocess import MAX_IMAGE_PIXELS, Preprocess, normalize_tensor
+from tl_cli.data.preprocess import MAX_IMAGE_PIXELS, Preprocess, crop_geometry, normalize_tensor
 
 DECODER = "nvjpeg"  # what the feature cache records for features made from these pixels
 
@@ -70,13 +70,11 @@ def resize_crop_tensor(img, pre: Preprocess):
     import torch.nn.functional as F
 
     h, w = int(img.shape[-2]), int(img.shape[-1])
-    scale = pre.resize_size / min(w, h)
-    nw, nh = max(pre.input_size, round(w * scale)), max(pre.input_size, round(h * scale))
+    nw, nh, left, top = crop_geometry(w, h, pre)
     x = img.unsqueeze(0).float()
     if (nh, nw) != (h, w):
         x = F.interpolate(x, size=(nh, nw), mode=pre.interpolation, antialias=True, align_corners=False)
         x = x.round_().clamp_(0, 255)
-    left, top = (nw - pre.input_size) // 2, (nh - pre.input_size) // 2
     return x[0, :, top:top + pre.input_size, left:left + pre.input_size].to(torch.uint8)
 
 

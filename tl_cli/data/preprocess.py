@@ -143,13 +143,19 @@ def _to_rgb(im):
     return im
 
 
-def resize_crop(im, pre: Preprocess):
-    """Resize the shorter side to `resize_size`, then centre-crop `input_size` (PIL in, PIL out)."""
-    w, h = im.size
+def crop_geometry(w: int, h: int, pre: Preprocess) -> tuple[int, int, int, int]:
+    """(new width, new height, left, top): the shorter side resized to `resize_size` (rounded, never
+    below `input_size`), then the centre `input_size` square. The CPU and GPU decoders both use it,
+    so their pixels come from the same places."""
     scale = pre.resize_size / min(w, h)
     nw, nh = max(pre.input_size, round(w * scale)), max(pre.input_size, round(h * scale))
+    return nw, nh, (nw - pre.input_size) // 2, (nh - pre.input_size) // 2
+
+
+def resize_crop(im, pre: Preprocess):
+    """Resize the shorter side to `resize_size`, then centre-crop `input_size` (PIL in, PIL out)."""
+    nw, nh, left, top = crop_geometry(*im.size, pre)
     im = im.resize((nw, nh), _pil_interp(pre.interpolation), reducing_gap=None)
-    left, top = (nw - pre.input_size) // 2, (nh - pre.input_size) // 2
     return im.crop((left, top, left + pre.input_size, top + pre.input_size))
 
 

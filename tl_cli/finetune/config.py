@@ -55,7 +55,8 @@ class FinetuneConfig:
             `tl extract` fits it, and that model is scored as epoch 0) or "random".
         plan_epochs: without --epochs but with --time-budget: `epochs` is only a cap until the
             first epoch has been timed, then the run sets it to the epochs that fit the budget, so
-            the cosine schedule ends at zero inside it (trainer.plan_epochs).
+            the cosine schedule ends at zero inside it, and saves the config with plan_epochs off
+            (trainer._plan): a resumed run keeps that plan.
         bn: batch norms of the trained layers: "frozen" (eval mode: pretrained running statistics,
             scale and shift still trained) or "train" (batch statistics, running ones updated).
         group_pattern, groups: keep groups of images on one side of the split (data/groups.py).
@@ -167,7 +168,8 @@ class FinetuneConfig:
         Raises:
             ConfigError: a setting other than a resource one differs from the saved run (named).
         """
-        changed = {k: v for k, v in overrides.items() if getattr(self, k) != v}
+        given = replace(self, **overrides)  # normalised as when saved (e.g. a relative --weights made absolute)
+        changed = {k: getattr(given, k) for k in overrides if getattr(given, k) != getattr(self, k)}
         bad = sorted(k for k in changed if k not in RESOURCE_FIELDS)
         if bad:
             detail = ", ".join(f"{k} (saved {getattr(self, k)!r}, given {changed[k]!r})" for k in bad)

@@ -34,7 +34,6 @@ class TrainState:
         bad_epochs: epochs since the best one (early stopping counts these).
         history: one row per epoch (history.HISTORY_FIELDS).
         finished: nothing left to train; stop_reason: "epochs", "early_stopping" or "time_budget".
-        planned: the epochs fixed by a --time-budget plan (0: none made yet; config.plan_epochs).
     """
 
     epoch: int = 0
@@ -43,7 +42,6 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     finished: bool = False
     stop_reason: str = "epochs"
-    planned: int = 0
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any]) -> TrainState:

@@ -281,7 +281,7 @@ def _epochs(tr: Training, state: TrainState, deadline: float | None) -> None:
         first = longest == 0.0
         longest = max(longest, time.perf_counter() - t_epoch)
         tr.reporter.log(format_row(row, improved=improved))
-        if tr.cfg.plan_epochs and not state.planned and deadline and not state.finished:
+        if tr.cfg.plan_epochs and deadline and not state.finished:
             tr.cfg = _plan(tr, state, longest, deadline)
         elif first and deadline and not state.finished:
             _warn_if_budget_short(tr.reporter, tr.cfg, state.epoch, longest, deadline)
@@ -352,8 +352,7 @@ def _plan(tr: Training, state: TrainState, epoch_s: float, deadline: float) -> F
     so runs the same whatever the total), and save it: --resume continues the same plan."""
     left, cap = deadline - time.perf_counter(), tr.cfg.epochs  # cfg.epochs is the cap (PLAN_CAP) until planned
     n = planned_epochs(state.epoch, epoch_s, left, cap)
-    state.planned = n
-    cfg = replace(tr.cfg, epochs=n)
+    cfg = replace(tr.cfg, epochs=n, plan_epochs=False)  # saved: a resumed run keeps this plan, never makes another
     if distributed.is_main():
         cfg.save(tr.run_dir)
     tr.reporter.log(f"planned {n} epochs: epoch {state.epoch} took {epoch_s:.0f} s and {left:.0f} s of the time budget "

@@ -99,12 +99,12 @@ class _HeadOnEngine:
         When the backbone can't be exported or run by onnxruntime, a line is added to `notes` and
         None is returned: the caller runs the whole model in eager PyTorch, as `tl extract` does.
         """
-        from tl_cli.features.engines import onnxruntime_available
+        from tl_cli.features.engines import choose_engine
         from tl_cli.runtime.device import device_type
 
         w = run.meta.weights
         if run.meta.kind != "head" or engines_dir is None or weights is not None \
-                or device_type(device) != "cpu" or not onnxruntime_available():
+                or choose_engine("auto", device_type(device)) != "onnx":
             return None
         from tl_cli.backbones import create_backbone, get_spec, resolve_weights
         from tl_cli.features.engines import make_engine

@@ -17,8 +17,6 @@ from tl_cli.runs.store import DamagedRun, Run, load_run, scan_runs
 from tl_cli.runs.workspace import Workspace
 from tl_cli.runtime.atomic import TMP_PREFIX
 
-ROUTES = ("extract", "finetune", "retrain")
-
 
 @dataclass(frozen=True)
 class LayerRow:

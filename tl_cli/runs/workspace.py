@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tl_cli.errors import DataError, RunError, TLWarning, WorkspaceError
-from tl_cli.runtime.atomic import raise_write_error, write_json
+from tl_cli.runtime.atomic import write_json
 
 
 def default_workspace() -> Path:
@@ -60,12 +60,8 @@ class Workspace:
             )
 
     def state(self) -> dict:
-        """state.json's keys ({} when it is missing or damaged; `state_problem` says which)."""
+        """state.json's keys ({} when it is missing or damaged)."""
         return self._read_state()[0]
-
-    def state_problem(self) -> str | None:
-        """One line when state.json exists but can't be read, else None."""
-        return self._read_state()[1]
 
     def _read_state(self) -> tuple[dict, str | None]:
         try:
@@ -85,15 +81,9 @@ class Workspace:
     def remember(self, **values) -> None:
         """Update keys of state.json. Serialised by a lock beside it, so two tl processes
         finishing together can't drop each other's keys (read-modify-write)."""
-        import fcntl
+        from tl_cli.runtime.locks import exclusive_lock
 
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            lock = open(self.root / "state.lock", "a")
-        except OSError as exc:
-            raise_write_error(exc, self.root / "state.lock")
-        with lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # held for milliseconds: waiting is fine
+        with exclusive_lock(self.root / "state.lock"):  # held for milliseconds: waiting is fine
             state = self.state()
             state.update({k: str(v) for k, v in values.items()})
             write_json(self.state_file, state)
