@@ -5,12 +5,16 @@ batches per setting and prints a table. Frozen layers do no backward work, so th
 with --freeze.
 
     PYTHONPATH=. python benchmarks/finetune_speed.py /work/shared/data/catsdogs --freeze 0 25 36 49
+
+`--keep-freed-memory off` measures training as it was before runtime/memory.py (glibc returning
+every large freed block to the kernel); it is process-wide, so compare two invocations.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import time
 
 import torch
@@ -26,7 +30,13 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=4, help="timed batches per setting (after one warm-up batch)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--keep-freed-memory", choices=("on", "off"), default="on",
+                    help="on: as tl finetune trains on the CPU (runtime/memory.py); off: glibc's defaults")
     args = ap.parse_args()
+    if args.keep_freed_memory == "on":
+        from tl_cli.runtime.memory import keep_freed_memory
+
+        keep_freed_memory()
 
     from tl_cli.backbones import create_backbone, get_spec
     from tl_cli.data.scan import scan_dataset
@@ -42,7 +52,7 @@ def main() -> None:
     ds = scan_dataset(args.data_dir)
     print(f"{args.backbone} on {ds.root} ({device}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.2f}), batch {args.batch_size}")
-    print(f"{'freeze':>6} {'trainable params':>17} {'img/s':>8} {'s/batch':>8}")
+    print(f"{'freeze':>6} {'trainable params':>17} {'img/s':>8} {'s/batch':>8} {'user s':>7} {'sys s':>6}  (keep freed memory: {args.keep_freed_memory})")
     for k in args.freeze:
         cfg = FinetuneConfig(backbone=args.backbone, freeze=k, batch_size=args.batch_size)
         torch.manual_seed(0)
@@ -55,7 +65,7 @@ def main() -> None:
         it = iter(loaders.train)
         x, y, _ = next(it)
         train_step(model, opt, x, y, loss_fn, device)  # warm-up: allocator, oneDNN/cuDNN kernel choice
-        n, t = 0, time.perf_counter()
+        n, t, ru = 0, time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
         for _ in range(args.batches):
             x, y, _ = next(it)
             train_step(model, opt, x, y, loss_fn, device)
@@ -63,7 +73,9 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t
-        print(f"{k:>6} {model.count_parameters()[0]:>17,} {n / dt:>8.1f} {dt / args.batches:>8.2f}", flush=True)
+        end = resource.getrusage(resource.RUSAGE_SELF)  # this process only: the loader's workers are not counted
+        print(f"{k:>6} {model.count_parameters()[0]:>17,} {n / dt:>8.1f} {dt / args.batches:>8.2f} "
+              f"{end.ru_utime - ru.ru_utime:>7.1f} {end.ru_stime - ru.ru_stime:>6.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,9 @@ WarmupOpt = Annotated[_Float, _opt("--warmup-epochs", help=(
 SmoothingOpt = Annotated[_Float, _opt("--label-smoothing", help=(
     "Label smoothing (default: 0: the probe start is fitted without it, and smoothing would pull it away)."))]
 DropoutOpt = Annotated[_Float, _opt("--dropout", help="Dropout before the new head (default: 0.2).")]
+EmaOpt = Annotated[_Float, _opt("--ema", help=(
+    "Half-life in epochs of the moving average of the weights that is validated and kept "
+    "(default: 0 = off, the last step's weights; e.g. 0.5)."))]
 PatienceOpt = Annotated[_Int, _opt("--patience", min=0, help=(
     "Stop after this many epochs without a better validation result; 0 = never (default: 4 finetune, 5 retrain)."))]
 AugmentOpt = Annotated[Optional[bool], _opt("--augment/--no-augment", help=(

@@ -24,6 +24,8 @@ HEAD_INITS = ("probe", "random")
 BN_POLICIES = ("frozen", "train")
 PLAN_CAP = 30  # most epochs a --time-budget plan may give (more would call for --epochs)
 # What may change on --resume: where and how fast the run goes, not what it computes.
+# Settings added after runs were saved, with the value that reproduces those runs when resumed.
+SETTINGS_ADDED_LATER = {"ema": 0.0}
 RESOURCE_FIELDS = frozenset({"batch_size", "device", "workers", "time_budget"})
 
 
@@ -43,6 +45,8 @@ class FinetuneConfig:
         warmup_epochs: linear warm-up from 0, then cosine decay to 0 at `epochs` (per step);
             default one epoch, or a fifth of the epochs when there are fewer than five.
         label_smoothing: cross-entropy label smoothing. dropout: before the new head.
+        ema: half-life, in epochs, of the exponential moving average of the trained weights
+            (finetune/ema.py); the average is what is validated and kept. 0 turns it off.
         patience: stop after this many epochs without a better validation result (0 = never).
         augment: random resized crop + horizontal flip on training images.
         seed: random seed; a CPU run with the same seed gives bit-identical weights.
@@ -77,6 +81,7 @@ class FinetuneConfig:
     warmup_epochs: float | None = None  # None: min(1, epochs / 5), so short runs still decay
     label_smoothing: float = 0.0  # the probe head is fitted without it: smoothing would pull it away (study)
     dropout: float = 0.2
+    ema: float = 0.0  # off: within noise of no average in the study (benchmarks/finetune_study.md, section 7)
     patience: int = 4
     augment: bool = True
     seed: int = 0
@@ -112,6 +117,7 @@ class FinetuneConfig:
             (0 <= self.warmup_epochs < self.epochs, f"--warmup-epochs must be in [0, epochs), got {self.warmup_epochs}"),
             (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
             (0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
+            (self.ema >= 0, f"--ema must be >= 0 epochs (0 = off), got {self.ema}"),
             (self.patience >= 0, f"--patience must be >= 0, got {self.patience}"),
             (self.workers is None or self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
             (self.time_budget is None or self.time_budget > 0, f"--time-budget must be > 0 seconds, got {self.time_budget}"),
@@ -142,6 +148,7 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
+        d = {**SETTINGS_ADDED_LATER, **d}  # a run saved before a setting existed resumes as it trained
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 
@@ -45,8 +46,17 @@ def validate(model: nn.Module, loader, device: torch.device) -> tuple[float, flo
 
 
 def validate_run(tr: Training) -> tuple[float | None, float | None]:
-    """`validate` on the run's validation loader; (None, None) when the run has no validation images."""
-    return validate(tr.model, tr.loaders.val, tr.device) if tr.loaders.val is not None else (None, None)
+    """`validate` the model the run keeps (the weight average, when on) on the run's validation
+    loader; (None, None) when the run has no validation images."""
+    if tr.loaders.val is None:
+        return None, None
+    with kept_weights(tr):
+        return validate(tr.model, tr.loaders.val, tr.device)
+
+
+def kept_weights(tr: Training):
+    """Context in which `tr.model` holds the weights the run validates and keeps: the EMA (ema.py) if on."""
+    return tr.ema.applied() if tr.ema is not None else contextlib.nullcontext()
 
 
 def run_epoch(tr: Training, epoch: int, deadline: float | None) -> dict | None:
@@ -102,6 +112,8 @@ def _step(tr: Training, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
     forward_backward = functools.partial(accumulate, tr.net or tr.model, tr.opt, x, y, tr.loss_fn, tr.device, amp=tr.amp)
     loss, ok = tr.halving(forward_backward, len(y)) if tr.halving else forward_backward()
     apply_update(lambda: tr.amp.update(tr.opt))
+    if tr.ema is not None:
+        tr.ema.update()
     return loss, ok
 
 

@@ -15,6 +15,7 @@ from tl_cli.backbones import BackboneSpec, WeightsChoice
 from tl_cli.data.scan import Dataset
 from tl_cli.finetune.config import FinetuneConfig
 from tl_cli.finetune.data import Loaders
+from tl_cli.finetune.ema import WeightAverage
 from tl_cli.finetune.model import FinetuneModel
 from tl_cli.finetune.step import Amp
 from tl_cli.runtime.distributed import DistInfo
@@ -123,4 +124,5 @@ class Training:
     loss_fn: nn.Module
     net: nn.Module | None = None
     halving: HalvingStep | None = None
+    ema: WeightAverage | None = None  # set once the starting weights are in place (trainer._train)
     skipped: set[str] = field(default_factory=set)

@@ -32,7 +32,8 @@ from tl_cli.finetune import ddp
 from tl_cli.finetune.checkpoint import BEST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from tl_cli.finetune.config import CONFIG_FILE, FinetuneConfig
 from tl_cli.finetune.data import make_loaders
-from tl_cli.finetune.epoch import run_epoch, validate_run
+from tl_cli.finetune.ema import WeightAverage
+from tl_cli.finetune.epoch import kept_weights, run_epoch, validate_run
 from tl_cli.finetune.history import format_row, write_history
 from tl_cli.finetune.model import FinetuneModel
 from tl_cli.finetune.schedule import build_optimizer
@@ -193,6 +194,7 @@ def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, repor
     state = _restore(tr, ckpt)
     if ckpt is None and cfg.head_init == "probe":
         _start_from_probe(tr, ws, state)
+    tr.ema = _weight_average(tr, ckpt)  # from the starting weights: the probe's, or the checkpoint's
     tr.net = ddp.wrap(tr.model, tr.device)  # after loading: DDP starts every rank from rank 0's weights
     resumed_from = state.epoch
     trainable, frozen = tr.model.count_parameters()
@@ -265,6 +267,20 @@ def _restore(tr: Training, ckpt: dict | None) -> TrainState:
     return TrainState.from_checkpoint(ckpt)
 
 
+def _weight_average(tr: Training, ckpt: dict | None) -> WeightAverage | None:
+    """The EMA of the weights (ema.py), restored from the checkpoint when it holds one; None when off.
+
+    A checkpoint without one (written after epoch 0, the probe) starts it from the model's weights,
+    which is where a run that never stopped started it too.
+    """
+    if not tr.cfg.ema:
+        return None
+    ema = WeightAverage(tr.model.net, tr.cfg.ema, len(tr.loaders.train))
+    if ckpt is not None and ckpt.get("ema"):
+        ema.load_state_dict(ckpt["ema"])
+    return ema
+
+
 def _epochs(tr: Training, state: TrainState, deadline: float | None) -> None:
     """Train epoch after epoch until the run is finished or the next epoch would pass `deadline`."""
     longest = 0.0  # wall time of the slowest epoch so far, checkpoint and plot included
@@ -297,12 +313,14 @@ def _end_epoch(tr: Training, state: TrainState, row: dict) -> bool:
     if improved and main:
         # Best weights first, then the checkpoint that names them: a kill in between replays
         # this (deterministic) epoch on resume and writes the same file again.
-        save_tensors(tr.run_dir / BEST, tr.model.net.state_dict())
+        with kept_weights(tr):  # the weights that were validated: the average, when on
+            save_tensors(tr.run_dir / BEST, tr.model.net.state_dict())
     rngs = distributed.all_gather_object(rng_state(tr.loaders.generator))  # each rank draws its own dropout, workers
     if main:
         save_checkpoint(tr.run_dir, {
             "model": tr.model.net.state_dict(),
             "optimizer": tr.opt.state_dict(),
+            **({"ema": tr.ema.state_dict()} if tr.ema is not None else {}),
             "scheduler": {"kind": "warmup_cosine", "progress_epochs": float(state.epoch)},
             "rng": rngs[0],
             **({"amp": tr.amp.state_dict()} if tr.amp.scaler is not None else {}),
