@@ -52,7 +52,8 @@ def main() -> None:
     ds = scan_dataset(args.data_dir)
     print(f"{args.backbone} on {ds.root} ({device}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.2f}), batch {args.batch_size}")
-    print(f"{'freeze':>6} {'trainable params':>17} {'img/s':>8} {'s/batch':>8} {'user s':>7} {'sys s':>6}  (keep freed memory: {args.keep_freed_memory})")
+    print(f"{'freeze':>6} {'trainable params':>17} {'img/s':>8} {'s/batch':>8} {'user s':>7} {'sys s':>6}"
+          f"  (keep freed memory: {args.keep_freed_memory})")
     for k in args.freeze:
         cfg = FinetuneConfig(backbone=args.backbone, freeze=k, batch_size=args.batch_size)
         torch.manual_seed(0)

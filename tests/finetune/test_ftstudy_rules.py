@@ -13,7 +13,7 @@ from tl_cli.backbones import create_backbone
 from tl_cli.finetune.config import PLAN_CAP, FinetuneConfig
 from tl_cli.finetune.model import FinetuneModel
 from tl_cli.finetune.schedule import lr_factor
-from tl_cli.finetune.state import accuracy_noise, is_better
+from tl_cli.finetune.state import TrainState, accuracy_noise, is_better, made_progress
 from tl_cli.finetune.trainer import planned_epochs, start
 from tl_cli.runs.workspace import Workspace
 
@@ -106,3 +106,38 @@ def test_planned_schedule_ends_at_zero_inside_the_budget(image_folder, tmp_path)
     assert res.history[-1]["lr"] < 0.05 * cfg.head_lr  # ... whose last step runs just above zero
     assert res.history[0]["epoch"] == 0  # the probe start (epoch 0) as usual
     assert lr_factor(n, 1.0, n) == 0.0
+
+
+def _row(epoch, acc, loss):
+    return {"epoch": epoch, "val_accuracy": acc, "val_loss": loss, "train_loss": 0.5, "train_accuracy": 0.8}
+
+
+def test_early_stopping_follows_training_not_the_probe():
+    # The first four epochs of the flowers run the study measured (--time-budget 2700, 19 epochs
+    # planned): below the probe, but climbing. The old rule (no better than the kept model for
+    # 4 epochs) stopped it here; training had made progress in epochs 2 and 3.
+    cfg = FinetuneConfig(backbone="lenet5", pretrained=False, freeze=1, epochs=19, patience=4)
+    state = TrainState()
+    rows = [_row(0, 0.7544, 0.6589), _row(1, 0.7043, 0.7256), _row(2, 0.7183, 0.6973), _row(3, 0.7625, 0.6593),
+            _row(4, 0.6973, 0.8465)]
+    for r in rows:
+        state.record(r, cfg, n_val=859)
+    assert not state.finished and state.bad_epochs == 1
+    assert state.best["epoch"] == 0  # the kept model is still the probe: 0.7625 is within noise of it
+    for e in range(5, 7):  # two more epochs without progress (three in a row) ...
+        state.record(_row(e, 0.75, 0.70), cfg, n_val=859)
+    assert not state.finished
+    state.record(_row(7, 0.75, 0.70), cfg, n_val=859)  # ... the fourth in a row stops the run
+    assert state.finished and state.stop_reason == "early_stopping"
+
+
+def test_progress_is_accuracy_or_loss_better_than_every_earlier_finetuning_epoch():
+    assert made_progress(_row(1, 0.5, 1.0), {})
+    best = {"val_accuracy": 0.8, "val_loss": 0.5}
+    assert made_progress(_row(2, 0.81, 0.9), best) and made_progress(_row(2, 0.7, 0.49), best)
+    assert not made_progress(_row(2, 0.8, 0.5), best) and not made_progress(_row(2, 0.79, 0.6), best)
+
+
+def test_a_checkpoint_from_before_progress_was_tracked_resumes():
+    old = {"epoch": 3, "best": {"epoch": 1}, "bad_epochs": 2, "history": [], "finished": False, "stop_reason": "epochs"}
+    assert TrainState.from_checkpoint(old).progress == {}  # the next epoch then counts as progress

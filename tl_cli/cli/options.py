@@ -83,7 +83,8 @@ EmaOpt = Annotated[_Float, _opt("--ema", help=(
     "Half-life in epochs of the moving average of the weights that is validated and kept "
     "(default: 0 = off, the last step's weights; e.g. 0.5)."))]
 PatienceOpt = Annotated[_Int, _opt("--patience", min=0, help=(
-    "Stop after this many epochs without a better validation result; 0 = never (default: 4 finetune, 5 retrain)."))]
+    "Stop after this many epochs in a row that improve neither validation accuracy nor loss on the earlier "
+    "fine-tuning epochs (the probe, epoch 0, does not count); 0 = never (default: 4 finetune, 5 retrain)."))]
 AugmentOpt = Annotated[Optional[bool], _opt("--augment/--no-augment", help=(
     "Random resized crop + flip on training images (default: on)."))]
 TimeBudgetOpt = Annotated[_Float, _opt("--time-budget", help=(
