@@ -71,6 +71,21 @@ class WeightAverage:
                 t.copy_(state[n])
 
 
+def weight_average(net: nn.Module, half_life_epochs: float, steps_per_epoch: int,
+                   saved: dict[str, torch.Tensor] | None = None) -> WeightAverage | None:
+    """The run's EMA (None when `half_life_epochs` is 0), continued from `saved` (a checkpoint's).
+
+    Without `saved` (a new run, or a checkpoint written after epoch 0, the probe) it starts from
+    the model's weights, which is where a run that never stopped started it too.
+    """
+    if not half_life_epochs:
+        return None
+    ema = WeightAverage(net, half_life_epochs, steps_per_epoch)
+    if saved:
+        ema.load_state_dict(saved)
+    return ema
+
+
 def decay_per_step(half_life_epochs: float, steps_per_epoch: int) -> float:
     """The per-step decay that halves an old weight's share after `half_life_epochs` epochs."""
     return 0.5 ** (1.0 / max(half_life_epochs * max(steps_per_epoch, 1), 1e-9))

@@ -32,7 +32,7 @@ from tl_cli.finetune import ddp
 from tl_cli.finetune.checkpoint import BEST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from tl_cli.finetune.config import CONFIG_FILE, FinetuneConfig
 from tl_cli.finetune.data import make_loaders
-from tl_cli.finetune.ema import WeightAverage
+from tl_cli.finetune.ema import weight_average
 from tl_cli.finetune.epoch import kept_weights, run_epoch, validate_run
 from tl_cli.finetune.history import format_row, write_history
 from tl_cli.finetune.model import FinetuneModel
@@ -194,7 +194,8 @@ def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, repor
     state = _restore(tr, ckpt)
     if ckpt is None and cfg.head_init == "probe":
         _start_from_probe(tr, ws, state)
-    tr.ema = _weight_average(tr, ckpt)  # from the starting weights: the probe's, or the checkpoint's
+    # From the starting weights (the probe's), or the checkpoint's average when it holds one.
+    tr.ema = weight_average(tr.model.net, cfg.ema, len(tr.loaders.train), ckpt and ckpt.get("ema"))
     tr.net = ddp.wrap(tr.model, tr.device)  # after loading: DDP starts every rank from rank 0's weights
     resumed_from = state.epoch
     trainable, frozen = tr.model.count_parameters()
@@ -265,20 +266,6 @@ def _restore(tr: Training, ckpt: dict | None) -> TrainState:
     set_rng_state(mine, tr.loaders.generator)
     tr.amp.load_state_dict(ckpt.get("amp"))
     return TrainState.from_checkpoint(ckpt)
-
-
-def _weight_average(tr: Training, ckpt: dict | None) -> WeightAverage | None:
-    """The EMA of the weights (ema.py), restored from the checkpoint when it holds one; None when off.
-
-    A checkpoint without one (written after epoch 0, the probe) starts it from the model's weights,
-    which is where a run that never stopped started it too.
-    """
-    if not tr.cfg.ema:
-        return None
-    ema = WeightAverage(tr.model.net, tr.cfg.ema, len(tr.loaders.train))
-    if ckpt is not None and ckpt.get("ema"):
-        ema.load_state_dict(ckpt["ema"])
-    return ema
 
 
 def _epochs(tr: Training, state: TrainState, deadline: float | None) -> None:
