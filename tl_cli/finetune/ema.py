@@ -34,22 +34,20 @@ class WeightAverage:
 
     def __init__(self, net: nn.Module, half_life_epochs: float, steps_per_epoch: int):
         self.net = net
-        self.names = [n for n, p in net.named_parameters() if p.requires_grad]
+        trained = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+        self.names = [n for n, _ in trained]
+        self.params = [p.detach() for _, p in trained]  # looked up once: update() runs every step
         self.decay = decay_per_step(half_life_epochs, steps_per_epoch)
-        self.shadow = [p.detach().clone() for p in self._params()]
-
-    def _params(self) -> list[torch.Tensor]:
-        params = dict(self.net.named_parameters())
-        return [params[n].detach() for n in self.names]
+        self.shadow = [p.clone() for p in self.params]
 
     @torch.no_grad()
     def update(self) -> None:
-        torch._foreach_lerp_(self.shadow, self._params(), 1.0 - self.decay)
+        torch._foreach_lerp_(self.shadow, self.params, 1.0 - self.decay)
 
     @contextlib.contextmanager
     def applied(self):
         """Inside the block `net` holds the averaged weights; the training weights come back after."""
-        params = self._params()
+        params = self.params
         saved = [p.clone() for p in params]
         with torch.no_grad():
             torch._foreach_copy_(params, self.shadow)

@@ -34,7 +34,6 @@ class TrainState:
         best: BEST_KEYS of the best epoch so far ({} before the first).
         bad_epochs: fine-tuning epochs since training last made progress (early stopping counts
             these; see `made_progress`: the probe, epoch 0, is not a fine-tuning epoch).
-        progress: the best validation accuracy and loss of the fine-tuning epochs so far.
         history: one row per epoch (history.HISTORY_FIELDS).
         finished: nothing left to train; stop_reason: "epochs", "early_stopping" or "time_budget".
     """
@@ -42,7 +41,6 @@ class TrainState:
     epoch: int = 0
     best: dict = field(default_factory=dict)
     bad_epochs: int = 0
-    progress: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     finished: bool = False
     stop_reason: str = "epochs"
@@ -53,6 +51,17 @@ class TrainState:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def progress(self) -> dict:
+        """The best validation accuracy and loss of the fine-tuning epochs so far ({} before the first)."""
+        return self._progress(before=self.epoch + 1)
+
+    def _progress(self, before: int) -> dict:
+        rows = [h for h in self.history if 0 < h["epoch"] < before and h["val_accuracy"] is not None]
+        if not rows:
+            return {}
+        return {"val_accuracy": max(h["val_accuracy"] for h in rows), "val_loss": min(_loss(h) for h in rows)}
 
     def record(self, row: dict, cfg: FinetuneConfig, n_val: int) -> bool:
         """Add a finished epoch's row; returns True when it is the new best epoch.
@@ -65,12 +74,7 @@ class TrainState:
         if improved:
             self.best = {k: row[k] for k in BEST_KEYS}
         if row["epoch"] > 0:  # the probe is a starting point, not a step of training
-            if made_progress(row, self.progress):
-                self.bad_epochs = 0
-                self.progress = {"val_accuracy": max(row["val_accuracy"] or 0.0, self.progress.get("val_accuracy", 0.0)),
-                                 "val_loss": min(_loss(row), _loss(self.progress))}
-            else:
-                self.bad_epochs += 1
+            self.bad_epochs = 0 if made_progress(row, self._progress(before=row["epoch"])) else self.bad_epochs + 1
         if cfg.patience and n_val and self.bad_epochs >= cfg.patience:
             self.finished, self.stop_reason = True, "early_stopping"
         elif self.epoch >= cfg.epochs:
