@@ -89,6 +89,9 @@ AugmentOpt = Annotated[Optional[bool], _opt("--augment/--no-augment", help=(
     "Random resized crop + flip on training images (default: on)."))]
 TimeBudgetOpt = Annotated[_Float, _opt("--time-budget", help=(
     "Seconds: stop before an epoch that would not fit, keep the best so far."))]
+ImageSizeOpt = Annotated[_Int, _opt("--image-size", min=32, help=(
+    "Side in pixels of the crops trained on, and predicted on afterwards (default: the backbone's input size, or "
+    "the images' own shorter side when smaller, not below 128: upsampling small photos adds compute, not detail)."))]
 SyncBnOpt = Annotated[Optional[bool], _opt("--sync-bn/--no-sync-bn", help=(
     "Under torchrun on GPUs: batch norms use the whole global batch's statistics (SyncBatchNorm, CUDA only)."))]
 HeadInitOpt = Annotated[Optional[str], _opt("--head-init", help=(

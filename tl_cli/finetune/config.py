@@ -25,7 +25,8 @@ BN_POLICIES = ("frozen", "train")
 PLAN_CAP = 30  # most epochs a --time-budget plan may give (more would call for --epochs)
 # What may change on --resume: where and how fast the run goes, not what it computes.
 # Settings added after runs were saved, with the value that reproduces those runs when resumed.
-SETTINGS_ADDED_LATER = {"ema": 0.0}
+# image_size 0 = the backbone's own input size, what every run did before the setting existed.
+SETTINGS_ADDED_LATER = {"ema": 0.0, "image_size": 0}
 RESOURCE_FIELDS = frozenset({"batch_size", "device", "workers", "time_budget"})
 
 
@@ -65,6 +66,10 @@ class FinetuneConfig:
         bn: batch norms of the trained layers: "frozen" (eval mode: pretrained running statistics,
             scale and shift still trained) or "train" (batch statistics, running ones updated).
         group_pattern, groups: keep groups of images on one side of the split (data/groups.py).
+        image_size: side of the square crops trained on, and then predicted on. None (the default)
+            is decided when the run starts, from the images (data/image_size.py: their own size
+            when smaller than the backbone's, not below 128), and saved as a number; 0 means the
+            backbone's input size.
     """
 
     route: str = "finetune"
@@ -96,6 +101,7 @@ class FinetuneConfig:
     plan_epochs: bool = False
     group_pattern: str | None = None
     groups: str | None = None
+    image_size: int | None = None
 
     def __post_init__(self) -> None:
         from tl_cli.backbones.registry import absolute_weights_path
@@ -123,6 +129,7 @@ class FinetuneConfig:
             (self.workers is None or self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
             (self.time_budget is None or self.time_budget > 0, f"--time-budget must be > 0 seconds, got {self.time_budget}"),
             (0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
+            (self.image_size in (None, 0) or self.image_size >= 32, f"--image-size must be >= 32 pixels, got {self.image_size}"),
         ]
         for ok, message in checks:
             if not ok:

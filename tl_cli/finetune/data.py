@@ -8,13 +8,25 @@ images get the backbone's plain preprocessing, exactly what prediction uses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from tl_cli.data.image_size import training_side, typical_side
 from tl_cli.data.preprocess import Preprocess, eval_transform, open_rgb, train_transform
 from tl_cli.data.scan import Dataset, Sample
 from tl_cli.errors import ImageError
 from tl_cli.runtime.distributed import DistInfo, env_info
+
+if TYPE_CHECKING:
+    from tl_cli.finetune.config import FinetuneConfig
+
+
+def with_image_size(cfg: FinetuneConfig, ds: Dataset, backbone_size: int) -> FinetuneConfig:
+    """`cfg` with `image_size` decided from the training images when it is None (data/image_size.py)."""
+    if cfg.image_size is not None:
+        return cfg
+    return replace(cfg, image_size=training_side(typical_side([ds.abspath(s) for s in ds.split("train")]), backbone_size))
 
 
 def default_workers(device_type: str = "cpu") -> int:

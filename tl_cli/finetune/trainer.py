@@ -26,12 +26,13 @@ import torch.nn as nn
 
 from tl_cli.backbones import create_backbone, get_spec
 from tl_cli.data.groups import make_grouping
+from tl_cli.data.image_size import at_side
 from tl_cli.data.scan import Dataset, scan_dataset
 from tl_cli.errors import ConfigError, DataError, RunError
 from tl_cli.finetune import ddp
 from tl_cli.finetune.checkpoint import BEST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from tl_cli.finetune.config import CONFIG_FILE, FinetuneConfig
-from tl_cli.finetune.data import make_loaders
+from tl_cli.finetune.data import make_loaders, with_image_size
 from tl_cli.finetune.ema import weight_average
 from tl_cli.finetune.epoch import kept_weights, run_epoch, validate_run
 from tl_cli.finetune.history import format_row, write_history
@@ -98,12 +99,13 @@ def start(data_dir: str | os.PathLike, cfg: FinetuneConfig, workspace: Workspace
         ds = scan_dataset(data_dir, cfg.val_fraction, grouping=make_grouping(cfg.group_pattern, cfg.groups))
         ws.ensure(outside=ds.root)
         _check_freeze(cfg)  # an unknown backbone or a too-large --freeze fails before a run folder exists
+        cfg = with_image_size(cfg, ds, get_spec(cfg.backbone).preprocess.input_size)  # saved: --resume replays it
         run_dir = new_run_dir(ws.runs, cfg.route, ds.root.name)
         cfg.save(run_dir)
         write_json(run_dir / SOURCE, {"data_dir": str(ds.root), "classes": ds.classes, "layout": ds.layout})
         ws.remember(last_dataset=ds.root, training_run=run_dir)
-        prepared = (run_dir, ds)
-    run_dir, ds = distributed.broadcast_object(prepared)
+        prepared = (run_dir, ds, cfg)
+    run_dir, ds, cfg = distributed.broadcast_object(prepared)
     return _train(run_dir, cfg, ds, ws, reporter or Reporter(), None, t0)
 
 
@@ -201,7 +203,7 @@ def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, repor
     trainable, frozen = tr.model.count_parameters()
     tr.reporter.log(f"{cfg.route}: {cfg.backbone}, {len(tr.model.layers)} layers, {cfg.freeze} frozen; "
                     f"{trainable:,} trainable / {frozen:,} frozen parameters; {tr.loaders.n_train} train / "
-                    f"{tr.loaders.n_val} val images; {tr.device.type}"
+                    f"{tr.loaders.n_val} val images at {tr.spec.preprocess.input_size} px; {tr.device.type}"
                     + (f" x {tr.info.world_size} processes" if tr.info.enabled else "")
                     + (f"; resuming after epoch {resumed_from}" if ckpt else ""))
     _epochs(tr, state, t0 + cfg.time_budget if cfg.time_budget else None)
@@ -231,6 +233,7 @@ def _setup(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, reporter: Reporter) 
     if not info.is_main:
         reporter = Reporter()  # one progress bar and one log: rank 0's
     spec = get_spec(cfg.backbone)
+    spec = replace(spec, preprocess=at_side(spec.preprocess, cfg.image_size or spec.preprocess.input_size))
     _seed_everything(cfg.seed)
     backbone, choice = create_backbone(cfg.backbone, cfg.weights, cfg.pretrained)
     model = FinetuneModel(backbone, len(ds.classes), cfg.freeze, spec.preprocess.input_size, cfg.dropout, cfg.bn)
@@ -291,10 +294,7 @@ def _epochs(tr: Training, state: TrainState, deadline: float | None) -> None:
 
 
 def _end_epoch(tr: Training, state: TrainState, row: dict) -> bool:
-    """Record the epoch (on every rank); rank 0 writes the best weights, the checkpoint and the history.
-
-    Returns True when the epoch is the new best.
-    """
+    """Record the epoch (on every rank); rank 0 writes the best weights, checkpoint and history. True: a new best."""
     improved = state.record(row, tr.cfg, tr.loaders.n_val if tr.loaders.val is not None else 0)
     main = distributed.is_main()
     if improved and main:
@@ -331,8 +331,7 @@ def _start_from_probe(tr: Training, ws: Workspace, state: TrainState) -> None:
     t = time.perf_counter()
     cfg, reporter = tr.cfg, tr.reporter
     reporter.log("fitting the head on the frozen features first (linear probe; --head-init random skips it)")
-    probe = fit_probe(tr.model.net, tr.ds, tr.spec, tr.choice.identity, ws, cfg.batch_size, tr.workers, tr.device,
-                      use_cache=True,
+    probe = fit_probe(tr.model.net, tr.ds, tr.spec, tr.choice.identity, ws, cfg.batch_size, tr.workers, tr.device, use_cache=True,
                       on_halve=lambda b: reporter.log(f"out of memory: the probe goes on in batches of {b}"))
     load_into(tr.model.net, probe)
     val_loss, val_acc = validate_run(tr)
