@@ -96,7 +96,9 @@ def test_schedule_warmup_then_cosine():
 
 def test_retrain_defaults_and_validation():
     r = FinetuneConfig.for_route("retrain")
-    assert r.freeze == 0 and r.lr < r.head_lr
+    _, lr, head_lr = r.optimizer_settings()
+    assert r.freeze == 0 and lr < head_lr
+    assert lr < FinetuneConfig.for_route("finetune").optimizer_settings()[1]  # every layer moves: a lower rate
     with pytest.raises(ConfigError, match="retrain"):
         FinetuneConfig(route="retrain", freeze=3)
     with pytest.raises(ConfigError, match="optimizer"):

@@ -12,9 +12,9 @@ from tests.helpers.finetune import Notes
 from tl_cli.backbones import create_backbone
 from tl_cli.finetune.config import PLAN_CAP, FinetuneConfig
 from tl_cli.finetune.model import FinetuneModel
-from tl_cli.finetune.schedule import lr_factor
+from tl_cli.finetune.schedule import lr_factor, planned_epochs
 from tl_cli.finetune.state import TrainState, accuracy_noise, is_better, made_progress
-from tl_cli.finetune.trainer import planned_epochs, start
+from tl_cli.finetune.trainer import start
 from tl_cli.runs.workspace import Workspace
 
 
@@ -103,7 +103,7 @@ def test_planned_schedule_ends_at_zero_inside_the_budget(image_folder, tmp_path)
     assert saved["plan_epochs"] is False  # the saved config replays the plan, not the sizing
     assert n == 3 and f"planned {n} epochs" in planned[0] and "(the most planned)" in planned[0]
     assert res.stop_reason == "epochs" and len(res.history) == n + 1  # epoch 0 (the probe) and the plan, to its end ...
-    assert res.history[-1]["lr"] < 0.05 * cfg.head_lr  # ... whose last step runs just above zero
+    assert res.history[-1]["lr"] < 0.05 * res.config.head_lr  # ... whose last step runs just above zero
     assert res.history[0]["epoch"] == 0  # the probe start (epoch 0) as usual
     assert lr_factor(n, 1.0, n) == 0.0
 

@@ -47,6 +47,8 @@ def test_the_last_optimiser_step_of_a_run_has_a_positive_learning_rate(image_fol
     cfg = FinetuneConfig(backbone="lenet5", pretrained=False, freeze=2, epochs=2, batch_size=8, workers=0, seed=0,
                          head_init="random", device="cpu")
     r = start(image_folder, cfg, Workspace.open(tmp_path / "ws"))
+    cfg = r.config  # the learning rates as settled (AdamW's defaults: a random head has no probe to weigh)
+    assert (cfg.optimizer, cfg.head_lr) == ("adamw", 3e-3)
     n = len(rates) // cfg.epochs
     assert len(rates) == n * cfg.epochs and n > 1
     assert min(rates) > 0

@@ -69,9 +69,12 @@ DataDirArg = Annotated[Optional[Path], typer.Argument(help="Folder of class sub-
                                                       show_default=False)]
 EpochsOpt = Annotated[_Int, _opt("--epochs", "--max-epochs", min=1, help="Most epochs (default: 10 finetune, 15 retrain).")]
 LrOpt = Annotated[_Float, _opt("--lr", help=(
-    "Learning rate of the trained backbone layers (default: 3e-4 finetune, 1e-4 retrain)."))]
-HeadLrOpt = Annotated[_Float, _opt("--head-lr", help="Learning rate of the new head (default: 3e-3 finetune, 1e-3 retrain).")]
-OptimizerOpt = Annotated[Optional[str], _opt("--optimizer", help="adamw (default) or sgd (momentum, Nesterov).")]
+    "Learning rate of the trained backbone layers (default: AdamW 3e-4, SGD 1e-3; retrain AdamW 1e-4, SGD 3e-4)."))]
+HeadLrOpt = Annotated[_Float, _opt("--head-lr", help=(
+    "Learning rate of the new head (default: 10x --lr's default: AdamW 3e-3, SGD 1e-2; retrain 1e-3, 3e-3)."))]
+OptimizerOpt = Annotated[Optional[str], _opt("--optimizer", help=(
+    "auto (default: SGD when the probe start already scores 0.97 on validation, where AdamW's steps would move "
+    "features that fit; AdamW otherwise), adamw, or sgd (momentum, Nesterov)."))]
 MomentumOpt = Annotated[_Float, _opt("--momentum", help="SGD momentum (default: 0.9).")]
 WeightDecayOpt = Annotated[_Float, _opt("--weight-decay", help="Weight decay (default: 0.01); not on biases and norms.")]
 WarmupOpt = Annotated[_Float, _opt("--warmup-epochs", help=(

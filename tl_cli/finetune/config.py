@@ -19,7 +19,16 @@ from tl_cli.runtime.atomic import write_json
 
 CONFIG_FILE = "config.json"
 ROUTES = ("finetune", "retrain")
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("auto", "adamw", "sgd")
+# Learning rates (trained backbone layers, head) when not given, per route and optimizer. SGD's
+# steps are the gradient times the rate, AdamW's are about the rate whatever the gradient: SGD
+# needs larger rates for the same progress (finetune_study.md, section 7).
+DEFAULT_LRS = {("finetune", "adamw"): (3e-4, 3e-3), ("finetune", "sgd"): (1e-3, 1e-2),
+               ("retrain", "adamw"): (1e-4, 1e-3), ("retrain", "sgd"): (3e-4, 3e-3)}
+# "auto" picks SGD after a probe this accurate on validation (the threshold at which `tl suggest`
+# says extract is enough): the features already fit, and AdamW's full-size steps on near-zero
+# gradients cost catsdogs 2-4 of 106 validation images in the first epoch where SGD lost at most 1.
+SGD_AFTER_PROBE = 0.97
 HEAD_INITS = ("probe", "random")
 BN_POLICIES = ("frozen", "train")
 PLAN_CAP = 30  # most epochs a --time-budget plan may give (more would call for --epochs)
@@ -40,8 +49,11 @@ class FinetuneConfig:
         freeze: layers 1..freeze keep their pretrained weights (`tl layers` numbering).
         epochs: maximum number of epochs (early stopping and the time budget may end sooner).
         batch_size: images per optimisation step, over all torchrun ranks together (each takes batch/N).
-        lr: learning rate of the trained backbone layers; head_lr: of the new head.
-        optimizer: "adamw" or "sgd" (with `momentum`, Nesterov).
+        lr: learning rate of the trained backbone layers; head_lr: of the new head. None: the
+            optimizer's default for the route (DEFAULT_LRS).
+        optimizer: "adamw", "sgd" (with `momentum`, Nesterov) or "auto": SGD when the probe start
+            scores SGD_AFTER_PROBE or more on validation, AdamW otherwise (and without a probe).
+            Decided after the probe and saved, with the learning rates, as numbers (`settled`).
         weight_decay: decoupled (AdamW) or L2 (SGD); not applied to biases and norm weights.
         warmup_epochs: linear warm-up from 0, then cosine decay to 0 at `epochs` (per step);
             default one epoch, or a fifth of the epochs when there are fewer than five.
@@ -79,9 +91,9 @@ class FinetuneConfig:
     freeze: int = 0
     epochs: int = 10
     batch_size: int = 32
-    lr: float = 3e-4
-    head_lr: float = 3e-3
-    optimizer: str = "adamw"
+    lr: float | None = None
+    head_lr: float | None = None
+    optimizer: str = "auto"
     momentum: float = 0.9
     weight_decay: float = 0.01
     warmup_epochs: float | None = None  # None: min(1, epochs / 5), so short runs still decay
@@ -113,12 +125,13 @@ class FinetuneConfig:
             (self.route in ROUTES, f"route must be one of {ROUTES}, got {self.route!r}"),
             (self.head_init in HEAD_INITS, f"--head-init must be probe or random, got {self.head_init!r}"),
             (self.bn in BN_POLICIES, f"--bn must be frozen or train, got {self.bn!r}"),
-            (self.optimizer in OPTIMIZERS, f"--optimizer must be adamw or sgd, got {self.optimizer!r}"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be auto, adamw or sgd, got {self.optimizer!r}"),
             (self.freeze >= 0, f"--freeze must be >= 0, got {self.freeze}"),
             (self.route != "retrain" or self.freeze == 0, "tl retrain trains every layer: use tl finetune --freeze N"),
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.lr >= 0 and self.head_lr > 0, f"learning rates must be positive (lr {self.lr}, head lr {self.head_lr})"),
+            ((self.lr is None or self.lr >= 0) and (self.head_lr is None or self.head_lr > 0),
+             f"learning rates must be positive (lr {self.lr}, head lr {self.head_lr})"),
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
             (0 <= self.warmup_epochs < self.epochs, f"--warmup-epochs must be in [0, epochs), got {self.warmup_epochs}"),
@@ -145,11 +158,29 @@ class FinetuneConfig:
         """
         base = dict(route=route)
         if route == "retrain":
-            base.update(freeze=0, lr=1e-4, head_lr=1e-3, epochs=15, patience=5)
+            base.update(freeze=0, epochs=15, patience=5)  # lower learning rates too: DEFAULT_LRS
         if overrides.get("epochs") is None and overrides.get("time_budget") is not None:
             base.update(plan_epochs=True, epochs=PLAN_CAP, warmup_epochs=1.0)
         base.update({k: v for k, v in overrides.items() if v is not None})  # None = the default
         return cls(**base)
+
+    @property
+    def waits_for_probe(self) -> bool:
+        """True while "auto" still needs the probe's validation accuracy to pick the optimizer."""
+        return self.optimizer == "auto" and self.head_init == "probe"
+
+    def optimizer_settings(self, probe_accuracy: float | None = None) -> tuple[str, float, float]:
+        """(optimizer, lr, head_lr) to train with, given the probe's validation accuracy (None: no probe yet)."""
+        name = self.optimizer
+        if name == "auto":
+            name = "sgd" if probe_accuracy is not None and probe_accuracy >= SGD_AFTER_PROBE else "adamw"
+        lr, head_lr = DEFAULT_LRS[(self.route, name)]
+        return name, (lr if self.lr is None else self.lr), (head_lr if self.head_lr is None else self.head_lr)
+
+    def settled(self, probe_accuracy: float | None = None) -> FinetuneConfig:
+        """This config with the optimizer and learning rates decided (`optimizer_settings`), as it is saved."""
+        name, lr, head_lr = self.optimizer_settings(probe_accuracy)
+        return replace(self, optimizer=name, lr=lr, head_lr=head_lr)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

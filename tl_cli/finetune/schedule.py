@@ -7,11 +7,15 @@ batch size follows the same curve.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
-from tl_cli.finetune.config import FinetuneConfig
+from tl_cli.finetune.config import SGD_AFTER_PROBE, FinetuneConfig
 from tl_cli.finetune.model import FinetuneModel
+
+if TYPE_CHECKING:
+    from tl_cli.finetune.state import Training
 
 
 def lr_factor(progress: float, warmup: float, total: float) -> float:
@@ -33,25 +37,56 @@ def step_progress(epoch: int, step: int, n_steps: int, warmup: float) -> float:
     return end if end <= warmup else max(start, warmup)
 
 
+def planned_epochs(done: int, epoch_s: float, left_s: float, cap: int) -> int:
+    """Epochs a run should have in all, `done` of them taken `epoch_s` each (the slowest), with
+    `left_s` seconds of budget left: as many as fit with a 5% margin, at least one more, at most `cap`."""
+    fit = int(max(left_s, 0.0) // (epoch_s * 1.05))
+    return max(done + 1, min(cap, done + fit))
+
+
 def step_lr_factor(cfg: FinetuneConfig, epoch: int, step: int, n_steps: int) -> float:
     """The learning-rate multiplier of one optimiser step of a run with settings `cfg`."""
     return lr_factor(step_progress(epoch, step, n_steps, cfg.warmup_epochs), cfg.warmup_epochs, cfg.epochs)
 
 
 def build_optimizer(model: FinetuneModel, cfg: FinetuneConfig) -> torch.optim.Optimizer:
-    """AdamW (default) or SGD+Nesterov over the trainable parameters.
+    """AdamW or SGD+Nesterov over the trainable parameters (`cfg.optimizer_settings()`: "auto"
+    before the probe has scored is AdamW; `settle_optimizer` revisits it after).
 
     Two learning rates (trained backbone layers: `lr`, new head: `head_lr`); no weight decay on
     biases and norm weights (1-d tensors), where decay only fights the normalisation.
     """
+    name, body_lr, head_lr = cfg.optimizer_settings()
     groups = []
-    for params, lr in ((model.body_parameters(), cfg.lr), (model.head_parameters(), cfg.head_lr)):
+    for params, lr in ((model.body_parameters(), body_lr), (model.head_parameters(), head_lr)):
         for ps, wd in (([p for p in params if p.ndim > 1], cfg.weight_decay), ([p for p in params if p.ndim <= 1], 0.0)):
             if ps:
                 groups.append({"params": ps, "lr": lr, "base_lr": lr, "weight_decay": wd})
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.head_lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-    return torch.optim.AdamW(groups, lr=cfg.head_lr)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=head_lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=head_lr)
+
+
+def settle_optimizer(tr: Training, probe_accuracy: float | None) -> None:
+    """--optimizer auto, once the probe has scored: decide, rebuild the optimizer, save the config, say why.
+
+    Nothing has stepped the optimizer yet (the probe fits the head in closed form), so the new one
+    starts exactly where a run given `--optimizer NAME --lr ... --head-lr ...` would.
+    """
+    from tl_cli.runtime.distributed import is_main
+
+    tr.cfg = tr.cfg.settled(probe_accuracy)
+    tr.opt = build_optimizer(tr.model, tr.cfg)
+    if is_main():
+        tr.cfg.save(tr.run_dir)
+    if probe_accuracy is None:
+        why = "no validation images to score the probe on"
+    elif tr.cfg.optimizer == "sgd":
+        why = (f"the probe scores {probe_accuracy:.3f} on validation, at or above {SGD_AFTER_PROBE}: the features "
+               "already fit, and SGD's steps shrink with the gradients where AdamW's do not")
+    else:
+        why = f"the probe scores {probe_accuracy:.3f} on validation, below {SGD_AFTER_PROBE}: the features must adapt"
+    tr.reporter.log(f"optimizer: {tr.cfg.optimizer} (lr {tr.cfg.lr:g}, head {tr.cfg.head_lr:g}): {why} (--optimizer auto)")
 
 
 def set_lr(opt: torch.optim.Optimizer, factor: float) -> float:

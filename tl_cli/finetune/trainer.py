@@ -37,7 +37,7 @@ from tl_cli.finetune.ema import weight_average
 from tl_cli.finetune.epoch import kept_weights, run_epoch, validate_run
 from tl_cli.finetune.history import format_row, write_history
 from tl_cli.finetune.model import FinetuneModel
-from tl_cli.finetune.schedule import build_optimizer
+from tl_cli.finetune.schedule import build_optimizer, planned_epochs, settle_optimizer
 from tl_cli.finetune.state import Training, TrainState
 from tl_cli.finetune.step import Amp
 from tl_cli.runs.meta import DatasetRef, RunMeta, WeightsRef
@@ -100,6 +100,7 @@ def start(data_dir: str | os.PathLike, cfg: FinetuneConfig, workspace: Workspace
         ws.ensure(outside=ds.root)
         _check_freeze(cfg)  # an unknown backbone or a too-large --freeze fails before a run folder exists
         cfg = with_image_size(cfg, ds, get_spec(cfg.backbone).preprocess.input_size)  # saved: --resume replays it
+        cfg = cfg if cfg.waits_for_probe else cfg.settled()
         run_dir = new_run_dir(ws.runs, cfg.route, ds.root.name)
         cfg.save(run_dir)
         write_json(run_dir / SOURCE, {"data_dir": str(ds.root), "classes": ds.classes, "layout": ds.layout})
@@ -215,7 +216,7 @@ def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, repor
         _save_final(tr, state)
         ws.remember(latest_run=run_dir)
     distributed.shutdown()
-    return FinetuneResult(run_dir, cfg, state.history, state.best["epoch"], state.best, state.stop_reason,
+    return FinetuneResult(run_dir, tr.cfg, state.history, state.best["epoch"], state.best, state.stop_reason,
                           classes=ds.classes, resumed_from=resumed_from, trainable_params=trainable,
                           frozen_params=frozen, n_layers=len(tr.model.layers), n_train=tr.loaders.n_train,
                           n_val=tr.loaders.n_val, seconds=time.perf_counter() - t0, skipped=sorted(skipped))
@@ -335,6 +336,8 @@ def _start_from_probe(tr: Training, ws: Workspace, state: TrainState) -> None:
                       on_halve=lambda b: reporter.log(f"out of memory: the probe goes on in batches of {b}"))
     load_into(tr.model.net, probe)
     val_loss, val_acc = validate_run(tr)
+    if cfg.waits_for_probe:  # --optimizer auto decides here
+        settle_optimizer(tr, val_acc)
     row = {"epoch": 0, "train_loss": probe.train_loss, "train_accuracy": probe.train_accuracy, "val_loss": val_loss,
            "val_accuracy": val_acc, "lr": 0.0, "seconds": time.perf_counter() - t,
            "images_per_second": probe.n_train / max(probe.seconds, 1e-9)}
@@ -342,13 +345,6 @@ def _start_from_probe(tr: Training, ws: Workspace, state: TrainState) -> None:
     reporter.log(f"probe: L2 {probe.l2:g}, features {'from the tl extract cache' if probe.source == 'cache' else 'computed'} "
                  f"for {probe.n_train} training images in {probe.seconds:.1f} s")
     reporter.log(format_row(row, improved=True))
-
-
-def planned_epochs(done: int, epoch_s: float, left_s: float, cap: int) -> int:
-    """Epochs a run should have in all, `done` of them taken `epoch_s` each (the slowest), with
-    `left_s` seconds of budget left: as many as fit with a 5% margin, at least one more, at most `cap`."""
-    fit = int(max(left_s, 0.0) // (epoch_s * 1.05))
-    return max(done + 1, min(cap, done + fit))
 
 
 def _plan(tr: Training, state: TrainState, epoch_s: float, deadline: float) -> FinetuneConfig:
