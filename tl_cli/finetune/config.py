@@ -35,7 +35,7 @@ PLAN_CAP = 30  # most epochs a --time-budget plan may give (more would call for 
 # What may change on --resume: where and how fast the run goes, not what it computes.
 # Settings added after runs were saved, with the value that reproduces those runs when resumed.
 # image_size 0 = the backbone's own input size, what every run did before the setting existed.
-SETTINGS_ADDED_LATER = {"ema": 0.0, "image_size": 0}
+SETTINGS_ADDED_LATER = {"ema": 0.0, "image_size": 0, "mix": 0.0}
 RESOURCE_FIELDS = frozenset({"batch_size", "device", "workers", "time_budget"})
 
 
@@ -58,6 +58,7 @@ class FinetuneConfig:
         warmup_epochs: linear warm-up from 0, then cosine decay to 0 at `epochs` (per step);
             default one epoch, or a fifth of the epochs when there are fewer than five.
         label_smoothing: cross-entropy label smoothing. dropout: before the new head.
+        mix: share of training batches blended by mixup or CutMix (finetune/mix.py); 0 = off.
         ema: half-life, in epochs, of the exponential moving average of the trained weights
             (finetune/ema.py); the average is what is validated and kept. 0 turns it off.
         patience: stop after this many fine-tuning epochs in a row that improve neither validation
@@ -99,6 +100,7 @@ class FinetuneConfig:
     warmup_epochs: float | None = None  # None: min(1, epochs / 5), so short runs still decay
     label_smoothing: float = 0.0  # the probe head is fitted without it: smoothing would pull it away (study)
     dropout: float = 0.2
+    mix: float = 0.0
     ema: float = 0.0  # off: within noise of no average in the study (benchmarks/finetune_study.md, section 7)
     patience: int = 4
     augment: bool = True
@@ -137,6 +139,7 @@ class FinetuneConfig:
             (0 <= self.warmup_epochs < self.epochs, f"--warmup-epochs must be in [0, epochs), got {self.warmup_epochs}"),
             (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
             (0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
+            (0 <= self.mix <= 1, f"--mix must be in [0, 1], got {self.mix}"),
             (self.ema >= 0, f"--ema must be >= 0 epochs (0 = off), got {self.ema}"),
             (self.patience >= 0, f"--patience must be >= 0, got {self.patience}"),
             (self.workers is None or self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),

@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tl_cli.finetune import ddp
+from tl_cli.finetune.mix import mix_batch
 from tl_cli.finetune.schedule import set_lr, step_lr_factor
 from tl_cli.finetune.state import Training
 from tl_cli.finetune.step import accumulate, to_device
@@ -81,6 +82,8 @@ def run_epoch(tr: Training, epoch: int, deadline: float | None) -> dict | None:
             tr.skipped.update(errors)
             if not ddp.any_rank(x is None):  # a step happens on all ranks or none (DDP syncs in backward)
                 lr = set_lr(tr.opt, step_lr_factor(tr.cfg, epoch, i, n_batches))
+                if tr.cfg.mix:
+                    x, y = mix_batch(x, y, len(tr.ds.classes), tr.cfg.mix, tr.cfg.seed, epoch, i)
                 loss, ok = _step(tr, x, y)
                 loss_sum, correct, seen = loss_sum + loss * len(y), correct + ok, seen + len(y)
                 if t_first is None:

@@ -77,7 +77,7 @@ def accumulate(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
         loss = loss_fn(logits.float(), ys)
         amp.backward(loss * (len(ys) / n))
         loss_sum += loss.detach() * (len(ys) / n)
-        correct += (logits.argmax(1) == ys).sum()
+        correct += (logits.argmax(1) == (ys.argmax(1) if ys.ndim == 2 else ys)).sum()  # blended: the larger share
     return float(loss_sum), int(correct)  # one device sync per step, not one per piece
 
 
