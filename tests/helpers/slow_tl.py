@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,9 @@ def slow_forward(self, x):
 
 
 Backbone.forward_features = slow_forward
+# Ctrl-C as in a terminal: a shell starts background jobs with SIGINT ignored, which Python then
+# keeps (no KeyboardInterrupt), so a suite run with `... &` saw the interrupted job finish normally.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 _extract = small_data.extract_features
 
 
