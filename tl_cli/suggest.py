@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, replace
 
 from tl_cli.backbones import DEFAULT_BACKBONE
 from tl_cli.errors import ConfigError
+from tl_cli.finetune.config import SGD_AFTER_PROBE
 
 EXTRACT_BELOW = 100  # train images per class below which only a head is trained
 RETRAIN_ABOVE = 2000  # above this, every layer is trained from the pretrained weights
@@ -38,7 +39,9 @@ FROZEN_AT_LOW = 0.9  # fraction of layers frozen at EXTRACT_BELOW images per cla
 FROZEN_AT_HIGH = 0.3  # ... and at RETRAIN_ABOVE
 IMBALANCE_RATIO = 3.0  # largest/smallest class above this gets a warning
 TOO_FEW = 10  # fewer images (train + val) than this in a class gets a warning
-NEAR_PERFECT = 0.97  # probe validation accuracy from which fine-tuning has nothing left to win
+# Probe validation accuracy from which fine-tuning has nothing left to win; the same level at
+# which `--optimizer auto` fine-tunes with SGD, so it is defined once, there.
+NEAR_PERFECT = SGD_AFTER_PROBE
 WEAK_PROBE = 0.9  # below this the pretrained features do not fit the data: fine-tune when the count allows
 MIN_EVIDENCE_VAL = 20  # fewer validation images than this are not evidence either way
 

@@ -25,9 +25,9 @@ OPTIMIZERS = ("auto", "adamw", "sgd")
 # needs larger rates for the same progress (finetune_study.md, section 7).
 DEFAULT_LRS = {("finetune", "adamw"): (3e-4, 3e-3), ("finetune", "sgd"): (1e-3, 1e-2),
                ("retrain", "adamw"): (1e-4, 1e-3), ("retrain", "sgd"): (3e-4, 3e-3)}
-# "auto" picks SGD after a probe this accurate on validation (the threshold at which `tl suggest`
-# says extract is enough): the features already fit, and AdamW's full-size steps on near-zero
-# gradients cost catsdogs 2-4 of 106 validation images in the first epoch where SGD lost at most 1.
+# "auto" picks SGD after a probe this accurate on validation; `tl suggest` says extract is enough
+# from the same level (suggest.NEAR_PERFECT is this constant): the features already fit, and AdamW's full-size steps
+# on near-zero gradients cost catsdogs 2-4 of 106 validation images in the first epoch where SGD lost at most 1.
 SGD_AFTER_PROBE = 0.97
 HEAD_INITS = ("probe", "random")
 BN_POLICIES = ("frozen", "train")
