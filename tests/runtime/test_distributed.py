@@ -210,6 +210,9 @@ def test_ddp_finetune_equals_one_process_with_the_same_global_batch(ddp_data, dd
         for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
             assert h1[k] == pytest.approx(h2[k], abs=1e-6), (h1["epoch"], k)
     assert ckpt_two["best"]["epoch"] == one.best_epoch
+    # which validation images the kept epoch got right, gathered from both ranks' shares in order
+    assert ckpt_two["best"]["val_correct"] == ckpt_one["best"]["val_correct"]
+    assert ckpt_one["best"]["val_correct"].startswith("10:")  # ddp_data's 10 validation images
     assert len(ckpt_two["rng_ranks"]) == 2  # each rank's random streams, for an exact resume
 
 

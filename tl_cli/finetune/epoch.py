@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -18,9 +20,20 @@ from tl_cli.finetune.step import accumulate, to_device
 from tl_cli.runtime.oom import apply_update
 
 
+class Validation(NamedTuple):
+    """A validation pass: mean cross-entropy, accuracy, and which images were right (in the
+    validation split's order, over all ranks; None when an image could not be read, so that the
+    positions would not line up). `correct` lets the best-epoch rule compare two epochs image by
+    image (state.is_better)."""
+
+    loss: float | None
+    accuracy: float | None
+    correct: np.ndarray | None = None
+
+
 @torch.no_grad()
-def validate(model: nn.Module, loader, device: torch.device) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over a loader (over all ranks' loaders), in eval mode; no label smoothing.
+def validate(model: nn.Module, loader, device: torch.device) -> Validation:
+    """`Validation` over a loader (over all ranks' loaders), in eval mode; no label smoothing.
 
     float32 on every device (no autocast): the accuracy that chooses the best epoch is the one
     prediction and `tl evaluate` reproduce (precision policy, runtime/device.py).
@@ -32,25 +45,37 @@ def validate(model: nn.Module, loader, device: torch.device) -> tuple[float, flo
     was_training = model.training
     model.eval()
     forward = HalvingForward(lambda xb: model(to_device(xb, device)).float())
+    order = list(loader.sampler)  # this rank's validation images, in the order the batches come
+    right = np.zeros(len(loader.dataset))  # 1 where this rank's image was right; summed over ranks
+    misaligned = 0.0  # 1 once a batch lost an unreadable image: positions no longer known
     loss_sum, correct, n = 0.0, 0, 0
-    for x, y, _ in loader:
+    for b, (x, y, _) in enumerate(loader):
+        expected = order[b * loader.batch_size:(b + 1) * loader.batch_size]
+        if x is None or len(y) != len(expected):
+            misaligned = 1.0
         if x is None:
             continue
         logits = forward(x)
         y = y.to(device)
+        hits = (logits.argmax(1) == y).cpu().numpy()
+        if not misaligned:
+            right[expected] = hits
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += int((logits.argmax(1) == y).sum())
+        correct += int(hits.sum())
         n += len(y)
     model.train(was_training)
-    loss_sum, correct, n = ddp.sum_over_ranks(loss_sum, correct, n)  # each rank saw its share
-    return (loss_sum / n, correct / n) if n else (float("nan"), float("nan"))
+    # each rank saw its share: sum the totals, and the per-image vectors (zeros where another rank's)
+    loss_sum, correct, n, misaligned, *right = ddp.sum_over_ranks(loss_sum, correct, n, misaligned, *right)
+    if not n:
+        return Validation(float("nan"), float("nan"))
+    return Validation(loss_sum / n, correct / n, None if misaligned else np.asarray(right) > 0.5)
 
 
-def validate_run(tr: Training) -> tuple[float | None, float | None]:
+def validate_run(tr: Training) -> Validation:
     """`validate` the model the run keeps (the weight average, when on) on the run's validation
-    loader; (None, None) when the run has no validation images."""
+    loader; Validation(None, None) when the run has no validation images."""
     if tr.loaders.val is None:
-        return None, None
+        return Validation(None, None)
     with kept_weights(tr):
         return validate(tr.model, tr.loaders.val, tr.device)
 
@@ -97,13 +122,14 @@ def run_epoch(tr: Training, epoch: int, deadline: float | None) -> dict | None:
         tr.reporter.stop()
     speed = _speed(seen, seen_first, t, t_first)
     loss_sum, correct, seen, speed = ddp.sum_over_ranks(loss_sum, correct, seen, speed)
-    val_loss, val_acc = validate_run(tr)
+    val = validate_run(tr)
     return {
         "epoch": epoch + 1,
         "train_loss": loss_sum / max(seen, 1),
         "train_accuracy": correct / max(seen, 1),
-        "val_loss": val_loss,
-        "val_accuracy": val_acc,
+        "val_loss": val.loss,
+        "val_accuracy": val.accuracy,
+        "val_correct": val.correct,  # for the best-epoch rule; TrainState.record keeps it out of the history
         "lr": lr,
         "seconds": time.perf_counter() - t,
         "images_per_second": speed,

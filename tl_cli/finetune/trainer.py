@@ -38,7 +38,7 @@ from tl_cli.finetune.epoch import kept_weights, run_epoch, validate_run
 from tl_cli.finetune.history import format_row, write_history
 from tl_cli.finetune.model import FinetuneModel
 from tl_cli.finetune.schedule import build_optimizer, planned_epochs, settle_optimizer
-from tl_cli.finetune.state import Training, TrainState
+from tl_cli.finetune.state import Training, TrainState, best_numbers
 from tl_cli.finetune.step import Amp
 from tl_cli.runs.meta import DatasetRef, RunMeta, WeightsRef
 from tl_cli.runs.store import META, load_tensors, new_run_dir, save_run, save_tensors
@@ -181,7 +181,7 @@ def _prepare_resume(ws: Workspace, run_dir, overrides: dict | None, data_dir):
 
 
 def _finished_result(run_dir: Path, cfg: FinetuneConfig, ckpt: dict) -> FinetuneResult:
-    return FinetuneResult(run_dir, cfg, list(ckpt["history"]), ckpt["best"].get("epoch"), dict(ckpt["best"]),
+    return FinetuneResult(run_dir, cfg, list(ckpt["history"]), ckpt["best"].get("epoch"), best_numbers(ckpt["best"]),
                           ckpt.get("stop_reason", "epochs"), resumed_from=int(ckpt["epoch"]), already_finished=True)
 
 
@@ -216,7 +216,7 @@ def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, repor
         _save_final(tr, state)
         ws.remember(latest_run=run_dir)
     distributed.shutdown()
-    return FinetuneResult(run_dir, tr.cfg, state.history, state.best["epoch"], state.best, state.stop_reason,
+    return FinetuneResult(run_dir, tr.cfg, state.history, state.best["epoch"], best_numbers(state.best), state.stop_reason,
                           classes=ds.classes, resumed_from=resumed_from, trainable_params=trainable,
                           frozen_params=frozen, n_layers=len(tr.model.layers), n_train=tr.loaders.n_train,
                           n_val=tr.loaders.n_val, seconds=time.perf_counter() - t0, skipped=sorted(skipped))
@@ -335,11 +335,11 @@ def _start_from_probe(tr: Training, ws: Workspace, state: TrainState) -> None:
     probe = fit_probe(tr.model.net, tr.ds, tr.spec, tr.choice.identity, ws, cfg.batch_size, tr.workers, tr.device, use_cache=True,
                       on_halve=lambda b: reporter.log(f"out of memory: the probe goes on in batches of {b}"))
     load_into(tr.model.net, probe)
-    val_loss, val_acc = validate_run(tr)
+    val = validate_run(tr)
     if cfg.waits_for_probe:  # --optimizer auto decides here
-        settle_optimizer(tr, val_acc)
-    row = {"epoch": 0, "train_loss": probe.train_loss, "train_accuracy": probe.train_accuracy, "val_loss": val_loss,
-           "val_accuracy": val_acc, "lr": 0.0, "seconds": time.perf_counter() - t,
+        settle_optimizer(tr, val.accuracy)
+    row = {"epoch": 0, "train_loss": probe.train_loss, "train_accuracy": probe.train_accuracy, "val_loss": val.loss,
+           "val_accuracy": val.accuracy, "val_correct": val.correct, "lr": 0.0, "seconds": time.perf_counter() - t,
            "images_per_second": probe.n_train / max(probe.seconds, 1e-9)}
     _end_epoch(tr, state, row)
     reporter.log(f"probe: L2 {probe.l2:g}, features {'from the tl extract cache' if probe.source == 'cache' else 'computed'} "
