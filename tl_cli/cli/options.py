@@ -86,7 +86,7 @@ MixOpt = Annotated[_Float, _opt("--mix", min=0.0, max=1.0, help=(
     "Share of training batches blended by mixup or CutMix, half each, labels blended alike (default: 0 = off)."))]
 EmaOpt = Annotated[_Float, _opt("--ema", help=(
     "Half-life in epochs of the moving average of the weights that is validated and kept "
-    "(default: 0 = off, the last step's weights; e.g. 0.5)."))]
+    "(default: 2; 0 = off, the last step's weights)."))]
 PatienceOpt = Annotated[_Int, _opt("--patience", min=0, help=(
     "Stop after this many epochs in a row that improve neither validation accuracy nor loss on the earlier "
     "fine-tuning epochs (the probe, epoch 0, does not count); 0 = never (default: 4 finetune, 5 retrain)."))]
