@@ -70,11 +70,11 @@ class TrainState:
 
         Metrics are global under torchrun, so every rank decides alike.
         """
+        improved = is_better(row, self.best, n_val)
         correct = row.get("val_correct")
         row = {k: v for k, v in row.items() if k != "val_correct"}  # the history keeps the numbers only
         self.epoch = row["epoch"]
         self.history.append(row)
-        improved = is_better({**row, "val_correct": correct}, self.best, n_val)
         if improved:
             self.best = {k: row[k] for k in BEST_KEYS}
             if correct is not None:
