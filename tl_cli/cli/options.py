@@ -83,7 +83,8 @@ SmoothingOpt = Annotated[_Float, _opt("--label-smoothing", help=(
     "Label smoothing (default: 0: the probe start is fitted without it, and smoothing would pull it away)."))]
 DropoutOpt = Annotated[_Float, _opt("--dropout", help="Dropout before the new head (default: 0.2).")]
 MixOpt = Annotated[_Float, _opt("--mix", min=0.0, max=1.0, help=(
-    "Share of training batches blended by mixup or CutMix, half each, labels blended alike (default: 0 = off)."))]
+    "Share of training batches blended by mixup or CutMix, half each, labels blended alike (default: auto: "
+    "every batch when the probe scores below 0.97 and the run has 20 epochs or more, else 0 = off)."))]
 EmaOpt = Annotated[_Float, _opt("--ema", help=(
     "Half-life in epochs of the moving average of the weights that is validated and kept "
     "(default: 2; 0 = off, the last step's weights)."))]

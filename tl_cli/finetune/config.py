@@ -31,6 +31,8 @@ DEFAULT_LRS = {("finetune", "adamw"): (3e-4, 3e-3), ("finetune", "sgd"): (1e-3, 
 SGD_AFTER_PROBE = 0.97
 HEAD_INITS = ("probe", "random")
 BN_POLICIES = ("frozen", "train")
+MIX_AUTO = 1.0  # --mix auto's share: every batch, as measured (study, section 15)
+MIX_MIN_EPOCHS = 20  # mixing paid nothing in 15 epochs and 1.5 points in 30 (study, section 15)
 PLAN_CAP = 30  # most epochs a --time-budget plan may give (more would call for --epochs)
 # What may change on --resume: where and how fast the run goes, not what it computes.
 # Settings added after runs were saved, with the value that reproduces those runs when resumed.
@@ -59,6 +61,10 @@ class FinetuneConfig:
             default one epoch, or a fifth of the epochs when there are fewer than five.
         label_smoothing: cross-entropy label smoothing. dropout: before the new head.
         mix: share of training batches blended by mixup or CutMix (finetune/mix.py); 0 = off.
+            None ("auto"): MIX_AUTO when the features must adapt (no probe, or it scores below
+            SGD_AFTER_PROBE) and the run has MIX_MIN_EPOCHS epochs or more, else 0: blending
+            costs the first epochs and pays only in a long run. Decided once the epochs are
+            known (after the probe, or at the plan of a --time-budget run) and saved as a number.
         ema: half-life, in epochs, of the exponential moving average of the trained weights
             (finetune/ema.py); the average is what is validated and kept. 0 turns it off.
         patience: stop after this many fine-tuning epochs in a row that improve neither validation
@@ -100,7 +106,7 @@ class FinetuneConfig:
     warmup_epochs: float | None = None  # None: min(1, epochs / 5), so short runs still decay
     label_smoothing: float = 0.0  # the probe head is fitted without it: smoothing would pull it away (study)
     dropout: float = 0.2
-    mix: float = 0.0
+    mix: float | None = None
     ema: float = 2.0  # epochs in a row above the probe on catsdogs and flowers instead of dips (study, section 13)
     patience: int = 4
     augment: bool = True
@@ -139,7 +145,7 @@ class FinetuneConfig:
             (0 <= self.warmup_epochs < self.epochs, f"--warmup-epochs must be in [0, epochs), got {self.warmup_epochs}"),
             (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
             (0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
-            (0 <= self.mix <= 1, f"--mix must be in [0, 1], got {self.mix}"),
+            (self.mix is None or 0 <= self.mix <= 1, f"--mix must be in [0, 1], got {self.mix}"),
             (self.ema >= 0, f"--ema must be >= 0 epochs (0 = off), got {self.ema}"),
             (self.patience >= 0, f"--patience must be >= 0, got {self.patience}"),
             (self.workers is None or self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
@@ -170,7 +176,7 @@ class FinetuneConfig:
     @property
     def waits_for_probe(self) -> bool:
         """True while "auto" still needs the probe's validation accuracy to pick the optimizer."""
-        return self.optimizer == "auto" and self.head_init == "probe"
+        return (self.optimizer == "auto" or self.mix is None) and self.head_init == "probe"
 
     def optimizer_settings(self, probe_accuracy: float | None = None) -> tuple[str, float, float]:
         """(optimizer, lr, head_lr) to train with, given the probe's validation accuracy (None: no probe yet)."""
@@ -181,9 +187,16 @@ class FinetuneConfig:
         return name, (lr if self.lr is None else self.lr), (head_lr if self.head_lr is None else self.head_lr)
 
     def settled(self, probe_accuracy: float | None = None) -> FinetuneConfig:
-        """This config with the optimizer and learning rates decided (`optimizer_settings`), as it is saved."""
+        """This config with the optimizer and learning rates decided (`optimizer_settings`), and the
+        mix share too unless the epochs are still to be planned, as it is saved."""
         name, lr, head_lr = self.optimizer_settings(probe_accuracy)
-        return replace(self, optimizer=name, lr=lr, head_lr=head_lr)
+        mix = self.mix if self.mix is not None or self.plan_epochs else self.auto_mix(probe_accuracy)
+        return replace(self, optimizer=name, lr=lr, head_lr=head_lr, mix=mix)
+
+    def auto_mix(self, probe_accuracy: float | None) -> float:
+        """--mix auto for a run of `epochs` epochs whose probe scored `probe_accuracy` (None: no probe)."""
+        weak = probe_accuracy is None or probe_accuracy < SGD_AFTER_PROBE
+        return MIX_AUTO if weak and self.epochs >= MIX_MIN_EPOCHS else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

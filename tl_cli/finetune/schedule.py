@@ -7,15 +7,17 @@ batch size follows the same curve.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
 
-from tl_cli.finetune.config import SGD_AFTER_PROBE, FinetuneConfig
+from tl_cli.finetune.config import MIX_MIN_EPOCHS, SGD_AFTER_PROBE, FinetuneConfig
 from tl_cli.finetune.model import FinetuneModel
 
 if TYPE_CHECKING:
     from tl_cli.finetune.state import Training
+    from tl_cli.runtime.progress import Reporter
 
 
 def lr_factor(progress: float, warmup: float, total: float) -> float:
@@ -68,25 +70,55 @@ def build_optimizer(model: FinetuneModel, cfg: FinetuneConfig) -> torch.optim.Op
 
 
 def settle_optimizer(tr: Training, probe_accuracy: float | None) -> None:
-    """--optimizer auto, once the probe has scored: decide, rebuild the optimizer, save the config, say why.
+    """--optimizer auto and --mix auto, once the probe has scored: decide, rebuild the optimizer,
+    save the config, say why.
 
     Nothing has stepped the optimizer yet (the probe fits the head in closed form), so the new one
-    starts exactly where a run given `--optimizer NAME --lr ... --head-lr ...` would.
+    starts exactly where a run given `--optimizer NAME --lr ... --head-lr ...` would. A run whose
+    epochs are still to be planned decides the mix at the plan (`settle_mix`).
     """
     from tl_cli.runtime.distributed import is_main
 
+    optimizer_auto, mix_auto = tr.cfg.optimizer == "auto", tr.cfg.mix is None
     tr.cfg = tr.cfg.settled(probe_accuracy)
     tr.opt = build_optimizer(tr.model, tr.cfg)
     if is_main():
         tr.cfg.save(tr.run_dir)
+    if optimizer_auto:
+        tr.reporter.log(f"optimizer: {tr.cfg.optimizer} (lr {tr.cfg.lr:g}, head {tr.cfg.head_lr:g}): "
+                        f"{_optimizer_reason(tr.cfg.optimizer, probe_accuracy)} (--optimizer auto)")
+    if mix_auto and tr.cfg.mix is not None:
+        tr.reporter.log(mix_reason(tr.cfg, probe_accuracy))
+
+
+def _optimizer_reason(name: str, probe_accuracy: float | None) -> str:
     if probe_accuracy is None:
-        why = "no validation images to score the probe on"
-    elif tr.cfg.optimizer == "sgd":
-        why = (f"the probe scores {probe_accuracy:.3f} on validation, at or above {SGD_AFTER_PROBE}: the features "
-               "already fit, and SGD's steps shrink with the gradients where AdamW's do not")
-    else:
-        why = f"the probe scores {probe_accuracy:.3f} on validation, below {SGD_AFTER_PROBE}: the features must adapt"
-    tr.reporter.log(f"optimizer: {tr.cfg.optimizer} (lr {tr.cfg.lr:g}, head {tr.cfg.head_lr:g}): {why} (--optimizer auto)")
+        return "no validation images to score the probe on"
+    if name == "sgd":
+        return (f"the probe scores {probe_accuracy:.3f} on validation, at or above {SGD_AFTER_PROBE}: the features "
+                "already fit, and SGD's steps shrink with the gradients where AdamW's do not")
+    return f"the probe scores {probe_accuracy:.3f} on validation, below {SGD_AFTER_PROBE}: the features must adapt"
+
+
+def settle_mix(cfg: FinetuneConfig, probe_accuracy: float | None, reporter: Reporter) -> FinetuneConfig:
+    """--mix auto for a run whose epochs were just planned: `cfg` with the share decided (said in one line)."""
+    if cfg.mix is not None:
+        return cfg
+    cfg = replace(cfg, mix=cfg.auto_mix(probe_accuracy))
+    reporter.log(mix_reason(cfg, probe_accuracy))
+    return cfg
+
+
+def mix_reason(cfg: FinetuneConfig, probe_accuracy: float | None) -> str:
+    """One line: the share --mix auto chose for `cfg` (already decided) and why."""
+    probe = "no probe score" if probe_accuracy is None else f"the probe scores {probe_accuracy:.3f}"
+    if cfg.mix:
+        return (f"mix: {cfg.mix:g} (mixup or CutMix on the training batches): {probe}, below {SGD_AFTER_PROBE}, and "
+                f"{cfg.epochs} epochs (>= {MIX_MIN_EPOCHS}) leave time to learn from blends (--mix auto)")
+    weak = probe_accuracy is None or probe_accuracy < SGD_AFTER_PROBE
+    why = (f"{cfg.epochs} epochs are too few (< {MIX_MIN_EPOCHS}) to repay blending" if weak
+           else f"{probe}, at or above {SGD_AFTER_PROBE}: the features already fit")
+    return f"mix: off: {why} (--mix auto)"
 
 
 def set_lr(opt: torch.optim.Optimizer, factor: float) -> float:

@@ -37,7 +37,7 @@ from tl_cli.finetune.ema import weight_average
 from tl_cli.finetune.epoch import kept_weights, run_epoch, validate_run
 from tl_cli.finetune.history import format_row, write_history
 from tl_cli.finetune.model import FinetuneModel
-from tl_cli.finetune.schedule import build_optimizer, planned_epochs, settle_optimizer
+from tl_cli.finetune.schedule import build_optimizer, planned_epochs, settle_mix, settle_optimizer
 from tl_cli.finetune.state import Training, TrainState, best_numbers
 from tl_cli.finetune.step import Amp
 from tl_cli.runs.meta import DatasetRef, RunMeta, WeightsRef
@@ -352,11 +352,12 @@ def _plan(tr: Training, state: TrainState, epoch_s: float, deadline: float) -> F
     so runs the same whatever the total), and save it: --resume continues the same plan."""
     left, cap = deadline - time.perf_counter(), tr.cfg.epochs  # cfg.epochs is the cap (PLAN_CAP) until planned
     n = planned_epochs(state.epoch, epoch_s, left, cap)
-    cfg = replace(tr.cfg, epochs=n, plan_epochs=False)  # saved: a resumed run keeps this plan, never makes another
-    if distributed.is_main():
-        cfg.save(tr.run_dir)
     tr.reporter.log(f"planned {n} epochs: epoch {state.epoch} took {epoch_s:.0f} s and {left:.0f} s of the time budget "
                     f"are left, so the learning rate decays to zero at epoch {n}" + (" (the most planned)" if n == cap else ""))
+    probe = state.history[0]["val_accuracy"] if tr.cfg.head_init == "probe" else None
+    cfg = settle_mix(replace(tr.cfg, epochs=n, plan_epochs=False), probe, tr.reporter)
+    if distributed.is_main():
+        cfg.save(tr.run_dir)  # a resumed run keeps this plan (and mix), never makes another
     return cfg
 
 
