@@ -41,6 +41,12 @@ SETTINGS_ADDED_LATER = {"ema": 0.0, "image_size": 0, "mix": 0.0}
 RESOURCE_FIELDS = frozenset({"batch_size", "device", "workers", "time_budget"})
 
 
+def probe_fits(probe_accuracy: float | None) -> bool:
+    """The probe already fits (scores SGD_AFTER_PROBE or more on validation): what --optimizer auto
+    and --mix auto both decide on. No score (no probe, no validation images) counts as not fitting."""
+    return probe_accuracy is not None and probe_accuracy >= SGD_AFTER_PROBE
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Everything that decides what a fine-tuning run learns (and a few resource settings).
@@ -182,7 +188,7 @@ class FinetuneConfig:
         """(optimizer, lr, head_lr) to train with, given the probe's validation accuracy (None: no probe yet)."""
         name = self.optimizer
         if name == "auto":
-            name = "sgd" if probe_accuracy is not None and probe_accuracy >= SGD_AFTER_PROBE else "adamw"
+            name = "sgd" if probe_fits(probe_accuracy) else "adamw"
         lr, head_lr = DEFAULT_LRS[(self.route, name)]
         return name, (lr if self.lr is None else self.lr), (head_lr if self.head_lr is None else self.head_lr)
 
@@ -195,8 +201,7 @@ class FinetuneConfig:
 
     def auto_mix(self, probe_accuracy: float | None) -> float:
         """--mix auto for a run of `epochs` epochs whose probe scored `probe_accuracy` (None: no probe)."""
-        weak = probe_accuracy is None or probe_accuracy < SGD_AFTER_PROBE
-        return MIX_AUTO if weak and self.epochs >= MIX_MIN_EPOCHS else 0.0
+        return MIX_AUTO if not probe_fits(probe_accuracy) and self.epochs >= MIX_MIN_EPOCHS else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

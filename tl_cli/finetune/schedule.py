@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from tl_cli.finetune.config import MIX_MIN_EPOCHS, SGD_AFTER_PROBE, FinetuneConfig
+from tl_cli.finetune.config import MIX_MIN_EPOCHS, SGD_AFTER_PROBE, FinetuneConfig, probe_fits
 from tl_cli.finetune.model import FinetuneModel
 
 if TYPE_CHECKING:
@@ -115,9 +115,8 @@ def mix_reason(cfg: FinetuneConfig, probe_accuracy: float | None) -> str:
     if cfg.mix:
         return (f"mix: {cfg.mix:g} (mixup or CutMix on the training batches): {probe}, below {SGD_AFTER_PROBE}, and "
                 f"{cfg.epochs} epochs (>= {MIX_MIN_EPOCHS}) leave time to learn from blends (--mix auto)")
-    weak = probe_accuracy is None or probe_accuracy < SGD_AFTER_PROBE
-    why = (f"{cfg.epochs} epochs are too few (< {MIX_MIN_EPOCHS}) to repay blending" if weak
-           else f"{probe}, at or above {SGD_AFTER_PROBE}: the features already fit")
+    why = (f"{probe}, at or above {SGD_AFTER_PROBE}: the features already fit" if probe_fits(probe_accuracy)
+           else f"{cfg.epochs} epochs are too few (< {MIX_MIN_EPOCHS}) to repay blending")
     return f"mix: off: {why} (--mix auto)"
 
 
