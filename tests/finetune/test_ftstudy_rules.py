@@ -4,13 +4,14 @@ best-epoch rule on small validation sets, and epochs planned to fit --time-budge
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from tests.helpers.finetune import Notes
 from tl_cli.backbones import create_backbone
-from tl_cli.finetune.config import PLAN_CAP, FinetuneConfig
+from tl_cli.finetune.config import PLAN_CAP, PLAN_CAP_MIXED, FinetuneConfig
 from tl_cli.finetune.model import FinetuneModel
 from tl_cli.finetune.schedule import lr_factor, planned_epochs
 from tl_cli.finetune.state import TrainState, accuracy_noise, is_better, made_progress
@@ -85,9 +86,18 @@ def test_planned_epochs():
 
 def test_for_route_plans_only_without_epochs():
     assert FinetuneConfig.for_route("finetune", freeze=2, time_budget=60).plan_epochs
-    assert FinetuneConfig.for_route("finetune", freeze=2, time_budget=60).epochs == PLAN_CAP
+    assert FinetuneConfig.for_route("finetune", freeze=2, time_budget=60).epochs == PLAN_CAP_MIXED  # the cap until planned
     assert not FinetuneConfig.for_route("finetune", freeze=2, time_budget=60, epochs=3).plan_epochs
     assert not FinetuneConfig.for_route("finetune", freeze=2).plan_epochs
+
+
+@pytest.mark.parametrize(("mix", "probe", "cap"), [
+    (None, 0.75, PLAN_CAP_MIXED), (None, None, PLAN_CAP_MIXED), (None, 1.0, PLAN_CAP), (1.0, 1.0, PLAN_CAP_MIXED),
+    (0.3, 0.75, PLAN_CAP_MIXED), (0.0, 0.75, PLAN_CAP)])
+def test_plan_cap_is_longer_only_for_runs_that_blend(mix, probe, cap):
+    cfg = FinetuneConfig.for_route("finetune", freeze=2, time_budget=60, mix=mix)
+    assert cfg.plan_cap(probe) == cap
+    assert replace(cfg, epochs=3).plan_cap(probe) == 3  # a lower cap (tests) is kept either way
 
 
 def test_planned_schedule_ends_at_zero_inside_the_budget(image_folder, tmp_path):

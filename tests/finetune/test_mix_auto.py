@@ -92,3 +92,20 @@ def test_planned_run_decides_at_the_plan(tmp_path, monkeypatch, min_epochs, expe
     mix_lines = [i for i, line in enumerate(notes.lines) if line.startswith("mix: ")]
     assert mix_lines == [planned + 1], notes.lines  # said once, right after the plan
     assert ("too few" in notes.lines[planned + 1]) == (expected == 0.0)
+
+
+@pytest.mark.parametrize(("mix", "planned"), [(None, 3), (0.0, 2)])
+def test_only_a_blended_plan_may_pass_the_unmixed_cap(tmp_path, monkeypatch, mix, planned):
+    # PLAN_CAP 2 and a cap of 3 stand in for 30 and PLAN_CAP_MIXED: the same weak-probe data, a budget
+    # with room for both; the auto run blends, so it may plan past PLAN_CAP, the unmixed one may not.
+    data = _same_colour_data(tmp_path / "data")
+    monkeypatch.setattr(config_module, "MIX_MIN_EPOCHS", 3)
+    monkeypatch.setattr(config_module, "PLAN_CAP", 2)
+    cfg = _cfg(epochs=3, time_budget=600.0, plan_epochs=True, warmup_epochs=1.0, mix=mix)
+    notes = Notes()
+    res = start(data, cfg, Workspace.open(tmp_path / "ws"), notes)
+    saved = json.loads((res.run_dir / "config.json").read_text())
+    assert saved["epochs"] == planned and saved["mix"] == (MIX_AUTO if mix is None else 0.0)
+    assert any(line.startswith(f"planned {planned} epochs") and line.endswith("(the most planned)")
+               for line in notes.lines), notes.lines
+    assert len(res.history) == planned + 1

@@ -29,7 +29,7 @@ from tl_cli.data.groups import make_grouping
 from tl_cli.data.image_size import at_side
 from tl_cli.data.scan import Dataset, scan_dataset
 from tl_cli.errors import ConfigError, DataError, RunError
-from tl_cli.finetune import ddp
+from tl_cli.finetune import budget, ddp
 from tl_cli.finetune.checkpoint import BEST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from tl_cli.finetune.config import CONFIG_FILE, FinetuneConfig
 from tl_cli.finetune.data import make_loaders, with_image_size
@@ -37,7 +37,7 @@ from tl_cli.finetune.ema import weight_average
 from tl_cli.finetune.epoch import kept_weights, run_epoch, validate_run
 from tl_cli.finetune.history import format_row, write_history
 from tl_cli.finetune.model import FinetuneModel
-from tl_cli.finetune.schedule import build_optimizer, planned_epochs, settle_mix, settle_optimizer
+from tl_cli.finetune.schedule import build_optimizer, settle_optimizer
 from tl_cli.finetune.state import Training, TrainState, best_numbers
 from tl_cli.finetune.step import Amp
 from tl_cli.runs.meta import DatasetRef, RunMeta, WeightsRef
@@ -275,6 +275,7 @@ def _restore(tr: Training, ckpt: dict | None) -> TrainState:
 def _epochs(tr: Training, state: TrainState, deadline: float | None) -> None:
     """Train epoch after epoch until the run is finished or the next epoch would pass `deadline`."""
     longest = 0.0  # wall time of the slowest epoch so far, checkpoint and plot included
+    planned = False  # this invocation planned the epochs (a resumed run keeps its plan as saved)
     while not state.finished and state.epoch < tr.cfg.epochs:
         if deadline and ddp.any_rank(time.perf_counter() + longest > deadline):
             state.stop_reason = "time_budget"  # the next epoch would not fit: stop with the best so far
@@ -288,10 +289,14 @@ def _epochs(tr: Training, state: TrainState, deadline: float | None) -> None:
         first = longest == 0.0
         longest = max(longest, time.perf_counter() - t_epoch)
         tr.reporter.log(format_row(row, improved=improved))
-        if tr.cfg.plan_epochs and deadline and not state.finished:
-            tr.cfg = _plan(tr, state, longest, deadline)
-        elif first and deadline and not state.finished:
-            _warn_if_budget_short(tr.reporter, tr.cfg, state.epoch, longest, deadline)
+        if not deadline or state.finished:
+            continue
+        if tr.cfg.plan_epochs:
+            tr.cfg, planned = budget.plan(tr, state, longest, deadline), True
+        elif planned and state.epoch < tr.cfg.epochs:
+            tr.cfg = budget.replan(tr, state, longest, deadline)
+        elif first:
+            budget.warn_if_short(tr.reporter, tr.cfg, state.epoch, longest, deadline)
 
 
 def _end_epoch(tr: Training, state: TrainState, row: dict) -> bool:
@@ -345,28 +350,6 @@ def _start_from_probe(tr: Training, ws: Workspace, state: TrainState) -> None:
     reporter.log(f"probe: L2 {probe.l2:g}, features {'from the tl extract cache' if probe.source == 'cache' else 'computed'} "
                  f"for {probe.n_train} training images in {probe.seconds:.1f} s")
     reporter.log(format_row(row, improved=True))
-
-
-def _plan(tr: Training, state: TrainState, epoch_s: float, deadline: float) -> FinetuneConfig:
-    """Fix the number of epochs to what fits the budget (after the first epoch, which is warm-up and
-    so runs the same whatever the total), and save it: --resume continues the same plan."""
-    left, cap = deadline - time.perf_counter(), tr.cfg.epochs  # cfg.epochs is the cap (PLAN_CAP) until planned
-    n = planned_epochs(state.epoch, epoch_s, left, cap)
-    tr.reporter.log(f"planned {n} epochs: epoch {state.epoch} took {epoch_s:.0f} s and {left:.0f} s of the time budget "
-                    f"are left, so the learning rate decays to zero at epoch {n}" + (" (the most planned)" if n == cap else ""))
-    probe = state.history[0]["val_accuracy"] if tr.cfg.head_init == "probe" else None
-    cfg = settle_mix(replace(tr.cfg, epochs=n, plan_epochs=False), probe, tr.reporter)
-    if distributed.is_main():
-        cfg.save(tr.run_dir)  # a resumed run keeps this plan (and mix), never makes another
-    return cfg
-
-
-def _warn_if_budget_short(reporter: Reporter, cfg: FinetuneConfig, done: int, epoch_s: float, deadline: float) -> None:
-    """Say early when the budget will cut the run short: the schedule would end at high learning rate."""
-    fit = done + int(max(deadline - time.perf_counter(), 0.0) // epoch_s)
-    if fit < cfg.epochs:
-        reporter.log(f"note: at {epoch_s:.0f} s per epoch about {fit} of {cfg.epochs} epochs fit in the time budget, "
-                     f"so the learning rate will not have decayed when it stops; --epochs {max(fit, 1)} plans for that")
 
 
 def _save_final(tr: Training, state: TrainState) -> None:
