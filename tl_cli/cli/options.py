@@ -94,7 +94,9 @@ PatienceOpt = Annotated[_Int, _opt("--patience", min=0, help=(
 AugmentOpt = Annotated[Optional[bool], _opt("--augment/--no-augment", help=(
     "Random resized crop + flip on training images (default: on)."))]
 TimeBudgetOpt = Annotated[_Float, _opt("--time-budget", help=(
-    "Seconds: stop before an epoch that would not fit, keep the best so far."))]
+    "Seconds: stop before an epoch that would not fit, keep the best so far. Without --epochs the epochs are "
+    "planned to fit it after the first one (at most 30, 60 when batches are mixed), and shortened if later "
+    "epochs run slower."))]
 ImageSizeOpt = Annotated[_Int, _opt("--image-size", min=32, help=(
     "Side in pixels of the crops trained on, and predicted on afterwards (default: the backbone's input size, or "
     "the images' own shorter side when smaller, not below 128: upsampling small photos adds compute, not detail)."))]
