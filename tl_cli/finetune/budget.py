@@ -28,6 +28,13 @@ def _clock(epoch_s: float, deadline: float) -> tuple[float, float]:
     return distributed.broadcast_object((deadline - time.perf_counter(), epoch_s))
 
 
+def _saved(tr: Training, cfg: FinetuneConfig) -> FinetuneConfig:
+    """`cfg`, written to the run folder by rank 0: --resume follows the plan as it stands."""
+    if distributed.is_main():
+        cfg.save(tr.run_dir)
+    return cfg
+
+
 def plan(tr: Training, state: TrainState, epoch_s: float, deadline: float) -> FinetuneConfig:
     """Fix the number of epochs to what fits the budget (after the first epoch), decide --mix auto for
     that length, and save the config: --resume continues the same plan."""
@@ -37,10 +44,7 @@ def plan(tr: Training, state: TrainState, epoch_s: float, deadline: float) -> Fi
     n = planned_epochs(state.epoch, epoch_s, left, cap)
     tr.reporter.log(f"planned {n} epochs: epoch {state.epoch} took {epoch_s:.0f} s and {left:.0f} s of the time budget "
                     f"are left, so the learning rate decays to zero at epoch {n}" + (" (the most planned)" if n == cap else ""))
-    cfg = settle_mix(replace(tr.cfg, epochs=n, plan_epochs=False), probe, tr.reporter)
-    if distributed.is_main():
-        cfg.save(tr.run_dir)
-    return cfg
+    return _saved(tr, settle_mix(replace(tr.cfg, epochs=n, plan_epochs=False), probe, tr.reporter))
 
 
 def replan(tr: Training, state: TrainState, epoch_s: float, deadline: float) -> FinetuneConfig:
@@ -53,10 +57,7 @@ def replan(tr: Training, state: TrainState, epoch_s: float, deadline: float) -> 
         return tr.cfg
     tr.reporter.log(f"re-planned {n} epochs (was {tr.cfg.epochs}): the slowest epoch took {epoch_s:.0f} s and "
                     f"{left:.0f} s of the time budget are left, so the learning rate now decays to zero at epoch {n}")
-    cfg = replace(tr.cfg, epochs=n)
-    if distributed.is_main():
-        cfg.save(tr.run_dir)
-    return cfg
+    return _saved(tr, replace(tr.cfg, epochs=n))
 
 
 def warn_if_short(reporter: Reporter, cfg: FinetuneConfig, done: int, epoch_s: float, deadline: float) -> None:

@@ -205,9 +205,9 @@ class FinetuneConfig:
 
     def plan_cap(self, probe_accuracy: float | None) -> int:
         """Most epochs a --time-budget plan may give this run: `epochs` (PLAN_CAP_MIXED unless given
-        lower) when it will blend batches, else at most PLAN_CAP (longer unmixed schedules only overfit)."""
-        mixed = self.mix > 0 if self.mix is not None else not probe_fits(probe_accuracy)
-        return self.epochs if mixed else min(self.epochs, PLAN_CAP)
+        lower) when it blends batches at that length, else at most PLAN_CAP (longer unmixed schedules only overfit)."""
+        mix = self.auto_mix(probe_accuracy) if self.mix is None else self.mix
+        return self.epochs if mix > 0 else min(self.epochs, PLAN_CAP)
 
     def auto_mix(self, probe_accuracy: float | None) -> float:
         """--mix auto for a run of `epochs` epochs whose probe scored `probe_accuracy` (None: no probe)."""
