@@ -156,3 +156,17 @@ def test_cache_with_paths_outside_the_dataset_is_rejected_and_rebuilt(image_fold
     assert any("not inside the dataset folder" in n for n in again.notes), again.notes
     assert again.n_extracted == 36 and evil not in again.relpaths
     np.testing.assert_array_equal(again.features, first.features)
+
+
+def test_refusal_comes_without_torch_warnings(tmp_path):
+    # torch notes "Detected pickle protocol ..." for files pickled by plain `pickle`; printed above
+    # tl's one-line error it is noise (the CLI shows Python warnings), so the loader keeps it quiet.
+    import warnings
+
+    evil = plant(tmp_path / "evil.pth", tmp_path / "pwned", "pickle")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(UnsafeFile, match="refusing to load"):
+            load_state_dict_file(evil)
+    assert not [str(w.message) for w in seen if "pickle protocol" in str(w.message)]
+    assert not (tmp_path / "pwned").exists()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from tl_cli.data.preprocess import Preprocess
 from tl_cli.errors import UnknownBackbone, UnsafeFile, WeightsNotFound
+from tl_cli.runtime.tensor_files import load_tensors_only
 
 if TYPE_CHECKING:  # torch is imported lazily so `tl --help` stays fast
     import torch.nn as nn
@@ -180,14 +181,12 @@ def load_state_dict_file(path: Path) -> dict:
     Raises:
         UnsafeFile: the file is a pickle that needs arbitrary code to load.
     """
-    import torch
-
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path))
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_tensors_only(path)
     except Exception as exc:  # torch raises UnpicklingError or RuntimeError for refused globals
         if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "Unpickl" in type(exc).__name__:
             raise UnsafeFile(

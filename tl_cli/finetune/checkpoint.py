@@ -20,6 +20,7 @@ import torch
 
 from tl_cli.errors import RunError, UnsafeFile
 from tl_cli.runtime.atomic import atomic_path
+from tl_cli.runtime.tensor_files import load_tensors_only
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.safetensors"
@@ -72,7 +73,7 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
         raise RunError(f"{run_dir} has no {CHECKPOINT}: nothing to resume",
                        hint="the run was stopped before its first epoch ended; start it again")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_tensors_only(path)
     except pickle.UnpicklingError as exc:
         if "global" in str(exc).lower():  # a refused class or function, not mere corruption
             raise UnsafeFile(f"{path}: refusing to load: it holds Python objects that need code to run",
