@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from tl_cli.data.preprocess import Preprocess
 from tl_cli.errors import UnknownBackbone, UnsafeFile, WeightsNotFound
-from tl_cli.runtime.tensor_files import load_tensors_only
+from tl_cli.runtime.tensor_files import code_refused, load_tensors_only
 
 if TYPE_CHECKING:  # torch is imported lazily so `tl --help` stays fast
     import torch.nn as nn
@@ -187,11 +187,12 @@ def load_state_dict_file(path: Path) -> dict:
         return load_file(str(path))
     try:
         obj = load_tensors_only(path)
-    except Exception as exc:  # torch raises UnpicklingError or RuntimeError for refused globals
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "Unpickl" in type(exc).__name__:
+    except Exception as exc:
+        code = code_refused(path, exc)
+        if code:
             raise UnsafeFile(
-                f"{path}: refusing to load: the file holds Python objects that need code to run",
-                hint="only tensors (a state dict) or .safetensors files are accepted",
+                f"{path}: refusing to load: the file holds Python objects that need code to run ({code})",
+                hint="only tensors saved by torch.save (a state dict) or .safetensors files are accepted",
             ) from exc
         raise WeightsNotFound(f"{path}: not a readable weights file ({exc.__class__.__name__})") from exc
     for key in ("state_dict", "model"):  # common checkpoint wrappers

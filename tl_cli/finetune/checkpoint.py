@@ -10,7 +10,6 @@ execute anything. Random states are converted to tensors and plain lists for the
 
 from __future__ import annotations
 
-import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import torch
 
 from tl_cli.errors import RunError, UnsafeFile
 from tl_cli.runtime.atomic import atomic_path
-from tl_cli.runtime.tensor_files import load_tensors_only
+from tl_cli.runtime.tensor_files import code_refused, load_tensors_only
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.safetensors"
@@ -74,12 +73,11 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
                        hint="the run was stopped before its first epoch ended; start it again")
     try:
         state = load_tensors_only(path)
-    except pickle.UnpicklingError as exc:
-        if "global" in str(exc).lower():  # a refused class or function, not mere corruption
-            raise UnsafeFile(f"{path}: refusing to load: it holds Python objects that need code to run",
+    except Exception as exc:  # a refused class or function; else truncated zip, bad magic, I/O: "damaged"
+        code = code_refused(path, exc)
+        if code:
+            raise UnsafeFile(f"{path}: refusing to load: it holds Python objects that need code to run ({code})",
                              hint="tl checkpoints hold only tensors; start the run again") from exc
-        raise _damaged(path, exc) from exc
-    except Exception as exc:  # truncated zip, bad magic, I/O errors: all mean "damaged"
         raise _damaged(path, exc) from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise RunError(f"{path}: not a tl checkpoint of format {FORMAT}")

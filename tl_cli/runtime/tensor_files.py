@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import os
+import pickle
+import pickletools
+import re
 import warnings
-from typing import Any
+import zipfile
+from typing import Any, BinaryIO
+
+# torch names the class or function it refused: "Unsupported global: GLOBAL posix.system ..." or
+# "Trying to load unsupported GLOBAL posix.system whose module ...".
+_TORCH_NAMES_GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)")
+_DOTTED_NAME = re.compile(r"[A-Za-z_][\w.]*")
+_LINE_LIMIT = 1 << 16  # a GLOBAL's module or name is one short text line; longer means not a pickle
 
 
 def load_tensors_only(path: str | os.PathLike) -> Any:
@@ -20,3 +30,73 @@ def load_tensors_only(path: str | os.PathLike) -> Any:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
         return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def code_refused(path: str | os.PathLike, exc: BaseException) -> str | None:
+    """Why `load_tensors_only(path)` raised `exc`: the class or function the file would have made
+    Python import and call ('posix.system'), or None when the file is damaged or not a pickle.
+
+    Callers tell "refused, it holds code" from "damaged" with this, so both kinds of file get the
+    right message. torch's own error does not say: a plain `pickle.dump` of a hostile object stops
+    its restricted unpickler at the protocol-4 FRAME opcode with "Unsupported operand 149", the same
+    words random bytes get. So the pickle is parsed here, opcode by opcode, never executed.
+    """
+    if not isinstance(exc, pickle.UnpicklingError):  # truncated zip, EOF, I/O: damaged
+        return None
+    named = _TORCH_NAMES_GLOBAL.search(str(exc))
+    if named:
+        return named.group(1)
+    try:
+        if zipfile.is_zipfile(path):  # torch's format: the object graph is the archive's data.pkl
+            with zipfile.ZipFile(path) as archive:
+                inner = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                if inner is None:
+                    return None
+                with archive.open(inner) as f:
+                    return first_import(f, archive.getinfo(inner).file_size)
+        with open(path, "rb") as f:
+            return first_import(f, os.fstat(f.fileno()).st_size)
+    except (OSError, zipfile.BadZipFile):
+        return None
+
+
+def first_import(f: BinaryIO, size: int) -> str | None:
+    """The first 'module.name' a pickle stream imports (GLOBAL, INST or STACK_GLOBAL), read
+    without unpickling; None if it imports nothing before STOP or is not a well-formed pickle."""
+    strings: list[str] = []  # the last strings pushed: STACK_GLOBAL takes its module and name from them
+    try:
+        for op, arg, _ in pickletools.genops(_Bounded(f, size)):
+            if op.name in ("GLOBAL", "INST"):
+                module, name = str(arg).split(" ", 1)
+                return f"{module}.{name}" if _DOTTED_NAME.fullmatch(f"{module}.{name}") else None
+            if op.name == "STACK_GLOBAL":
+                name = ".".join(strings[-2:]) if len(strings) >= 2 else "a global"
+                return name if name == "a global" or _DOTTED_NAME.fullmatch(name) else None
+            if isinstance(arg, str):
+                strings = [*strings[-1:], arg]
+    except (ValueError, UnicodeDecodeError, EOFError):  # not a pickle: random bytes, a truncated file
+        return None
+    return None
+
+
+class _Bounded:
+    """A file view for pickletools that cannot be made to allocate more than the file holds: a
+    damaged length field (BINBYTES8 says 2**62) reads what is there and fails, instead of asking
+    for memory."""
+
+    def __init__(self, f: BinaryIO, size: int):
+        self._f, self._size, self._pos = f, size, 0
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._size - self._pos if n < 0 else min(n, self._size - self._pos)
+        data = self._f.read(n)
+        self._pos += len(data)
+        return data
+
+    def readline(self) -> bytes:
+        line = self._f.readline(_LINE_LIMIT)
+        self._pos += len(line)
+        return line
+
+    def tell(self) -> int:
+        return self._pos
