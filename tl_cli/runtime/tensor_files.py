@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import pickle
-import pickletools
 import re
 import warnings
-import zipfile
 from typing import Any, BinaryIO
 
 # torch names the class or function it refused: "Unsupported global: GLOBAL posix.system ..." or
@@ -41,6 +38,9 @@ def code_refused(path: str | os.PathLike, exc: BaseException) -> str | None:
     its restricted unpickler at the protocol-4 FRAME opcode with "Unsupported operand 149", the same
     words random bytes get. So the pickle is parsed here, opcode by opcode, never executed.
     """
+    import pickle  # here, not at the top: only a refused or damaged file needs these, and the
+    import zipfile  # module is imported by every tl command at start-up
+
     if not isinstance(exc, pickle.UnpicklingError):  # truncated zip, EOF, I/O: damaged
         return None
     named = _TORCH_NAMES_GLOBAL.search(str(exc))
@@ -63,15 +63,19 @@ def code_refused(path: str | os.PathLike, exc: BaseException) -> str | None:
 def first_import(f: BinaryIO, size: int) -> str | None:
     """The first 'module.name' a pickle stream imports (GLOBAL, INST or STACK_GLOBAL), read
     without unpickling; None if it imports nothing before STOP or is not a well-formed pickle."""
+    import pickletools
+
     strings: list[str] = []  # the last strings pushed: STACK_GLOBAL takes its module and name from them
     try:
         for op, arg, _ in pickletools.genops(_Bounded(f, size)):
-            if op.name in ("GLOBAL", "INST"):
-                module, name = str(arg).split(" ", 1)
-                return f"{module}.{name}" if _DOTTED_NAME.fullmatch(f"{module}.{name}") else None
-            if op.name == "STACK_GLOBAL":
-                name = ".".join(strings[-2:]) if len(strings) >= 2 else "a global"
-                return name if name == "a global" or _DOTTED_NAME.fullmatch(name) else None
+            if op.name in ("GLOBAL", "INST", "STACK_GLOBAL"):
+                if op.name != "STACK_GLOBAL":
+                    name = str(arg).replace(" ", ".", 1)  # the argument is "module name"
+                elif len(strings) < 2:  # module and name came from the memo: unknown, still code
+                    return "a global"
+                else:
+                    name = ".".join(strings[-2:])
+                return name if _DOTTED_NAME.fullmatch(name) else None
             if isinstance(arg, str):
                 strings = [*strings[-1:], arg]
     except (ValueError, UnicodeDecodeError, EOFError):  # not a pickle: random bytes, a truncated file
