@@ -161,7 +161,7 @@ def test_server_that_never_answers_times_out_within_the_limit(server):
     t0 = time.monotonic()
     with pytest.raises(DownloadError, match=r"no answer .* within 1 s"):
         W.fetch_weights(url, reporter=Recorder(), timeout=1.0)
-    assert time.monotonic() - t0 < 4
+    assert time.monotonic() - t0 < 10  # the 1 s limit, not the default's minutes (slack: a busy CI machine)
     assert _leftovers() == []
 
 
@@ -172,7 +172,7 @@ def test_stall_in_the_middle_times_out_and_leaves_nothing(server, monkeypatch):
     t0 = time.monotonic()
     with pytest.raises(DownloadError, match="within 1 s"):
         W.fetch_weights(url, reporter=Recorder())
-    assert time.monotonic() - t0 < 4 and _leftovers() == []
+    assert time.monotonic() - t0 < 10 and _leftovers() == []  # the 1 s stall limit, with slack for a busy machine
 
 
 def test_no_network_is_one_clear_line(monkeypatch):

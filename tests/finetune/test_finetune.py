@@ -165,7 +165,10 @@ def test_time_budget_stops_cleanly_and_keeps_the_best(image_folder, tmp_path):
     assert sum("epochs fit" in m for m in notes.lines) == 1
     assert res.stop_reason == "time_budget"
     assert 1 <= len(res.history) < 500
-    assert took < budget + one  # the budget, plus at most a batch and saving the final model
+    # Stopped at the budget, not after 500 epochs (~500 x `one`). The slack is wall time for the
+    # batch under way and the final save on a busy CI machine, where a tight bound flaked (0.47 s
+    # over a 2 s budget with one = 0.28 s); the mid-epoch stop itself is tested below (1 ms budget).
+    assert took < budget + 2 * one + 2.0
     run = load_run(res.run_dir)
     assert run.meta.best_epoch == res.best_epoch and run.meta.stop_reason == "time_budget"
     assert (res.run_dir / "history.csv").read_text().count("\n") == len(res.history) + 1
