@@ -14,7 +14,7 @@ from tl_cli.backbones import create_backbone
 from tl_cli.finetune.config import PLAN_CAP, PLAN_CAP_MIXED, FinetuneConfig
 from tl_cli.finetune.model import FinetuneModel
 from tl_cli.finetune.schedule import lr_factor, planned_epochs
-from tl_cli.finetune.state import TrainState, accuracy_noise, is_better, loss_has_risen, made_progress
+from tl_cli.finetune.state import TrainState, accuracy_noise, is_better, made_progress
 from tl_cli.finetune.trainer import start
 from tl_cli.runs.workspace import Workspace
 
@@ -134,54 +134,33 @@ def test_early_stopping_follows_training_not_the_probe():
         state.record(r, cfg, n_val=859)
     assert not state.finished and state.bad_epochs == 1
     assert state.best["epoch"] == 0  # the kept model is still the probe: 0.7625 is within noise of it
-    state.record(_row(5, 0.75, 0.70), cfg, n_val=859)  # a plateau (loss within 10% of 0.6593): not counted
-    assert not state.finished and state.bad_epochs == 1
-    for e in range(6, 8):  # two more epochs whose loss has risen (three) ...
-        state.record(_row(e, 0.75, 0.75), cfg, n_val=859)
+    for e in range(5, 7):  # two more epochs without progress (three in a row) ...
+        state.record(_row(e, 0.75, 0.70), cfg, n_val=859)
     assert not state.finished
-    state.record(_row(8, 0.75, 0.75), cfg, n_val=859)  # ... the fourth stops the run
+    state.record(_row(7, 0.75, 0.70), cfg, n_val=859)  # ... the fourth in a row stops the run
     assert state.finished and state.stop_reason == "early_stopping"
 
 
-# Validation (accuracy, loss) of the study's flowers runs, epochs 0..N (benchmarks/finetune_study.md).
-PLATEAU_60 = [  # section 20: 60 epochs planned, mixed; stopped after 31 by the rule before this one
+# Validation (accuracy, loss), epochs 0-31, of the 60-epoch flowers plan of
+# benchmarks/finetune_study.md, section 20: its loss lowest at epoch 27 (0.4981), then 0.4999-0.5035.
+PLATEAU_60 = [
     (0.7590, 0.6756), (0.7602, 0.6455), (0.7707, 0.6442), (0.7625, 0.6774), (0.7753, 0.6833), (0.7811, 0.6832),
     (0.7881, 0.6550), (0.8021, 0.6362), (0.8102, 0.6216), (0.8114, 0.6045), (0.8219, 0.5899), (0.8219, 0.5764),
     (0.8265, 0.5595), (0.8289, 0.5508), (0.8254, 0.5457), (0.8393, 0.5455), (0.8417, 0.5415), (0.8475, 0.5334),
     (0.8475, 0.5240), (0.8393, 0.5160), (0.8417, 0.5162), (0.8370, 0.5127), (0.8417, 0.5064), (0.8405, 0.5026),
     (0.8393, 0.4990), (0.8417, 0.4991), (0.8428, 0.4994), (0.8393, 0.4981), (0.8382, 0.4999), (0.8382, 0.5004),
     (0.8359, 0.4999), (0.8347, 0.5035)]
-OVERFIT_30 = [  # section 14: unmixed, 30 planned, the loss rising from epoch 9; stopped after 18
-    (0.7590, 0.676), (0.7637, 0.648), (0.7742, 0.610), (0.7858, 0.580), (0.7974, 0.561), (0.7963, 0.549),
-    (0.8091, 0.526), (0.8149, 0.512), (0.8184, 0.503), (0.8207, 0.503), (0.8184, 0.507), (0.8196, 0.516),
-    (0.8265, 0.522), (0.8254, 0.534), (0.8300, 0.551), (0.8254, 0.576), (0.8254, 0.600), (0.8277, 0.624),
-    (0.8242, 0.643)]
 
 
-def _replay(rows, epochs):
-    cfg = FinetuneConfig(backbone="lenet5", pretrained=False, freeze=1, epochs=epochs, patience=4)
+def test_a_plateau_stops_the_run_even_with_the_learning_rate_at_half_its_peak():
+    # Measured both ways (section 20): run on to epoch 60 as the rate decayed, this plan scored
+    # 0.826-0.837 and kept the same epoch 17, in 10 more minutes. Plateau epochs count.
+    cfg = FinetuneConfig(backbone="lenet5", pretrained=False, freeze=1, epochs=60, patience=4)
     state = TrainState()
-    for e, (acc, loss) in enumerate(rows):
+    for e, (acc, loss) in enumerate(PLATEAU_60):
+        assert not state.finished
         state.record(_row(e, acc, loss), cfg, n_val=859)
-        if state.finished:
-            break
-    return state
-
-
-def test_a_plateau_at_a_high_learning_rate_does_not_stop_the_run():
-    # Epochs 28-31 improve on nothing, but their loss is within 1% of the lowest (0.4981, epoch 27):
-    # the schedule still had 29 epochs of decay to go. The old rule stopped here.
-    state = _replay(PLATEAU_60, epochs=60)
-    assert not state.finished and state.epoch == 31 and state.bad_epochs == 0
-
-
-def test_a_run_whose_loss_rises_still_stops_where_it_did():
-    state = _replay(OVERFIT_30, epochs=30)  # 15-18: 0.576 .. 0.643 against the lowest 0.503
-    assert state.finished and state.stop_reason == "early_stopping" and state.epoch == 18
-    assert not loss_has_risen(_row(11, 0.81, 0.55), {"val_accuracy": 0.82, "val_loss": 0.503})  # within 10%
-    assert loss_has_risen(_row(11, 0.81, 0.56), {"val_accuracy": 0.82, "val_loss": 0.503})
-    assert not loss_has_risen(_row(11, 0.99, 0.034), {"val_accuracy": 1.0, "val_loss": 0.025})  # 0.01 nats floor
-    assert loss_has_risen(_row(11, 0.99, float("nan")), {"val_accuracy": 1.0, "val_loss": 0.025})  # diverged
+    assert state.finished and state.stop_reason == "early_stopping" and state.epoch == 31
 
 
 def test_progress_is_accuracy_or_loss_better_than_every_earlier_finetuning_epoch():

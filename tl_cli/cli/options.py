@@ -89,9 +89,8 @@ EmaOpt = Annotated[_Float, _opt("--ema", help=(
     "Half-life in epochs of the moving average of the weights that is validated and kept "
     "(default: 2; 0 = off, the last step's weights)."))]
 PatienceOpt = Annotated[_Int, _opt("--patience", min=0, help=(
-    "Stop after this many epochs that overfit: no better validation accuracy or loss than the earlier "
-    "fine-tuning epochs, and a loss clearly above their lowest. Epochs on a plateau do not count (the "
-    "learning rate's decay usually lifts it); 0 = never (default: 4 finetune, 5 retrain)."))]
+    "Stop after this many epochs in a row that improve neither validation accuracy nor loss on the earlier "
+    "fine-tuning epochs (the probe, epoch 0, does not count); 0 = never (default: 4 finetune, 5 retrain)."))]
 AugmentOpt = Annotated[Optional[bool], _opt("--augment/--no-augment", help=(
     "Random resized crop + flip on training images (default: on)."))]
 TimeBudgetOpt = Annotated[_Float, _opt("--time-budget", help=(

@@ -76,9 +76,8 @@ class FinetuneConfig:
             known (after the probe, or at the plan of a --time-budget run) and saved as a number.
         ema: half-life, in epochs, of the exponential moving average of the trained weights
             (finetune/ema.py); the average is what is validated and kept. 0 turns it off.
-        patience: stop after this many fine-tuning epochs that improve neither validation accuracy
-            nor loss on the earlier ones and whose loss stands clearly above their lowest
-            (overfitting; plateau epochs do not count: state.loss_has_risen). 0 = never.
+        patience: stop after this many fine-tuning epochs in a row that improve neither validation
+            accuracy nor loss on the earlier ones (the probe does not count; state.made_progress). 0 = never.
         augment: random resized crop + horizontal flip on training images.
         seed: random seed; a CPU run with the same seed gives bit-identical weights.
         device: "auto", "cpu", "cuda", "cuda:N". workers: decoding processes (None = automatic).

@@ -34,9 +34,8 @@ class TrainState:
         epoch: epochs finished (0 before the first; the LP-FT probe is epoch 0).
         best: BEST_KEYS of the best epoch so far ({} before the first), and "val_correct": which
             validation images it got right (`pack_correct`), for comparing later epochs image by image.
-        bad_epochs: fine-tuning epochs since training last made progress in which the validation
-            loss stood clearly above its lowest (early stopping counts these; `made_progress`,
-            `loss_has_risen`: the probe, epoch 0, is not a fine-tuning epoch).
+        bad_epochs: fine-tuning epochs since training last made progress (early stopping counts
+            these; see `made_progress`: the probe, epoch 0, is not a fine-tuning epoch).
         history: one row per epoch (history.HISTORY_FIELDS).
         finished: nothing left to train; stop_reason: "epochs", "early_stopping" or "time_budget".
     """
@@ -81,12 +80,7 @@ class TrainState:
             if correct is not None:
                 self.best["val_correct"] = pack_correct(correct)
         if row["epoch"] > 0:  # the probe is a starting point, not a step of training
-            earlier = self._progress(before=row["epoch"])
-            if made_progress(row, earlier):
-                self.bad_epochs = 0
-            elif loss_has_risen(row, earlier):
-                self.bad_epochs += 1
-            # else a plateau: neither counted nor forgiven (see loss_has_risen)
+            self.bad_epochs = 0 if made_progress(row, self._progress(before=row["epoch"])) else self.bad_epochs + 1
         if cfg.patience and n_val and self.bad_epochs >= cfg.patience:
             self.finished, self.stop_reason = True, "early_stopping"
         elif self.epoch >= cfg.epochs:
@@ -172,25 +166,6 @@ def made_progress(row: dict, progress: dict) -> bool:
     if not progress or row["val_accuracy"] is None:
         return True
     return row["val_accuracy"] > progress["val_accuracy"] or _loss(row) < _loss(progress)
-
-
-def loss_has_risen(row: dict, progress: dict) -> bool:
-    """Is the validation loss above the lowest of the earlier fine-tuning epochs by more than noise
-    (LOSS_MARGIN relative and LOSS_MARGIN_ABS, the margins of `is_better`)? That is overfitting, and
-    only those epochs count towards `--patience`; an epoch on a plateau (no progress, loss within
-    the margin) does not.
-
-    A cosine schedule gains most as its learning rate decays: a plateau at a high rate is not the
-    end of training. Counting plateau epochs stopped a 60-epoch flowers plan after epoch 31 with
-    the rate at half its peak, 4 epochs after the loss's lowest (0.4981; then 0.4999-0.5035),
-    kept 0.8475 (benchmarks/finetune_study.md, section 20), where 30-epoch runs that decay to
-    the end keep 0.8475-0.8510. Unmixed runs that overfit show their loss rising 10-30% within a
-    few epochs (section 14: 0.503 -> 0.576 ... 0.643) and still stop.
-    """
-    if not progress or row["val_accuracy"] is None:
-        return False
-    lowest = _loss(progress)
-    return _loss(row) - lowest > max(LOSS_MARGIN * lowest, LOSS_MARGIN_ABS)
 
 
 def _loss(row: dict) -> float:
