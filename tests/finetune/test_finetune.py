@@ -167,7 +167,7 @@ def test_time_budget_stops_cleanly_and_keeps_the_best(image_folder, tmp_path):
     assert 1 <= len(res.history) < 500
     # Stopped at the budget, not after 500 epochs (~500 x `one`). The slack is wall time for the
     # batch under way and the final save on a busy CI machine, where a tight bound flaked (0.47 s
-    # over a 2 s budget with one = 0.28 s); the mid-epoch stop itself is tested below (1 ms budget).
+    # over a 2 s budget with one = 0.28 s); the mid-epoch stop is tested without a clock below.
     assert took < budget + 2 * one + 2.0
     run = load_run(res.run_dir)
     assert run.meta.best_epoch == res.best_epoch and run.meta.stop_reason == "time_budget"
@@ -208,6 +208,22 @@ def test_training_data_loads_in_spawned_workers(image_folder):
         loader.multiprocessing_context = "spawn"
     n = sum(len(y) for _, y, _ in loaders.train) + sum(len(y) for _, y, _ in loaders.val)
     assert n == 36
+
+
+def test_an_epoch_past_the_deadline_is_abandoned_after_the_step_under_way(image_folder, tmp_path, monkeypatch):
+    from tl_cli.data.scan import scan_dataset
+    from tl_cli.finetune import epoch as epoch_module
+    from tl_cli.finetune import trainer
+    from tl_cli.runtime.progress import Reporter
+
+    tr = trainer._setup(tmp_path, cfg(), scan_dataset(image_folder), Reporter())
+    steps = []
+    real_step = epoch_module._step
+    monkeypatch.setattr(epoch_module, "_step", lambda *a: steps.append(1) or real_step(*a))
+    assert len(tr.loaders.train) > 1
+    assert epoch_module.run_epoch(tr, 0, deadline=time.perf_counter() - 1.0) is None  # no row: discarded
+    assert len(steps) == 1
+    assert epoch_module.run_epoch(tr, 0, deadline=None) is not None and len(steps) == 1 + len(tr.loaders.train)
 
 
 def test_budget_shorter_than_one_epoch_is_a_clear_error(image_folder):
