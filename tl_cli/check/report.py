@@ -21,6 +21,10 @@ from tl_cli.check.html import report_html
 from tl_cli.check.run import CheckResult
 from tl_cli.data.groups import groups_document
 from tl_cli.runtime.atomic import atomic_dir
+from tl_cli.runtime.outputs import check_output_dir
+
+CHECK_FILES = ("check.json", "summary.json", "duplicates.csv", "label_issues.csv", "outliers.csv", "classes.csv",
+               "groups.json", "report.html")
 
 
 def _csv(header: list[str], rows) -> str:
@@ -44,7 +48,12 @@ def default_check_dir(checks_dir: Path, data_root: Path) -> Path:
 
 
 def write_check(res: CheckResult, folder: Path, html: bool = True) -> Path:
-    """Write every file of the check into `folder` (atomically: all files or none). Returns the folder."""
+    """Write every file of the check into `folder` (atomically: all files or none). Returns the folder.
+
+    Raises:
+        ConfigError: `folder` holds anything but an earlier check, or is inside the data.
+    """
+    folder = check_output_dir(folder, CHECK_FILES, [res.root])
     doc = res.to_json()
     files = {
         "check.json": json.dumps(doc, indent=1),
@@ -68,6 +77,7 @@ def write_check(res: CheckResult, folder: Path, html: bool = True) -> Path:
     }
     if html:
         files["report.html"] = report_html(res)
+    assert set(files) <= set(CHECK_FILES)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(folder) as tmp:
         for name, text in files.items():

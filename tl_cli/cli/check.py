@@ -58,9 +58,10 @@ def check_cmd(
     Uses (or fills) the feature cache of `tl extract`. Never changes anything in DATA: it reports
     what to review, in the terminal and in check.json, CSVs, groups.json and report.html.
     """
-    from tl_cli.check.report import default_check_dir, write_check
+    from tl_cli.check.report import CHECK_FILES, default_check_dir, write_check
     from tl_cli.check.run import CheckConfig, check_dataset
     from tl_cli.features.extract import ExtractConfig
+    from tl_cli.runtime.outputs import check_output_dir
     from tl_cli.runtime.progress import RichReporter
 
     check_format(fmt)
@@ -70,6 +71,8 @@ def check_cmd(
                          val_fraction=val_fraction, batch_size=batch_size, workers=workers, device=device, engine=engine,
                          group_pattern=group_pattern, groups=str(groups.expanduser().absolute()) if groups else None)
     cfg = CheckConfig(extract=ecfg, near_threshold=near_threshold, folds=folds)
+    if output is not None:  # before the work, not after it: a bad --output fails at once
+        check_output_dir(output, CHECK_FILES, [data])
     res = check_dataset(data, cfg, ws, RichReporter(err))
     folder = write_check(res, output or default_check_dir(ws.root / "checks", res.root))
     if fmt == "json":

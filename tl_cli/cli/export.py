@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
+
 from tl_cli.cli.app import command, err, out, workspace
 from tl_cli.cli.options import FormatOpt, ModelOpt, OutputOpt, WorkspaceOpt
 
@@ -24,7 +26,7 @@ def export_cmd(
 
     cfg = ExportConfig(format=fmt)
     run = load_run(model or workspace(ws_path).latest_run())
-    err.print(f"[dim]model: {run.dir}[/]")
+    err.print(f"[dim]model: {escape(str(run.dir))}[/]")
     res = export_run(run, cfg, output)
     out.print(f"wrote {res.path}", markup=False, highlight=False)
     out.print(f"  and {res.sidecar} (classes, preprocessing, input/output names)", markup=False, highlight=False)

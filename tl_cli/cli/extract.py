@@ -100,7 +100,7 @@ def render_leaderboard(board) -> None:
                   "-" if e.val_loss is None else f"{e.val_loss:.4f}", str(e.feature_dim), f"{e.params / 1e6:.2f}M",
                   "cached" if e.images_per_second is None else f"{e.images_per_second:.1f}")
     out.print(t)
-    out.print(f"latest run: {board.best.run_dir} ({board.best.backbone}); the others: `tl runs`")
+    out.print(f"latest run: {board.best.run_dir} ({board.best.backbone}); the others: `tl runs`", markup=False)
 
 
 def render_summary(res) -> None:
@@ -109,17 +109,18 @@ def render_summary(res) -> None:
 
     ex = res.extract
     ds = ex.dataset
-    t = Table(title=f"tl extract: {ds.root}", show_header=False, title_justify="left")
+    # Class names and paths are the user's text: "[x]" in a folder name is not rich markup.
+    t = Table(title=f"tl extract: {escape(str(ds.root))}", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
     n_train = int((ex.splits == "train").sum())
     n_val = int((ex.splits == "val").sum())
-    t.add_row("classes", f"{len(ds.classes)}: " + ", ".join(f"{c} ({n})" for c, n in ds.counts().items()))
+    t.add_row("classes", f"{len(ds.classes)}: " + escape(", ".join(f"{c} ({n})" for c, n in ds.counts().items())))
     bad_files = [f for f in ex.failed if not f[0].endswith("/")]  # "name/" entries are class folders
     t.add_row("images", f"{len(ex.relpaths) + len(bad_files)} found, {len(bad_files)} skipped, "
                         f"{ex.n_extracted} extracted, {ex.n_cached} from cache")
     t.add_row("split", f"{n_train} train / {n_val} val ({ds.layout})")
-    t.add_row("backbone", f"{ex.backbone}  ({ex.features.shape[1]}-d features, cache {ex.cache_dir})")
+    t.add_row("backbone", f"{ex.backbone}  ({ex.features.shape[1]}-d features, cache {escape(str(ex.cache_dir))})")
     if ex.n_extracted:
         procs = f", {ex.world_size} processes" if ex.world_size > 1 else ""
         t.add_row("speed", f"{ex.images_per_second:.1f} images/s ({ex.extract_seconds:.1f} s, engine {ex.engine}{procs})")
@@ -128,7 +129,7 @@ def render_summary(res) -> None:
         acc = f"{h.val_accuracy:.4f}" if h.val_accuracy is not None else "n/a (no validation images)"
         t.add_row("val accuracy", acc)
         t.add_row("train accuracy", f"{h.train_accuracy:.4f}  (L2 {h.l2:g})")
-        t.add_row("run", str(res.run_dir))
+        t.add_row("run", escape(str(res.run_dir)))
     t.add_row("time", f"{ex.seconds:.1f} s total")
     out.print(t)
     for note in ex.notes:

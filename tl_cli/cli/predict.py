@@ -16,6 +16,8 @@ from tl_cli.cli.app import command, err, out, workspace
 from tl_cli.cli.options import BatchSizeOpt, DeviceOpt, FormatOpt, ModelOpt, OutputOpt, WorkersOpt, WorkspaceOpt, check_format
 
 FORMATS = ("table", "json", "csv")
+# What `-o` may overwrite, by format: a results file of that kind, never an image or anything else.
+OUTPUT_SUFFIXES = {"csv": (".csv", ".tsv", ".txt"), "json": (".json", ".jsonl", ".txt")}
 
 
 @command("predict", epilog="Examples:  tl predict cat.jpg   tl predict photos/ --topk 3 --format csv   "
@@ -34,29 +36,33 @@ def predict_cmd(
     """Classify images with the latest run (or --model). Exit status 1 if any image failed."""
     from tl_cli.inference.predict import expand_inputs, load_predictor
     from tl_cli.runtime.atomic import write_text
+    from tl_cli.runtime.outputs import check_output_file
     from tl_cli.runtime.progress import RichReporter
 
     check_format(fmt, FORMATS)
+    if output is not None:
+        check_output_file(output, OUTPUT_SUFFIXES["csv" if fmt == "table" else fmt],
+                          [p for p in paths if p != "-" and Path(p).is_file()])
     files, missing = expand_inputs(paths)
     if not files and not missing:
         from tl_cli.errors import DataError
 
         raise DataError("no images in the given inputs", hint="pass image files, folders of images, or globs")
     predictor = load_predictor(model, workspace(ws_path), device=device)
-    err.print(f"[dim]model: {predictor.source}[/]")
+    err.print(f"[dim]model: {escape(str(predictor.source))}[/]")
     for note in predictor.notes:
         err.print(f"[yellow]note:[/] {escape(note)}")
     preds = missing + (predictor.predict(files, topk, batch_size, workers, RichReporter(err)) if files else [])
     if output:
         write_text(output, format_predictions(preds, "csv" if fmt == "table" else fmt))
-        err.print(f"wrote {len(preds)} predictions to {output}")
+        err.print(f"wrote {len(preds)} predictions to {output}", markup=False, highlight=False)
     elif fmt == "table":
         _print_table(preds)
     else:
         out.print(format_predictions(preds, fmt), end="", markup=False)
     failed = [p for p in preds if p.error]
     for p in failed:
-        err.print(f"[yellow]could not read[/] {p.path}: {p.error}", markup=True, highlight=False)
+        err.print(f"[yellow]could not read[/] {escape(p.path)}: {escape(p.error)}", markup=True, highlight=False)
     if failed:
         err.print(f"[red]{len(failed)} of {len(preds)} input(s) failed[/]")
         raise typer.Exit(1)
@@ -87,9 +93,10 @@ def _print_table(preds) -> None:
     t.add_column("probability", justify="right")
     for p in preds:
         if p.error:
-            t.add_row(p.path, "[red]error[/]", "")
+            t.add_row(escape(p.path), "[red]error[/]", "")
             continue
-        t.add_row(p.path, "\n".join(p.labels), "\n".join(f"{v:.3f}" for v in p.probs))
+        # Paths and class names are the user's: "[x]" in a folder name is text, not rich markup.
+        t.add_row(escape(p.path), escape("\n".join(p.labels)), "\n".join(f"{v:.3f}" for v in p.probs))
     out.print(t)
 
 
@@ -113,17 +120,20 @@ def evaluate_cmd(
     """
     from tl_cli.inference.evaluate import default_output_dir, evaluate
     from tl_cli.inference.predict import load_predictor
-    from tl_cli.inference.report import write_evaluation
+    from tl_cli.inference.report import EVALUATION_FILES, write_evaluation
+    from tl_cli.runtime.outputs import check_output_dir
     from tl_cli.runtime.progress import RichReporter
 
     check_format(fmt, FORMATS)
+    if output is not None:  # before the work, not after it: a bad --output fails at once
+        check_output_dir(output, EVALUATION_FILES, [data_dir])
     predictor = load_predictor(model, workspace(ws_path), device=device)
-    err.print(f"[dim]model: {predictor.source}[/]")
+    err.print(f"[dim]model: {escape(str(predictor.source))}[/]")
     ev = evaluate(predictor, data_dir, split, predictor.trained.val_fraction, batch_size, workers,
                   RichReporter(err), predictor.trained.grouping if split != "all" else None)
     folder = write_evaluation(ev, output or default_output_dir(predictor, ev))
     for rel, why in ev.failed:
-        err.print(f"[yellow]skipped[/] {rel}: {why}", markup=True, highlight=False)
+        err.print(f"[yellow]skipped[/] {escape(str(rel))}: {escape(str(why))}", markup=True, highlight=False)
     if fmt == "json":
         out.print(json.dumps(ev.metrics, indent=2), markup=False)
     elif fmt == "csv":
@@ -142,7 +152,7 @@ def _print_evaluation(ev) -> None:
     for col in ("class", "precision", "recall", "f1", "support"):
         t.add_column(col, justify="left" if col == "class" else "right")
     for c, r in m["per_class"].items():
-        t.add_row(c, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
+        t.add_row(escape(c), f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
     a = m["macro_avg"]
     t.add_row("[i]macro avg[/]", f"{a['precision']:.3f}", f"{a['recall']:.3f}", f"{a['f1']:.3f}", str(m["n"]))
     out.print(t)
@@ -150,16 +160,16 @@ def _print_evaluation(ev) -> None:
         cm = Table(title="confusion (rows true, columns predicted)", title_justify="left")
         cm.add_column("")
         for c in ev.classes:
-            cm.add_column(c, justify="right")
+            cm.add_column(escape(c), justify="right")
         for c, row in zip(ev.classes, m["confusion"]):
-            cm.add_row(c, *[f"[bold]{v}[/]" if i == ev.classes.index(c) else str(v) for i, v in enumerate(row)])
+            cm.add_row(escape(c), *[f"[bold]{v}[/]" if i == ev.classes.index(c) else str(v) for i, v in enumerate(row)])
         out.print(cm)
     wrong = ev.misclassified()
     if wrong:
-        w = Table(title=f"most confident mistakes ({min(10, len(wrong))} of {len(wrong)}; paths in {ev.root})",
+        w = Table(title=f"most confident mistakes ({min(10, len(wrong))} of {len(wrong)}; paths in {escape(str(ev.root))})",
                   title_justify="left")
         for col in ("image", "true", "predicted", "confidence"):
             w.add_column(col, justify="right" if col == "confidence" else "left", overflow="fold")
         for x in wrong[:10]:
-            w.add_row(os.path.relpath(x.path, ev.root), x.true, x.predicted, f"{x.confidence:.3f}")
+            w.add_row(escape(os.path.relpath(x.path, ev.root)), escape(x.true), escape(x.predicted), f"{x.confidence:.3f}")
         out.print(w)

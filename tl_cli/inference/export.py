@@ -157,12 +157,15 @@ def export_run(run: Run, cfg: ExportConfig = ExportConfig(), output: str | Path 
     import torch
 
     from tl_cli.inference.load import build_from_run
+    from tl_cli.runtime.outputs import check_output_file
 
     t0 = time.perf_counter()
     suffix = FORMATS[cfg.format]
     output = Path(output) if output else run.dir / f"model{suffix}"
     if output.suffix.lower() == ".json":
         raise ConfigError(f"{output}: the export's own JSON is written beside it; choose another name")
+    # Only an earlier export may be overwritten, never a photo, and nothing goes into the run's data.
+    check_output_file(output, (suffix,), [run.meta.dataset.root] if run.meta.dataset.root else [])
     pre = run.preprocess
     net = build_from_run(run).cpu().float().eval()
     x, source = sample_inputs(run, pre, cfg.n_samples, sample_paths)

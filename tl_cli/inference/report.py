@@ -152,11 +152,19 @@ def misclassified_csv(items: list[Misclassified]) -> str:
     return buf.getvalue()
 
 
-def write_evaluation(ev: Evaluation, out_dir: str | os.PathLike) -> Path:
-    """Write the five files into `out_dir`, all at once: they appear together or not at all."""
-    from tl_cli.runtime.atomic import atomic_dir
+EVALUATION_FILES = ("metrics.json", "confusion.csv", "confusion.png", "misclassified.csv", "report.html")
 
-    out_dir = Path(out_dir)
+
+def write_evaluation(ev: Evaluation, out_dir: str | os.PathLike) -> Path:
+    """Write the five files into `out_dir`, all at once: they appear together or not at all.
+
+    Raises:
+        ConfigError: `out_dir` holds anything but an earlier evaluation, or is inside the data.
+    """
+    from tl_cli.runtime.atomic import atomic_dir
+    from tl_cli.runtime.outputs import check_output_dir
+
+    out_dir = check_output_dir(out_dir, EVALUATION_FILES, [ev.root])
     wrong = ev.misclassified()
     png = confusion_png(ev.classes, np.array(ev.metrics["confusion"]), title=_title(ev))
     files = {
@@ -166,6 +174,7 @@ def write_evaluation(ev: Evaluation, out_dir: str | os.PathLike) -> Path:
         "misclassified.csv": misclassified_csv(wrong).encode(),
         "report.html": report_html(ev, wrong, png).encode(),
     }
+    assert set(files) == set(EVALUATION_FILES)
     with atomic_dir(out_dir) as tmp:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
