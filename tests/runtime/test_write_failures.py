@@ -182,3 +182,15 @@ def test_interrupted_atomic_write_leaves_old_file(tmp_path):
             tmp.write_text("{half")
             enospc()
     assert json.loads(target.read_text()) == {"old": True} and not temporaries(tmp_path)
+
+
+def test_disk_full_while_exporting_torchscript(image_folder, isolated_workspace, tmp_path, monkeypatch):
+    # torch.jit.save's own file writer aborts the process (C++ terminate) on a full disk; the
+    # export is saved to memory and written by Python, so a full disk is one line like elsewhere.
+    assert runner.invoke(app, ["extract", str(image_folder), *LENET_ARGS]).exit_code == 0
+    real = Path.write_bytes
+    monkeypatch.setattr(Path, "write_bytes", lambda self, data: enospc() if ".tmp-clf.pt" in self.name else real(self, data))
+    r = runner.invoke(app, ["export", "--format", "torchscript", "-o", str(tmp_path / "out" / "clf.pt")])
+    assert r.exit_code == 2, r.output
+    assert "disk full while writing" in r.output
+    assert list((tmp_path / "out").iterdir()) == []

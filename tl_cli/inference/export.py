@@ -12,6 +12,7 @@ they differ beyond float32 tolerance the export fails and nothing is left at the
 
 from __future__ import annotations
 
+import io
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -125,7 +126,11 @@ def _write_torchscript(net, example, path: Path, cfg: ExportConfig) -> None:
 
     with torch.no_grad():
         traced = torch.jit.trace(net, example)
-    torch.jit.save(traced, str(path))
+    # Saved to memory, then written by Python: torch's own file writer ends the whole process with
+    # a C++ abort when the disk fills, where a Python write raises an OSError we can report.
+    buf = io.BytesIO()
+    torch.jit.save(traced, buf)
+    path.write_bytes(buf.getbuffer())
 
 
 def run_exported(path: Path, fmt: str, x) -> np.ndarray:
@@ -183,8 +188,8 @@ def export_run(run: Run, cfg: ExportConfig = ExportConfig(), output: str | Path 
         try:
             (_write_onnx if cfg.format == "onnx" else _write_torchscript)(net, example, tmp, cfg)
             got = run_exported(tmp, cfg.format, x)
-        except ExportError:
-            raise
+        except (ExportError, OSError):
+            raise  # OSError: a failed write (disk full, read-only), which atomic_path reports as such
         except Exception as exc:  # noqa: BLE001 - exporter failures come in many types
             raise ExportError(f"{cfg.format} export of {run.meta.backbone} failed: {type(exc).__name__}: {exc}") from exc
         diff = float(np.abs(got - ref).max()) if got.shape == ref.shape else float("inf")
