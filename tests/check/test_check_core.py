@@ -129,6 +129,11 @@ def test_class_balance_warns_when_severe():
     assert class_balance(["a", "b"], np.array([0] * 50 + [1] * 45), np.array(["train"] * 95))[1] is None
 
 
+def test_balanced_small_classes_are_not_called_imbalanced():
+    warn = class_balance(["a", "b"], np.array([0] * 6 + [1] * 6), np.array(["train"] * 12))[1]
+    assert warn is not None and "imbalance" not in warn and "few images: a has 6" in warn
+
+
 def test_quick_check_names_leakage_and_exact_copies(tmp_path):
     x = np.random.default_rng(3).normal(size=(40, 32)).astype(np.float32)  # no two alike
     splits = np.array(["train"] * 30 + ["val"] * 10)

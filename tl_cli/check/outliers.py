@@ -69,10 +69,14 @@ def class_balance(classes: list[str], labels: np.ndarray, splits: np.ndarray) ->
     counts = [r["count"] for r in rows]
     small, big = min(counts), max(counts)
     warning = None
-    if small == 0 or big / small >= IMBALANCE_SEVERE or small < SMALL_CLASS:
+    if small == 0 or big / small >= IMBALANCE_SEVERE:
         name = rows[counts.index(small)]["class"]
         warning = (f"severe class imbalance: {name} has {small} images, the largest class {big}; "
                    "consider more images of it, or --balanced (tl extract) to weight classes")
+    elif small < SMALL_CLASS:  # balanced, but too few to learn or to validate a class reliably
+        name = rows[counts.index(small)]["class"]
+        warning = (f"few images: {name} has {small}, under {SMALL_CLASS}; "
+                   "a class needs tens of images for a reliable classifier")
     elif big / small >= IMBALANCE_NOTE:
         name = rows[counts.index(small)]["class"]
         warning = f"class imbalance: {name} has {small} images, the largest class {big} ({big / small:.1f}x)"
