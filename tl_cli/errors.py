@@ -70,3 +70,11 @@ class ExportError(TLError):
 
 class OutOfMemory(TLError):
     """Out of memory even after halving the batch down to one image."""
+
+
+class InterruptedBeforeCheckpoint(KeyboardInterrupt):
+    """Ctrl-C (or a kill) before a run's first checkpoint: there is nothing to resume.
+
+    A KeyboardInterrupt still, so that everything that cleans up after an interrupt does; the CLI
+    says "nothing to resume" instead of its usual "--resume continues".
+    """

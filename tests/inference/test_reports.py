@@ -270,6 +270,17 @@ def test_onnx_export_cli_and_predict_on_it(run, tmp_path):
     assert r.exit_code == 0 and json.loads(r.stdout)["n"] == run.meta.dataset.n_val
 
 
+def test_a_truncated_onnx_model_is_one_line(run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    assert tl("export").exit_code == 0
+    bad = tmp_path / "cut.onnx"
+    bad.write_bytes((run.dir / "model.onnx").read_bytes()[:200])
+    bad.with_name("cut.onnx.json").write_bytes((run.dir / "model.onnx.json").read_bytes())
+    r = tl("predict", tmp_path / "data" / "red", "--model", bad)
+    assert r.exit_code == 2, r.output
+    assert "not a valid ONNX file" in r.output and "internal error" not in r.output
+
+
 def test_failed_check_leaves_nothing(run, tmp_path, monkeypatch):
     import tl_cli.inference.export as export
 

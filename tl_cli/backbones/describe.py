@@ -68,3 +68,19 @@ def describe(name: str) -> BackboneSummary:
 
 def describe_all() -> list[BackboneSummary]:
     return [describe(n) for n in list_backbones()]
+
+
+def check_input_side(name: str, side: int) -> None:
+    """Raise ConfigError when the backbone can't take `side`-px inputs (LeNet-5's fixed 32 x 32:
+    its first Linear layer expects that exact feature map). Traced on the meta device: no compute."""
+    import torch
+
+    from tl_cli.errors import ConfigError
+
+    spec = get_spec(name)
+    try:
+        meta_backbone(spec).forward_features(torch.zeros(1, 3, side, side, device="meta"))
+    except (RuntimeError, AssertionError, ValueError) as exc:  # timm's fixed-size ViTs assert
+        raise ConfigError(f"--image-size {side} does not fit {name} (trained at {spec.preprocess.input_size} px): "
+                          f"{' '.join(str(exc).split())[:160]}",
+                          hint=f"use --image-size {spec.preprocess.input_size}, or leave it out") from exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -142,6 +143,9 @@ def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike | None = None
     """
     if weights is not None:
         p = Path(weights).expanduser()
+        if p.is_dir():
+            raise WeightsNotFound(f"--weights {p} is a directory, not a weights file",
+                                  hint="pass the state-dict file itself (.pth, .pt or .safetensors)")
         if not p.is_file():
             raise WeightsNotFound(f"weights file not found: {p}")
         return WeightsChoice(p.resolve(), True)
@@ -236,11 +240,29 @@ def create_backbone(name: str, weights: str | os.PathLike | None = None,
         try:
             loader(net, state)
         except RuntimeError as exc:
-            raise WeightsNotFound(
-                f"{choice.path}: does not match the {name} architecture",
-                hint=str(exc).splitlines()[0][:200],
-            ) from exc
+            raise WeightsNotFound(f"{choice.path}: does not match the {name} architecture",
+                                  hint=describe_mismatch(exc)) from exc
     return net.eval(), choice
+
+
+_MISMATCH = re.compile(r"(Missing|Unexpected) key\(s\) in state_dict: (.*?)\.\s*$")
+_SIZE_MISMATCH = re.compile(r"size mismatch for ([^:]+):")
+
+
+def describe_mismatch(exc: BaseException, shown: int = 3) -> str:
+    """One line from torch's load_state_dict error (one line per kind of problem, each listing
+    every key): how many keys are missing, unexpected or of another shape, naming the first few."""
+    found: dict[str, list[str]] = {"missing": [], "unexpected": [], "with another shape": []}
+    for line in str(exc).splitlines():
+        m = _MISMATCH.search(line)
+        if m:
+            found[m.group(1).lower()] += re.findall(r'"([^"]*)"', m.group(2))
+        m = _SIZE_MISMATCH.search(line)
+        if m:
+            found["with another shape"].append(m.group(1).strip())
+    parts = [f"{len(keys)} key{'s' if len(keys) > 1 else ''} {kind} ({', '.join(keys[:shown])}"
+             f"{', ...' if len(keys) > shown else ''})" for kind, keys in found.items() if keys]
+    return "; ".join(parts) if parts else " ".join(str(exc).split())[:200]
 
 
 def _strict_load(net, state: dict) -> None:

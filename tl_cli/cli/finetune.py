@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from tl_cli.cli.app import command, err, out, workspace
 from tl_cli.cli.options import (
@@ -108,7 +109,7 @@ def retrain_cmd(
 
 def _train(route: str, params: dict) -> None:
     """Start or resume a run with the options given on the command line (None = not given)."""
-    from tl_cli.errors import ConfigError
+    from tl_cli.errors import ConfigError, InterruptedBeforeCheckpoint
     from tl_cli.finetune import trainer as ft
     from tl_cli.finetune.config import FinetuneConfig
     from tl_cli.runtime.distributed import is_main
@@ -129,9 +130,13 @@ def _train(route: str, params: dict) -> None:
                 raise ConfigError("tl finetune needs --freeze N", hint="`tl layers` shows the layers; `tl suggest` recommends N")
             cfg = FinetuneConfig.for_route(route, **given)
             res = ft.start(data_dir if data_dir is not None else ws.last_dataset(), cfg, ws, reporter)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         reporter.stop()
-        err.print(f"[yellow]interrupted[/]: every finished epoch is checkpointed; `tl {route} --resume` continues")
+        if isinstance(exc, InterruptedBeforeCheckpoint):  # its run folder is gone: --resume would find nothing
+            err.print("[yellow]interrupted[/] before the first epoch finished; nothing to resume "
+                      f"(start the run again with `tl {route} ...`)")
+        else:
+            err.print(f"[yellow]interrupted[/]: every finished epoch is checkpointed; `tl {route} --resume` continues")
         raise typer.Exit(130) from None
     if is_main():  # under torchrun every rank has the result; one prints it
         render(res)
@@ -148,10 +153,10 @@ def render(res) -> None:
 
     if res.already_finished:
         b = res.best
-        err.print(f"[green]{res.run_dir.name} already finished[/] ({len(res.history)} epochs, stopped by "
+        err.print(f"[green]{escape(res.run_dir.name)} already finished[/] ({len(res.history)} epochs, stopped by "
                   f"{res.stop_reason.replace('_', ' ')}; best epoch {res.best_epoch}, val accuracy "
                   f"{_fmt(b.get('val_accuracy'))}): nothing to resume")
-        out.print(str(res.run_dir))
+        out.print(str(res.run_dir), markup=False)
         return
     cfg = res.config
     t = Table(title=f"tl {cfg.route}: {cfg.backbone}, --freeze {cfg.freeze} of {res.n_layers} layers",
@@ -174,11 +179,9 @@ def render(res) -> None:
     s.add_row("stopped", reasons.get(res.stop_reason, res.stop_reason))
     s.add_row("parameters", f"{res.trainable_params:,} trained, {res.frozen_params:,} frozen")
     s.add_row("images", f"{res.n_train} train / {res.n_val} val")
-    s.add_row("run", str(res.run_dir))
+    s.add_row("run", escape(str(res.run_dir)))
     s.add_row("time", f"{res.seconds:.1f} s")
     out.print(s)
-    from rich.markup import escape
-
     for line in res.skipped[:20]:
         err.print(f"[yellow]skipped[/] {escape(line)}")  # file names may contain [brackets]
 

@@ -28,11 +28,12 @@ def info_cmd(
 ) -> None:
     """A run's backbone, classes, training (route, freeze, epochs), metrics, layers and files."""
     from tl_cli.runs.info import run_info
+    from tl_cli.runs.store import finite_json  # runs written before NaN became null may hold NaN
 
     check_format(fmt)
     info = run_info(run, workspace(ws_path), layers=not no_layers)
     if fmt == "json":
-        out.print(json.dumps(info.to_dict(), indent=2), markup=False)
+        out.print(json.dumps(finite_json(info.to_dict()), indent=2, allow_nan=False), markup=False)
         return
     render_info(info)
 
@@ -100,12 +101,13 @@ def runs_cmd(fmt: FormatOpt = "table", ws_path: WorkspaceOpt = None) -> None:
     from rich.table import Table
 
     from tl_cli.runs.info import workspace_runs
+    from tl_cli.runs.store import finite_json
 
     check_format(fmt)
     ws = workspace(ws_path)
     rows = workspace_runs(ws)
     if fmt == "json":
-        out.print(json.dumps([r.to_dict() for r in rows], indent=2), markup=False)
+        out.print(json.dumps(finite_json([r.to_dict() for r in rows]), indent=2, allow_nan=False), markup=False)
         return
     if not rows:
         out.print(f"no runs in {escape(str(ws.runs))}: train one with `tl extract DATA_DIR`")

@@ -10,15 +10,19 @@ execute anything. Random states are converted to tensors and plain lists for the
 
 from __future__ import annotations
 
+import errno
+import os
 import random
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from tl_cli.errors import RunError, UnsafeFile
-from tl_cli.runtime.atomic import atomic_path
+from tl_cli.errors import RunError, UnsafeFile, WorkspaceError
+from tl_cli.runtime.atomic import atomic_path, raise_write_error
 from tl_cli.runtime.tensor_files import code_refused, load_tensors_only
 
 CHECKPOINT = "checkpoint.pt"
@@ -55,9 +59,37 @@ def set_rng_state(state: dict[str, Any], loader_generator: torch.Generator | Non
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
-    """Atomically replace the run's checkpoint: a kill mid-write leaves the previous one intact."""
-    with atomic_path(run_dir / CHECKPOINT, suffix=".pt") as tmp:
-        torch.save({"format": FORMAT, **state}, tmp)
+    """Atomically replace the run's checkpoint: a kill mid-write leaves the previous one intact.
+
+    Raises:
+        WorkspaceError: the disk is full, or the file could not be written.
+    """
+    path = run_dir / CHECKPOINT
+    with atomic_path(path, suffix=".pt") as tmp:
+        try:
+            torch.save({"format": FORMAT, **state}, tmp)
+        except RuntimeError as exc:
+            if not _WRITE_FAILED.search(str(exc)):
+                raise
+            _raise_write_failed(exc, path)
+
+
+# What torch's zip writer (PyTorchStreamWriter) says when a write() comes back short: it raises a
+# RuntimeError, not an OSError, so the errno (ENOSPC, EDQUOT, EIO) is lost.
+_WRITE_FAILED = re.compile(r"unexpected pos|file write failed|failed writing file")
+LOW_SPACE = 64 * 2**20  # bytes: less than this left after a failed write means the disk filled up
+
+
+def _raise_write_failed(exc: RuntimeError, path: Path) -> None:
+    """A failed torch.save as the WorkspaceError other writes give (atomic.raise_write_error)."""
+    try:
+        full = shutil.disk_usage(path.parent).free < LOW_SPACE
+    except OSError:
+        full = False
+    if full:
+        raise_write_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path)
+    raise WorkspaceError(f"cannot write {path}: the write failed ({str(exc).splitlines()[0][:160]})",
+                         hint="check the disk (quota, errors) and resume with `tl finetune --resume`") from exc
 
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any]:

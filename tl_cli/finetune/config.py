@@ -9,13 +9,14 @@ not per step, and stays the same curve).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from tl_cli.backbones import DEFAULT_BACKBONE
 from tl_cli.errors import ConfigError, RunError
-from tl_cli.runtime.atomic import write_json
+from tl_cli.runs.store import write_run_json
 
 CONFIG_FILE = "config.json"
 ROUTES = ("finetune", "retrain")
@@ -42,6 +43,13 @@ PLAN_CAP_MIXED = 60
 # image_size 0 = the backbone's own input size, what every run did before the setting existed.
 SETTINGS_ADDED_LATER = {"ema": 0.0, "image_size": 0, "mix": 0.0}
 RESOURCE_FIELDS = frozenset({"batch_size", "device", "workers", "time_budget"})
+# Seeds seed numpy's legacy generator (32 bits) and torch's (64): one range both take.
+MAX_SEED = 2**32 - 1
+# Largest training side: 4x the largest input of a registered backbone family (512 px). Beyond it
+# one image's activations outgrow any GPU, and photos carry no more detail for a classifier.
+MAX_IMAGE_SIZE = 2048
+# Settings every saved config.json holds (the others may be missing from older runs' files).
+REQUIRED_SETTINGS = ("route", "backbone", "freeze", "epochs")
 
 
 def probe_fits(probe_accuracy: float | None) -> bool:
@@ -148,20 +156,23 @@ class FinetuneConfig:
             (self.route != "retrain" or self.freeze == 0, "tl retrain trains every layer: use tl finetune --freeze N"),
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            ((self.lr is None or self.lr >= 0) and (self.head_lr is None or self.head_lr > 0),
-             f"learning rates must be positive (lr {self.lr}, head lr {self.head_lr})"),
+            (_positive(self.lr) and _positive(self.head_lr),
+             f"learning rates must be positive finite numbers (lr {self.lr}, head lr {self.head_lr})"),
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
-            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.weight_decay < math.inf, f"--weight-decay must be a finite number >= 0, got {self.weight_decay}"),
             (0 <= self.warmup_epochs < self.epochs, f"--warmup-epochs must be in [0, epochs), got {self.warmup_epochs}"),
             (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
             (0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
             (self.mix is None or 0 <= self.mix <= 1, f"--mix must be in [0, 1], got {self.mix}"),
-            (self.ema >= 0, f"--ema must be >= 0 epochs (0 = off), got {self.ema}"),
+            (0 <= self.ema < math.inf, f"--ema must be a finite number >= 0 epochs (0 = off), got {self.ema}"),
             (self.patience >= 0, f"--patience must be >= 0, got {self.patience}"),
             (self.workers is None or self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
-            (self.time_budget is None or self.time_budget > 0, f"--time-budget must be > 0 seconds, got {self.time_budget}"),
+            (self.time_budget is None or 0 < self.time_budget < math.inf,
+             f"--time-budget must be a finite number of seconds > 0, got {self.time_budget}"),
             (0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
-            (self.image_size in (None, 0) or self.image_size >= 32, f"--image-size must be >= 32 pixels, got {self.image_size}"),
+            (self.image_size in (None, 0) or 32 <= self.image_size <= MAX_IMAGE_SIZE,
+             f"--image-size must be in [32, {MAX_IMAGE_SIZE}] pixels, got {self.image_size}"),
+            (0 <= self.seed <= MAX_SEED, f"--seed must be in [0, {MAX_SEED}], got {self.seed}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -218,19 +229,36 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
+        """The config saved as `d`. Raises RunError saying what is wrong when `d` is not one (`load` names the file)."""
+        if not isinstance(d, dict):
+            raise RunError(f"not a JSON object (got {type(d).__name__})")
+        # Without these, the defaults would build another network than the checkpoint's.
+        missing = [k for k in REQUIRED_SETTINGS if k not in d]
+        if missing:
+            raise RunError(f"missing settings: {', '.join(missing)}")
         d = {**SETTINGS_ADDED_LATER, **d}  # a run saved before a setting existed resumes as it trained
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise RunError(f"{CONFIG_FILE} has unknown settings: {', '.join(unknown)}",
+            raise RunError(f"unknown settings: {', '.join(unknown)}",
                            hint="it was written by another version of tl")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except (TypeError, ValueError) as exc:  # a value of the wrong type, e.g. "epochs": "ten"
+            raise RunError(f"a value of the wrong type ({exc})") from exc
+        except ConfigError as exc:  # a value out of range
+            raise RunError(exc.message) from exc
 
     def save(self, run_dir: Path) -> None:
-        write_json(run_dir / CONFIG_FILE, self.to_dict())
+        write_run_json(run_dir / CONFIG_FILE, self.to_dict())
 
     @classmethod
     def load(cls, run_dir: Path) -> FinetuneConfig:
+        """The config of the run in `run_dir`.
+
+        Raises:
+            RunError: no config.json (not a fine-tuning run), or a damaged one (the message says what is wrong).
+        """
         path = run_dir / CONFIG_FILE
         try:
             return cls.from_dict(json.loads(path.read_text()))
@@ -238,6 +266,9 @@ class FinetuneConfig:
             raise RunError(f"{run_dir} has no {CONFIG_FILE}: not a fine-tuning run") from exc
         except ValueError as exc:
             raise RunError(f"{path}: not valid JSON ({exc})") from exc
+        except RunError as exc:
+            raise RunError(f"damaged run config {path}: {exc.message}",
+                           hint=exc.hint or "the file was edited or damaged; start a new run") from exc
 
     def with_resume_overrides(self, overrides: dict[str, Any]) -> FinetuneConfig:
         """The saved config with the settings given on `--resume` applied.
@@ -245,8 +276,10 @@ class FinetuneConfig:
         Raises:
             ConfigError: a setting other than a resource one differs from the saved run (named).
         """
-        given = replace(self, **overrides)  # normalised as when saved (e.g. a relative --weights made absolute)
-        changed = {k: getattr(given, k) for k in overrides if getattr(given, k) != getattr(self, k)}
+        # Compared before anything is validated: a value that only fails against the saved ones
+        # (--epochs 1 with the saved warm-up of 1 epoch) is still a change, and named as one.
+        given = {k: _as_saved(k, v) for k, v in overrides.items()}
+        changed = {k: v for k, v in given.items() if v != getattr(self, k)}
         bad = sorted(k for k in changed if k not in RESOURCE_FIELDS)
         if bad:
             detail = ", ".join(f"{k} (saved {getattr(self, k)!r}, given {changed[k]!r})" for k in bad)
@@ -255,3 +288,15 @@ class FinetuneConfig:
                 hint=f"only {', '.join(sorted(RESOURCE_FIELDS))} may change on --resume; start a new run to change the rest",
             )
         return replace(self, **changed)
+
+
+def _positive(v: float | None) -> bool:
+    """A learning rate: not given (None), or a finite number above 0."""
+    return v is None or 0 < v < math.inf
+
+
+def _as_saved(key: str, value: Any) -> Any:
+    """A setting given on --resume as the config saves it (a relative --weights made absolute)."""
+    from tl_cli.backbones.registry import absolute_weights_path
+
+    return absolute_weights_path(value) if key == "weights" else value

@@ -13,6 +13,7 @@ accuracy often peaks and then falls as training goes on. A run folder holds:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -25,10 +26,11 @@ import torch
 import torch.nn as nn
 
 from tl_cli.backbones import create_backbone, get_spec
+from tl_cli.backbones.registry import describe_mismatch
 from tl_cli.data.groups import make_grouping
 from tl_cli.data.image_size import at_side
 from tl_cli.data.scan import Dataset, scan_dataset
-from tl_cli.errors import ConfigError, DataError, RunError
+from tl_cli.errors import ConfigError, DataError, InterruptedBeforeCheckpoint, RunError
 from tl_cli.finetune import budget, ddp
 from tl_cli.finetune.checkpoint import BEST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from tl_cli.finetune.config import CONFIG_FILE, FinetuneConfig
@@ -37,19 +39,18 @@ from tl_cli.finetune.ema import weight_average
 from tl_cli.finetune.epoch import kept_weights, run_epoch, validate_run
 from tl_cli.finetune.history import format_row, write_history
 from tl_cli.finetune.model import FinetuneModel
+from tl_cli.finetune.run_folder import SOURCE, discard_unstarted, saved_device
 from tl_cli.finetune.schedule import build_optimizer, settle_optimizer
 from tl_cli.finetune.state import Training, TrainState, best_numbers
 from tl_cli.finetune.step import Amp
+from tl_cli.runs.lock import run_lock
 from tl_cli.runs.meta import DatasetRef, RunMeta, WeightsRef
-from tl_cli.runs.store import META, load_tensors, new_run_dir, save_run, save_tensors
+from tl_cli.runs.store import META, load_tensors, new_run_dir, save_run, save_tensors, write_run_json
 from tl_cli.runs.workspace import Workspace
 from tl_cli.runtime import distributed
-from tl_cli.runtime.atomic import write_json
 from tl_cli.runtime.memory import keep_freed_memory
 from tl_cli.runtime.oom import HalvingStep
 from tl_cli.runtime.progress import Reporter
-
-SOURCE = "source.json"
 
 
 @dataclass
@@ -94,27 +95,37 @@ def start(data_dir: str | os.PathLike, cfg: FinetuneConfig, workspace: Workspace
     ddp.check_sync_bn(cfg.sync_bn, distributed.rank_device(cfg.device))
     ddp.local_batch_size(cfg.batch_size)  # a global batch that does not split fails before a run folder exists
     info = distributed.init(cfg.device)
-    prepared = None
-    if info.is_main:  # under torchrun rank 0 alone makes the run folder and sends it to the others
-        ds = scan_dataset(data_dir, cfg.val_fraction, grouping=make_grouping(cfg.group_pattern, cfg.groups))
-        ws.ensure(outside=ds.root)
-        _check_freeze(cfg)  # an unknown backbone or a too-large --freeze fails before a run folder exists
-        cfg = with_image_size(cfg, ds, get_spec(cfg.backbone).preprocess.input_size)  # saved: --resume replays it
-        cfg = cfg if cfg.waits_for_probe else cfg.settled()
-        run_dir = new_run_dir(ws.runs, cfg.route, ds.root.name)
-        cfg.save(run_dir)
-        write_json(run_dir / SOURCE, {"data_dir": str(ds.root), "classes": ds.classes, "layout": ds.layout})
-        ws.remember(last_dataset=ds.root, training_run=run_dir)
-        prepared = (run_dir, ds, cfg)
-    run_dir, ds, cfg = distributed.broadcast_object(prepared)
-    return _train(run_dir, cfg, ds, ws, reporter or Reporter(), None, t0)
+    prepared, previous = None, None
+    with contextlib.ExitStack() as held:
+        if info.is_main:  # under torchrun rank 0 alone makes the run folder and sends it to the others
+            ds = scan_dataset(data_dir, cfg.val_fraction, grouping=make_grouping(cfg.group_pattern, cfg.groups))
+            ws.ensure(outside=ds.root)
+            _check_freeze(cfg)  # an unknown backbone or a too-large --freeze fails before a run folder exists
+            cfg = with_image_size(cfg, ds, get_spec(cfg.backbone).preprocess.input_size)  # saved: --resume replays it
+            cfg = cfg if cfg.waits_for_probe else cfg.settled()
+            run_dir = new_run_dir(ws.runs, cfg.route, ds.root.name)
+            held.enter_context(run_lock(run_dir))
+            cfg.save(run_dir)
+            write_run_json(run_dir / SOURCE, {"data_dir": str(ds.root), "classes": ds.classes, "layout": ds.layout})
+            previous = ws.state().get("training_run")
+            ws.remember(last_dataset=ds.root, training_run=run_dir)
+            prepared = (run_dir, ds, cfg)
+        run_dir, ds, cfg = distributed.broadcast_object(prepared)
+        try:
+            return _train(run_dir, cfg, ds, ws, reporter or Reporter(), None, t0)
+        except BaseException as exc:  # stopped before the first checkpoint: nothing to resume, nothing to keep
+            if info.is_main and discard_unstarted(run_dir, ws, previous) and isinstance(exc, KeyboardInterrupt):
+                raise InterruptedBeforeCheckpoint() from exc
+            raise
 
 
 def _check_freeze(cfg: FinetuneConfig) -> None:
-    from tl_cli.backbones.describe import layer_count
+    from tl_cli.backbones.describe import check_input_side, layer_count
     from tl_cli.backbones.layers import check_freeze
 
     check_freeze(cfg.freeze, layer_count(cfg.backbone))
+    if cfg.image_size:  # else decided from the images, never above the backbone's own size
+        check_input_side(cfg.backbone, cfg.image_size)
 
 
 def resume(run_dir: str | os.PathLike | None = None, overrides: dict | None = None, data_dir: str | os.PathLike | None = None,
@@ -130,36 +141,30 @@ def resume(run_dir: str | os.PathLike | None = None, overrides: dict | None = No
     """
     t0 = time.perf_counter()
     ws = workspace or Workspace.open()
-    info = distributed.init((overrides or {}).get("device") or _saved_device(ws, run_dir))
+    info = distributed.init((overrides or {}).get("device") or saved_device(ws, run_dir))
     prepared = None
-    if info.is_main:  # under torchrun rank 0 alone reads the run and sends it (checkpoint included)
-        prepared = _prepare_resume(ws, run_dir, overrides, data_dir)
-    prepared = distributed.broadcast_object(prepared)
-    if isinstance(prepared, FinetuneResult):
-        distributed.shutdown()
-        return prepared
-    run_dir, cfg, ds, ckpt = prepared
-    return _train(run_dir, cfg, ds, ws, reporter or Reporter(), ckpt, t0)
+    with contextlib.ExitStack() as held:
+        if info.is_main:  # under torchrun rank 0 alone reads the run and sends it (checkpoint included)
+            prepared = _prepare_resume(ws, run_dir, overrides, data_dir, held)
+        prepared = distributed.broadcast_object(prepared)
+        if isinstance(prepared, FinetuneResult):
+            distributed.shutdown()
+            return prepared
+        run_dir, cfg, ds, ckpt = prepared
+        return _train(run_dir, cfg, ds, ws, reporter or Reporter(), ckpt, t0)
 
 
-def _saved_device(ws: Workspace, run_dir) -> str:
-    """The --device the run was started with (what resume computes on unless overridden); "auto"
-    where this process cannot read the run (under torchrun the workspace may be on node 0 only)."""
-    try:
-        run_dir = Path(run_dir) if run_dir is not None else Path(ws.state()["training_run"])
-        return str(json.loads((run_dir / CONFIG_FILE).read_text()).get("device") or "auto")
-    except Exception:  # noqa: BLE001 - rank 0 reports a missing or damaged run properly, right after
-        return "auto"
-
-
-def _prepare_resume(ws: Workspace, run_dir, overrides: dict | None, data_dir):
-    """(run_dir, config, dataset, checkpoint) to continue from, or the result of a finished run."""
+def _prepare_resume(ws: Workspace, run_dir, overrides: dict | None, data_dir, held: contextlib.ExitStack):
+    """(run_dir, config, dataset, checkpoint) to continue from, or the result of a finished run.
+    The run folder's lock is entered into `held` (a second resume of the same run fails at once)."""
     if run_dir is None:
         last = ws.state().get("training_run")
         if not last:
             raise RunError("no fine-tuning run to resume in this workspace", hint="start one with `tl finetune DATA_DIR`")
         run_dir = last
     run_dir = Path(run_dir)
+    if (run_dir / CONFIG_FILE).is_file():  # else FinetuneConfig.load says what this folder is not
+        held.enter_context(run_lock(run_dir))
     cfg = FinetuneConfig.load(run_dir).with_resume_overrides(overrides or {})
     try:
         source = json.loads((run_dir / SOURCE).read_text())
@@ -263,7 +268,11 @@ def _restore(tr: Training, ckpt: dict | None) -> TrainState:
         if tr.info.enabled:
             _seed_everything(tr.cfg.seed + 7919 * tr.info.rank)  # same initial weights, different dropout per rank
         return TrainState()
-    tr.model.net.load_state_dict(ckpt["model"])
+    try:
+        tr.model.net.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:  # config.json edited to another network than the checkpoint's
+        raise RunError(f"damaged run config {tr.run_dir / CONFIG_FILE}: the checkpoint's weights do not fit "
+                       f"its network ({describe_mismatch(exc)})", hint="the file was edited; start a new run") from exc
     tr.opt.load_state_dict(ckpt["optimizer"])
     per_rank = ckpt.get("rng_ranks")  # under torchrun: every rank's streams, restored rank by rank
     mine = per_rank[tr.info.rank] if per_rank and len(per_rank) == tr.info.world_size else ckpt["rng"]

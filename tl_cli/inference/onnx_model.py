@@ -48,7 +48,14 @@ class OnnxPredictor(BasePredictor):
         self.path = path
         self.source = str(path)
         self.notes = []
-        self.model = OnnxModel(ort_session(path))
+        try:
+            session = ort_session(path)
+        except TLError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's InvalidProtobuf, Fail, ...: not a model it can run
+            raise ExportError(f"cannot load model {path}: not a valid ONNX file ({type(exc).__name__})",
+                              hint="export it again with `tl export`") from exc
+        self.model = OnnxModel(session)
 
 
 def trained_meta(description: dict) -> RunMeta:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_cli.errors import RunError
+from tl_cli.runs.lock import LOCK
 from tl_cli.runs.store import DamagedRun, Run, load_run, scan_runs
 from tl_cli.runs.workspace import Workspace
 from tl_cli.runtime.atomic import TMP_PREFIX
@@ -179,8 +180,8 @@ def _files(run_dir: Path) -> tuple[tuple[str, int], ...]:
     for dirpath, dirnames, filenames in os.walk(run_dir):
         dirnames.sort()
         for f in sorted(filenames):
-            if f.startswith(TMP_PREFIX):
-                continue  # leftovers of an interrupted write, not part of the run
+            if f.startswith(TMP_PREFIX) or f == LOCK:
+                continue  # leftovers of an interrupted write, and the trainer's lock: not part of the run
             p = Path(dirpath) / f
             out.append((p.relative_to(run_dir).as_posix(), p.stat().st_size))
     return tuple(out)

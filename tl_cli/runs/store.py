@@ -11,6 +11,8 @@ Loading never executes code: safetensors and JSON only.
 from __future__ import annotations
 
 import datetime as _dt
+import json
+import math
 import os
 import platform
 import re
@@ -20,7 +22,7 @@ from pathlib import Path
 from tl_cli.data.preprocess import Preprocess
 from tl_cli.errors import RunError
 from tl_cli.runs.meta import MetaError, RunMeta, read_meta
-from tl_cli.runtime.atomic import atomic_path, raise_write_error, write_json
+from tl_cli.runtime.atomic import atomic_path, raise_write_error, write_text
 
 META = "meta.json"
 WEIGHTS = "model.safetensors"
@@ -103,7 +105,27 @@ def save_run(run_dir: Path, tensors: dict, meta: RunMeta) -> None:
     """
     save_tensors(run_dir / WEIGHTS, tensors)
     created = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    write_json(run_dir / META, meta.stamped(created, versions()).to_dict())
+    write_run_json(run_dir / META, meta.stamped(created, versions()).to_dict())
+
+
+def finite_json(obj):
+    """`obj` with every non-finite float (NaN, Infinity) as None (null).
+
+    JSON (RFC 8259) has no such numbers: Python writes `NaN`, which most other readers refuse.
+    A metric that diverged (val_loss NaN) is recorded as unknown instead.
+    """
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+def write_run_json(path: Path, obj) -> None:
+    """Atomically write `obj` as indented, standard JSON (non-finite floats as null: `finite_json`)."""
+    write_text(path, json.dumps(finite_json(obj), indent=2, allow_nan=False, default=str) + "\n")
 
 
 @dataclass(frozen=True)
@@ -178,7 +200,30 @@ def load_run(run_dir: str | os.PathLike) -> Run:
         raise RunError(f"damaged run {run_dir}: {exc.message}", hint="`tl runs` lists the runs that can be used") from exc
     if not (run_dir / WEIGHTS).is_file():
         raise RunError(f"damaged run {run_dir}: {WEIGHTS} is missing", hint="`tl runs` lists the runs that can be used")
+    outputs = head_outputs(run_dir / WEIGHTS, meta.kind)
+    if outputs is not None and outputs != len(meta.classes):  # else labels go to the wrong outputs, or past the last
+        n = len(meta.classes)
+        raise RunError(f"damaged run {run_dir}: {META} lists {n} class{'es' if n != 1 else ''}, the model has {outputs} outputs",
+                       hint="restore the run's meta.json, or train again; `tl runs` lists the runs that can be used")
     return Run(run_dir, meta)
+
+
+# The new head's weight in model.safetensors: a head-only run's, and the whole network's
+# (backbones.wrapper.attach_head: classifier = Sequential(Dropout, Linear)).
+HEAD_WEIGHT = {"head": "head.weight", "full": "classifier.1.weight"}
+
+
+def head_outputs(path: Path, kind: str) -> int | None:
+    """How many classes the model in `path` outputs, from the file's header alone (no tensor is
+    read); None when that can't be told (the weights' loader reports an unreadable file)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            shape = f.get_slice(HEAD_WEIGHT[kind]).get_shape() if HEAD_WEIGHT[kind] in f.keys() else None
+    except Exception:  # noqa: BLE001 - a damaged file: load_tensors says so when the weights are read
+        return None
+    return int(shape[0]) if shape else None
 
 
 def scan_runs(runs_root: Path) -> tuple[list[Run], list[DamagedRun]]:

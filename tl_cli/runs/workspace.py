@@ -76,16 +76,23 @@ class Workspace:
             return {}, f"{self.state_file} is damaged (not valid JSON)"
         if not isinstance(state, dict):
             return {}, f"{self.state_file} is damaged (not a JSON object)"
+        # Every value tl writes is a path, as text; another type would fail wherever it is used.
+        bad = sorted(k for k, v in state.items() if not isinstance(v, str))
+        if bad:
+            state = {k: v for k, v in state.items() if k not in bad}
+            return state, f"{self.state_file} is damaged ({', '.join(bad)}: not a path)"
         return state, None
 
     def remember(self, **values) -> None:
-        """Update keys of state.json. Serialised by a lock beside it, so two tl processes
-        finishing together can't drop each other's keys (read-modify-write)."""
+        """Update keys of state.json (a value None removes its key). Serialised by a lock beside
+        it, so two tl processes finishing together can't drop each other's keys (read-modify-write)."""
         from tl_cli.runtime.locks import exclusive_lock
 
         with exclusive_lock(self.root / "state.lock"):  # held for milliseconds: waiting is fine
             state = self.state()
-            state.update({k: str(v) for k, v in values.items()})
+            state.update({k: str(v) for k, v in values.items() if v is not None})
+            for k in (k for k, v in values.items() if v is None):
+                state.pop(k, None)
             write_json(self.state_file, state)
 
     def last_dataset(self) -> Path:
@@ -99,8 +106,9 @@ class Workspace:
     def latest_run(self) -> Path:
         """The run `tl predict` uses by default: the last one trained here.
 
-        When state.json is damaged, or names a damaged run, the newest readable run is used
-        instead, and a TLWarning says what is damaged (the CLI prints it as one line).
+        When state.json is damaged, or names a run that is damaged or gone (deleted, or a folder
+        that is not a run), the newest readable run is used instead, and a TLWarning says what is
+        wrong (the CLI prints it as one line).
         """
         from tl_cli.runs.store import META, load_run, newest_run
 
@@ -111,6 +119,8 @@ class Workspace:
                 return load_run(r).dir
             except RunError as exc:
                 problem = exc.message
+        elif r:
+            problem = f"the latest run {r} is {'not a complete tl run' if Path(r).is_dir() else 'gone'}"
         if problem:
             newest = newest_run(self.runs)
             if newest is not None:
