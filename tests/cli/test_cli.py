@@ -130,3 +130,10 @@ def test_help_has_examples():
 def test_layers_vgg16_has_16(tmp_path):
     r = tl("layers", "--backbone", "vgg16")
     assert r.exit_code == 0 and "16 layers" in r.output
+
+
+def test_version():
+    from tl_cli import __version__
+
+    r = tl("--version")
+    assert r.exit_code == 0 and r.stdout.strip() == f"tl {__version__}"

@@ -22,6 +22,22 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from tl_cli import __version__
+
+        print(f"tl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print tl's version and exit."),
+) -> None:
+    """Transfer learning on images: point tl at a folder of class sub-folders, get a classifier."""
+
+
 
 class _MessageConsole(Console):
     """A console that word-wraps only on a terminal.
