@@ -172,6 +172,21 @@ def test_atomic_files_get_the_umask_mode(tmp_path, umask, mode):
     assert not temporaries(tmp_path)
 
 
+def test_saved_weights_get_the_umask_mode_too(tmp_path):
+    # safetensors replaces the temporary with a private file of its own; the weights of a run
+    # must be as readable as its meta.json.
+    import numpy as np
+
+    from tl_cli.runs.store import save_tensors
+
+    old = os.umask(0o022)
+    try:
+        save_tensors(tmp_path / "model.safetensors", {"w": np.zeros(3, np.float32)})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "model.safetensors").stat().st_mode) == 0o644
+
+
 def test_interrupted_atomic_write_leaves_old_file(tmp_path):
     target = tmp_path / "meta.json"
     target.write_text(json.dumps({"old": True}))
