@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,18 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture
+def alarm():
+    """Fail (instead of hanging) if the test takes longer than 60 s: a FIFO opened for reading, or
+    a symlink loop followed, would wait or recurse forever."""
+
+    def boom(*_):
+        raise TimeoutError("did not terminate")
+
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -220,20 +219,6 @@ def test_single_class_and_no_images_are_errors(tmp_path):
     r = tl("extract", tmp_path / "none", *LENET_ARGS)
     assert r.exit_code == 2 and r.output.startswith("error: no images in")
     assert bf.tree_digest(tmp_path) == before
-
-
-@pytest.fixture
-def alarm():
-    """Fail (instead of hanging) if the test takes longer than 60 s."""
-
-    def boom(*_):
-        raise TimeoutError("did not terminate")
-
-    old = signal.signal(signal.SIGALRM, boom)
-    signal.alarm(60)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
 
 
 def test_symlink_loops_terminate(data, untouched, alarm):

@@ -135,7 +135,7 @@ def render_summary(res) -> None:
     for note in ex.notes:
         err.print(f"[yellow]note:[/] {escape(note)}")
     if ex.failed:
-        err.print(f"[yellow]skipped {len(ex.failed)} unreadable file(s) or empty class folder(s):[/]")
+        err.print(f"[yellow]skipped {len(ex.failed)} file(s) or class folder(s):[/]")
         for rel, why in ex.failed[:20]:
             err.print(f"  {rel}: {why}", markup=False)  # file names may contain [brackets]
         if len(ex.failed) > 20:

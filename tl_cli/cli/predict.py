@@ -34,7 +34,8 @@ def predict_cmd(
     ws_path: WorkspaceOpt = None,
 ) -> None:
     """Classify images with the latest run (or --model). Exit status 1 if any image failed."""
-    from tl_cli.inference.predict import expand_inputs, load_predictor
+    from tl_cli.inference.inputs import expand_inputs
+    from tl_cli.inference.predict import load_predictor
     from tl_cli.runtime.atomic import write_text
     from tl_cli.runtime.outputs import check_output_file
     from tl_cli.runtime.progress import RichReporter

@@ -30,6 +30,7 @@ import numpy as np
 from tl_cli.data.decode import Batch, _try_crop
 from tl_cli.data.jpeg_header import jpeg_info
 from tl_cli.data.preprocess import MAX_IMAGE_PIXELS, Preprocess, crop_geometry, normalize_tensor
+from tl_cli.data.scan import special_file
 
 DECODER = "nvjpeg"  # what the feature cache records for features made from these pixels
 
@@ -49,7 +50,8 @@ def _read(path: Path, pre: Preprocess):
     import torch
 
     try:
-        data = path.read_bytes()
+        # Not a FIFO or device (reading one could wait or run forever): Pillow's path says why.
+        data = b"" if special_file(path) else path.read_bytes()
     except OSError:
         data = b""  # the CPU path gives the same error message as extraction always has
     info = jpeg_info(data)

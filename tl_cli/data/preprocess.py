@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tl_cli.data.scan import NOT_REGULAR, special_file
 from tl_cli.errors import ConfigError, ImageError
 
 # tl refuses images above this many pixels (checked on the header, before decoding).
@@ -68,6 +69,8 @@ def open_rgb(path: str | Path, draft_size: int | None = None):
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    if special_file(path):  # a FIFO or device given by name, or swapped in since the scan: never opened
+        raise ImageError(f"{path}: {NOT_REGULAR}")
     try:
         with warnings.catch_warnings():
             # Pillow warns between its limit and twice it; tl's own check below decides.

@@ -4,18 +4,22 @@ Layouts:
     DATA/class_a/*.jpg, DATA/class_b/*.jpg          -> split by hashing file names
     DATA/train/class_a/..., DATA/val/class_a/...    -> used as given
 Files are recognised as images by their first bytes, not their extension. Hidden files and
-folders are skipped; symlinked folders are followed once (loops terminate).
+folders are skipped; symlinked folders are followed once (loops terminate). FIFOs, sockets and
+devices are listed as skipped without being opened. A class folder that is a link to another
+class folder of the same split is skipped and named, not made a second class.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tl_cli.errors import DataError
+from tl_cli.errors import DataError, TLWarning
 
 if TYPE_CHECKING:
     from tl_cli.data.groups import Grouping
@@ -32,10 +36,25 @@ _MAGIC = (
 )
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
 VAL_NAMES = ("val", "valid", "validation")
+NOT_REGULAR = "not a regular file"
+
+
+def special_file(path: str | os.PathLike) -> bool:
+    """True for something that exists but is not a regular file (FIFO, socket, device, folder).
+
+    Such a path must never be opened to look inside: opening a FIFO blocks until a writer comes,
+    and a device can be endless (/dev/zero) or act when opened. Links are followed.
+    """
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:  # missing or unreadable: opening it fails at once, with the reason
+        return False
 
 
 def sniff_image(path: Path) -> str | None:
     """The image format from the file's first bytes, or None if it is not an image we read."""
+    if special_file(path):
+        return None
     try:
         with open(path, "rb") as fh:
             head = fh.read(16)
@@ -80,6 +99,17 @@ class Dataset:
     def abspath(self, s: Sample) -> Path:
         return resolve_inside(self.root, s.relpath)
 
+    def untrained_classes(self) -> list[str]:
+        """Classes with no image in the training split (a head would never learn them)."""
+        trained = {s.label for s in self.samples if s.split == "train"}
+        return [c for i, c in enumerate(self.classes) if i not in trained]
+
+    def only(self, relpaths: list[str]) -> Dataset:
+        """A copy keeping only the samples at `relpaths` (e.g. the images that could be read)."""
+        keep = set(relpaths)
+        return Dataset(self.root, self.classes, [s for s in self.samples if s.relpath in keep], self.skipped,
+                       self.layout)
+
     def drop_classes(self, names: list[str], reason: str) -> Dataset:
         """A copy without the classes `names` (each listed in `skipped` as "name/: reason")."""
         if not names:
@@ -120,6 +150,42 @@ def is_val(relpath_in_class: str, val_fraction: float) -> bool:
     return h / 2**64 < val_fraction
 
 
+def training_split_problem(ds: Dataset) -> DataError | None:
+    """Why `ds` cannot be trained on as split, or None: every class needs a training image.
+
+    The one check of every training route (extract, finetune, retrain) and of `tl suggest`, made
+    by `scan_dataset`; `tl check` shows it as a note. A class without training images would still
+    get an output of the classifier, one that was never trained: the model could not predict it.
+    """
+    missing = ds.untrained_classes()
+    if not missing:
+        return None
+    train_val = ds.layout == "train/val"
+    if len(missing) == len(ds.classes):
+        if train_val:
+            return DataError(f"no training images in {ds.root / 'train'}", hint="add images to its class folders")
+        return DataError(f"no training images in {ds.root}", hint="lower --val-fraction or add images")
+    one = len(missing) == 1
+    which = f"class{'' if one else 'es'} {', '.join(missing)}"
+    if train_val:
+        folders = sorted({s.relpath.split("/", 1)[0] + f"/{ds.classes[s.label]}/" for s in ds.samples
+                          if ds.classes[s.label] in missing})
+        return DataError(f"no training images for {which}: {', '.join(folders)} {'has' if one else 'have'} "
+                         "no matching folder of images in train/",
+                         hint=f"add training images in train/<class>/, or remove or merge {'that' if one else 'those'} "
+                              "validation folder" + ("" if one else "s"))
+    return DataError(f"no training images for {which}: all {'its' if one else 'their'} images fell in the validation split",
+                     hint=f"lower --val-fraction, or add images to {'it' if one else 'them'}, or remove or merge "
+                          f"{'its folder' if one else 'their folders'}")
+
+
+def warn_untrained(ds: Dataset) -> None:
+    """`training_split_problem` as a TLWarning (one "note:" line), for what only looks at the data."""
+    problem = training_split_problem(ds)
+    if problem is not None:
+        warnings.warn(TLWarning(f"{problem.message} (training would stop here; to train: {problem.hint})"), stacklevel=3)
+
+
 def _hidden(name: str) -> bool:
     return name.startswith(".") or name.startswith("__MACOSX")
 
@@ -157,8 +223,57 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.is_dir() and not _hidden(p.name)), key=lambda p: p.name)
 
 
+def _linked_class_dirs(dirs: list[Path]) -> dict[Path, Path]:
+    """{link: the class folder it shows again} for those of `dirs` that are one folder on disk.
+
+    `photos/kittens -> cats` would otherwise make a second class of the very same images, which
+    no classifier can tell apart. A real folder wins over a link to it, then the first name.
+    """
+    first: dict[str, Path] = {}
+    for d in sorted(dirs, key=lambda d: (d.is_symlink(), d.name)):
+        first.setdefault(os.path.realpath(d), d)
+    return {d: first[os.path.realpath(d)] for d in dirs if first[os.path.realpath(d)] != d}
+
+
+def _find_class_dirs(root: Path, split_roots: list[tuple[str | None, Path]]):
+    """[(split, class folder)] of every split root, and (relpath, reason) for the linked ones skipped."""
+    found: list[tuple[str | None, Path]] = []
+    skipped: list[tuple[str, str]] = []
+    for split, base in split_roots:
+        dirs = _class_dirs(base)
+        links = _linked_class_dirs(dirs)
+        skipped += [(f"{d.relative_to(root).as_posix()}/",
+                     f"link to class folder {target.name}/ (the same images cannot be two classes)")
+                    for d, target in links.items()]
+        found += [(split, d) for d in dirs if d not in links]
+    return found, skipped
+
+
+def _find_images(root: Path, class_dirs: list[tuple[str | None, Path]], val_fraction: float,
+                 grouping: Grouping | None):
+    """[(relpath, class, split)] of the images in `class_dirs`, and (relpath, reason) for files skipped."""
+    found: list[tuple[str, str, str]] = []
+    skipped: list[tuple[str, str]] = []
+    for split, cdir in class_dirs:
+        for f in _walk_files(cdir, stop_at=root):
+            rel = f.relative_to(root).as_posix()
+            if special_file(f):  # not even opened: reading a FIFO would wait forever
+                skipped.append((rel, NOT_REGULAR))
+                continue
+            if sniff_image(f) is None:
+                if f.suffix.lower() in IMAGE_SUFFIXES:
+                    reason = "empty file" if _size(f) == 0 else "not an image (unknown content)"
+                    skipped.append((rel, reason))
+                continue  # non-image files (notes, .json) are ignored silently
+            in_class = f.relative_to(cdir).as_posix()
+            key = grouping.split_key(rel, in_class) if grouping else in_class
+            s = split or ("val" if is_val(key, val_fraction) else "train")
+            found.append((rel, cdir.name, s))
+    return found, skipped
+
+
 def scan_dataset(root: str | os.PathLike, val_fraction: float = 0.2, min_classes: int = 2,
-                 grouping: Grouping | None = None) -> Dataset:
+                 grouping: Grouping | None = None, require_train: bool | None = None) -> Dataset:
     """Discover classes and images under `root`.
 
     Args:
@@ -167,10 +282,14 @@ def scan_dataset(root: str | os.PathLike, val_fraction: float = 0.2, min_classes
         min_classes: fewer classes than this is an error (a classifier needs two).
         grouping: keeps groups of images on one side of the hash split (data/groups.py); a
             train/val layout is used as given.
+        require_train: every class must have a training image (`training_split_problem`). None
+            means: when the data is to train a classifier on (min_classes >= 2); evaluation and
+            export, which only read the images, pass min_classes=1, and `tl check` passes False.
 
     Raises:
         DataError: missing folder, no class folders, no images, fewer than `min_classes` classes
-            with images. Empty class folders are dropped and listed in `skipped`.
+            with images, a class without training images (`require_train`). Empty class folders
+            and links to another class folder are dropped and listed in `skipped`.
     """
     root = Path(root).expanduser()
     if not root.exists():
@@ -189,30 +308,17 @@ def scan_dataset(root: str | os.PathLike, val_fraction: float = 0.2, min_classes
         split_roots = [(None, root)]
         layout = "folders"
 
-    classes = sorted({p.name for _, base in split_roots for p in _class_dirs(base)})
+    class_dirs, skipped = _find_class_dirs(root, split_roots)
+    classes = sorted({d.name for _, d in class_dirs})
     if not classes:
         raise DataError(
             f"no class folders in {root}",
             hint="put images in one sub-folder per class, e.g. DATA/cats/*.jpg, DATA/dogs/*.jpg",
         )
-    found: list[tuple[str, str, str]] = []  # (relpath, class, split)
-    skipped: list[tuple[str, str]] = []
-    for split, base in split_roots:
-        for cdir in _class_dirs(base):
-            for f in _walk_files(cdir, stop_at=root):
-                rel = f.relative_to(root).as_posix()
-                if sniff_image(f) is None:
-                    if f.suffix.lower() in IMAGE_SUFFIXES:
-                        reason = "empty file" if _size(f) == 0 else "not an image (unknown content)"
-                        skipped.append((rel, reason))
-                    continue  # non-image files (notes, .json) are ignored silently
-                in_class = f.relative_to(cdir).as_posix()
-                key = grouping.split_key(rel, in_class) if grouping else in_class
-                s = split or ("val" if is_val(key, val_fraction) else "train")
-                found.append((rel, cdir.name, s))
+    found, bad_files = _find_images(root, class_dirs, val_fraction, grouping)
     if not found:
         raise DataError(f"no images in {root}", hint="tl reads JPEG, PNG, GIF, BMP, TIFF and WebP files")
-    ds = Dataset(root, classes, [], skipped, layout)
+    ds = Dataset(root, classes, [], bad_files + skipped, layout)
     by_name = {c: i for i, c in enumerate(classes)}
     ds.samples = [Sample(rel, by_name[c], s) for rel, c, s in found]
     # An empty class folder is skipped and named, not fatal: the rest of the data is still usable.
@@ -222,6 +328,9 @@ def scan_dataset(root: str | os.PathLike, val_fraction: float = 0.2, min_classes
             f"only one class ({ds.classes[0]}) with images in {root}: a classifier needs at least two",
             hint="add a sub-folder of images for each other class",
         )
+    problem = training_split_problem(ds) if (min_classes >= 2 if require_train is None else require_train) else None
+    if problem is not None:
+        raise problem
     return ds
 
 

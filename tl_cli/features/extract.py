@@ -24,7 +24,7 @@ import numpy as np
 from tl_cli.backbones import DEFAULT_BACKBONE, get_spec, resolve_weights
 from tl_cli.data.groups import make_grouping
 from tl_cli.data.preprocess import Preprocess
-from tl_cli.data.scan import Dataset, scan_dataset
+from tl_cli.data.scan import Dataset, scan_dataset, warn_untrained
 from tl_cli.errors import ConfigError, DataError, ImageError
 from tl_cli.features.cache import FeatureCache, FileStat, dataset_fingerprint, stat_files
 from tl_cli.runs.workspace import Workspace
@@ -304,12 +304,14 @@ def extract_features(
     cfg: ExtractConfig = ExtractConfig(),
     workspace: Workspace | None = None,
     reporter: Reporter | None = None,
+    require_train: bool = False,
 ) -> ExtractResult | None:
     """Make sure every image of `data_dir` has cached features; return them all.
 
     Images whose (path, size, mtime) are already cached are not decoded or run again. Under
     torchrun (WORLD_SIZE > 1) every rank must call this; the ranks share the work, rank 0 writes
-    the cache and gets the result, the other ranks get None.
+    the cache and gets the result, the other ranks get None. A class without training images is an
+    error before any extraction with `require_train` (to train on), else a TLWarning (`tl check`).
 
     Raises:
         DataError, WeightsNotFound, UnknownBackbone, CacheError, ImageError (with cfg.strict),
@@ -334,7 +336,8 @@ def extract_features(
     ws = workspace or Workspace.open()
     spec = get_spec(cfg.backbone)
     choice = resolve_weights(spec, cfg.weights, cfg.pretrained)
-    ds = scan_dataset(data_dir, cfg.val_fraction, grouping=make_grouping(cfg.group_pattern, cfg.groups))
+    ds = scan_dataset(data_dir, cfg.val_fraction, grouping=make_grouping(cfg.group_pattern, cfg.groups),
+                      require_train=require_train)
     if cfg.strict and ds.skipped:
         rel, why = ds.skipped[0]
         raise ImageError(f"{rel}: {why}", hint="remove it, or drop --strict to skip unreadable images")
@@ -344,6 +347,7 @@ def extract_features(
             _fill(None, ds.root, todo, spec, choice, cfg, device, cache_dirs.engines_dir(), reporter, [], decoder)
         return None
     ws.ensure(outside=ds.root)
+    warn_untrained(ds)  # a diagnostic (`tl check`) reports on such data: said, not fatal
     pre = spec.preprocess
     info_key = feature_identity(spec, choice.identity, ds.root, decoder)
     stats = stat_files(ds.root, [s.relpath for s in ds.samples])

@@ -7,6 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from tl_cli.data.scan import training_split_problem
 from tl_cli.features.extract import ExtractConfig, ExtractResult, extract_features
 from tl_cli.head.softmax import HeadConfig, HeadResult, train_head
 from tl_cli.runs.meta import DatasetRef, RunMeta, WeightsRef
@@ -42,7 +43,7 @@ def train_small_data(
     be set up twice in one torchrun launch reliably.
     """
     ws = workspace or Workspace.open()
-    ex = extract_features(data_dir, cfg, ws, reporter)
+    ex = extract_features(data_dir, cfg, ws, reporter, require_train=train)
     if ex is None:
         if end_group:
             distributed.shutdown()
@@ -51,6 +52,10 @@ def train_small_data(
         if end_group:
             distributed.shutdown()
         return SmallDataResult(ex, None, None)
+    # The scan found training images in every class; unreadable ones may have taken them all.
+    problem = training_split_problem(ex.dataset.only(ex.relpaths))
+    if problem is not None:
+        raise problem
     tr, va = ex.splits == "train", ex.splits == "val"
     n_classes = len(ex.dataset.classes)
     head = train_head(ex.features[tr], ex.labels[tr], ex.features[va] if va.any() else None,

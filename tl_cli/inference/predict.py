@@ -7,56 +7,18 @@ Both share the batching and per-file error handling of `base.BasePredictor`, so 
 
 from __future__ import annotations
 
-import glob
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from tl_cli.data.scan import IMAGE_SUFFIXES, _walk_files, sniff_image
 from tl_cli.errors import ConfigError
 from tl_cli.head.softmax import softmax
-from tl_cli.inference.base import BasePredictor, Prediction
+from tl_cli.inference.base import BasePredictor
+from tl_cli.inference.inputs import expand_inputs  # noqa: F401 - `tl predict` imports it from here
 from tl_cli.runs.store import WEIGHTS, Run, load_arrays, load_run
 from tl_cli.runs.workspace import Workspace
 from tl_cli.runtime import cache_dirs
-
-
-def expand_inputs(items: list[str], stdin=None) -> tuple[list[Path], list[Prediction]]:
-    """Files, folders (recursive, images by content) and globs -> image paths, plus misses.
-
-    `-` reads one path (file, folder or glob) per line from `stdin` (default sys.stdin).
-    Returns the unique image paths in input order, and a Prediction with `error` for each
-    input that matched nothing.
-    """
-    paths: list[Path] = []
-    missing: list[Prediction] = []
-    queue: list[str] = []
-    for item in items:
-        if item == "-":
-            queue.extend(line.strip() for line in (stdin or sys.stdin) if line.strip())
-        else:
-            queue.append(item)
-    for item in queue:
-        p = Path(item).expanduser()
-        if p.is_dir():
-            # Images by content; files named like images but unreadable are kept so they are
-            # reported as failures instead of vanishing silently.
-            paths.extend(f for f in _walk_files(p) if sniff_image(f) or f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.exists():
-            paths.append(p)  # named explicitly: tried even if it does not look like an image
-        elif glob.has_magic(item):
-            hits = sorted(Path(h) for h in glob.glob(os.path.expanduser(item), recursive=True))
-            files = [h for h in hits if h.is_file()]
-            if not files:
-                missing.append(Prediction(item, error="no files match this pattern"))
-            paths.extend(files)
-        else:
-            missing.append(Prediction(item, error="no such file"))
-    seen: set[Path] = set()
-    unique = [p for p in paths if not (p in seen or seen.add(p))]
-    return unique, missing
 
 
 class TorchModel:
