@@ -15,7 +15,6 @@ import numpy as np
 from tl_cli.errors import ConfigError
 from tl_cli.head.softmax import softmax
 from tl_cli.inference.base import BasePredictor
-from tl_cli.inference.inputs import expand_inputs  # noqa: F401 - `tl predict` imports it from here
 from tl_cli.runs.store import WEIGHTS, Run, load_arrays, load_run
 from tl_cli.runs.workspace import Workspace
 from tl_cli.runtime import cache_dirs
