@@ -175,3 +175,17 @@ def test_nan_metrics_are_written_as_null_and_read_back(image_folder):
     r = tl("info", "--no-layers", "--format", "json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["metrics"]["val_loss"] is None
+
+
+def test_resume_on_changed_images_says_so(image_folder):
+    run = interrupted_run(image_folder)
+    r = tl("finetune", "--resume", "--run", run)
+    assert r.exit_code == 0 and "changed since the run started" not in r.output, r.output
+    run = interrupted_run(image_folder)
+    victims = sorted((image_folder / "red").glob("*.jpg"))[:3]
+    for p in victims:
+        p.unlink()
+    r = tl("finetune", "--resume", "--run", run)
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert "changed since the run started" in out and "not what an uninterrupted run would have made" in out

@@ -96,6 +96,12 @@ class Dataset:
             out[self.classes[s.label]] += 1
         return out
 
+    def split_digest(self) -> str:
+        """A digest of which image is in which class and split: equal exactly when the data a
+        run trains on is the same (file contents aside)."""
+        lines = sorted(f"{s.relpath}\t{self.classes[s.label]}\t{s.split}" for s in self.samples)
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
     def abspath(self, s: Sample) -> Path:
         return resolve_inside(self.root, s.relpath)
 

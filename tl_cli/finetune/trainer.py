@@ -18,6 +18,7 @@ import json
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from tl_cli.backbones.registry import describe_mismatch
 from tl_cli.data.groups import make_grouping
 from tl_cli.data.image_size import at_side
 from tl_cli.data.scan import Dataset, scan_dataset
-from tl_cli.errors import ConfigError, DataError, InterruptedBeforeCheckpoint, RunError
+from tl_cli.errors import ConfigError, DataError, InterruptedBeforeCheckpoint, RunError, TLWarning
 from tl_cli.finetune import budget, ddp
 from tl_cli.finetune.checkpoint import BEST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from tl_cli.finetune.config import CONFIG_FILE, FinetuneConfig
@@ -106,7 +107,9 @@ def start(data_dir: str | os.PathLike, cfg: FinetuneConfig, workspace: Workspace
             run_dir = new_run_dir(ws.runs, cfg.route, ds.root.name)
             held.enter_context(run_lock(run_dir))
             cfg.save(run_dir)
-            write_run_json(run_dir / SOURCE, {"data_dir": str(ds.root), "classes": ds.classes, "layout": ds.layout})
+            write_run_json(run_dir / SOURCE, {"data_dir": str(ds.root), "classes": ds.classes, "layout": ds.layout,
+                                              "n_train": len(ds.split("train")), "n_val": len(ds.split("val")),
+                                              "split_digest": ds.split_digest()})
             previous = ws.state().get("training_run")
             ws.remember(last_dataset=ds.root, training_run=run_dir)
             prepared = (run_dir, ds, cfg)
@@ -180,6 +183,11 @@ def _prepare_resume(ws: Workspace, run_dir, overrides: dict | None, data_dir, he
     if ds.classes != source["classes"]:
         raise DataError(f"the classes in {ds.root} changed since the run started "
                         f"({', '.join(source['classes'])} -> {', '.join(ds.classes)})", hint="start a new run")
+    if source.get("split_digest", ds.split_digest()) != ds.split_digest():  # runs before the digest: not known
+        warnings.warn(TLWarning(
+            f"the images in {ds.root} changed since the run started ({source.get('n_train')} train / "
+            f"{source.get('n_val')} val then, {len(ds.split('train'))} / {len(ds.split('val'))} now): the resumed "
+            "run goes on with them, and is not what an uninterrupted run would have made"), stacklevel=2)
     cfg.save(run_dir)
     ws.remember(training_run=run_dir)
     return run_dir, cfg, ds, ckpt
