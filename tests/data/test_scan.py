@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 from tests.helpers.images import make_folder, write_image
 from tl_cli.data.scan import is_val, scan_dataset
-from tl_cli.errors import DataError
+from tl_cli.errors import DataError, TLWarning
 
 
 def test_classes_sorted_and_images_found(image_folder):
@@ -77,3 +79,24 @@ def test_errors(tmp_path, image_folder):
     f.write_bytes(b"x")
     with pytest.raises(DataError, match="not a folder"):
         scan_dataset(f)
+
+
+def test_train_and_test_folders_are_splits_not_classes(tmp_path):
+    # DATA/{train,test}/<class>/ was read as two classes, "train" and "test": a useless model.
+    make_folder(tmp_path / "d" / "train", 6, classes=("red", "blue"))
+    make_folder(tmp_path / "d" / "test", 2, classes=("red", "blue"))
+    with pytest.warns(TLWarning, match=r"test/ not used: score on it with `tl evaluate .*test`"):
+        ds = scan_dataset(tmp_path / "d")
+    assert ds.classes == ["blue", "red"] and ds.layout == "train/ folders"
+    assert all(s.relpath.startswith("train/") for s in ds.samples) and len(ds.samples) == 12
+    make_folder(tmp_path / "only" / "train", 6, classes=("red", "blue"))  # train/ alone: no note
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert scan_dataset(tmp_path / "only").classes == ["blue", "red"]
+
+
+def test_a_class_named_train_stays_a_class(tmp_path):
+    make_folder(tmp_path / "v", 4, classes=("red", "blue"))
+    (tmp_path / "v" / "blue").rename(tmp_path / "v" / "train")  # vehicles: train, car, bus ...
+    (tmp_path / "v" / "red").rename(tmp_path / "v" / "test")
+    assert scan_dataset(tmp_path / "v").classes == ["test", "train"]  # images right inside: classes

@@ -229,6 +229,19 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.is_dir() and not _hidden(p.name)), key=lambda p: p.name)
 
 
+SPLIT_NAMES = frozenset({"train", "training", "test", "testing", "holdout", *VAL_NAMES})
+
+
+def _split_folders_only(subdirs: dict[str, Path]) -> bool:
+    """True when the top folders are split names only (train/, test/ ...), train/ among them, and
+    train/ holds class folders rather than images: a class named "train" (beside "car", "bus")
+    or a folder of train photos is not a split."""
+    if "train" not in subdirs or not set(subdirs) <= SPLIT_NAMES:
+        return False
+    train = subdirs["train"]
+    return bool(_class_dirs(train)) and not any(f.is_file() and sniff_image(f) for f in train.iterdir())
+
+
 def _linked_class_dirs(dirs: list[Path]) -> dict[Path, Path]:
     """{link: the class folder it shows again} for those of `dirs` that are one folder on disk.
 
@@ -310,6 +323,17 @@ def scan_dataset(root: str | os.PathLike, val_fraction: float = 0.2, min_classes
     if "train" in subdirs and val_dir is not None:
         split_roots = [("train", subdirs["train"]), ("val", val_dir)]
         layout = "train/val"
+    elif _split_folders_only(subdirs):
+        # DATA/train/<class>/ beside DATA/test/<class>/ (or alone): the classes are inside train/.
+        # Taken as folders, train and test would become the two "classes" of a useless model.
+        split_roots = [(None, subdirs["train"])]
+        layout = "train/ folders"
+        others = sorted(p.name for n, p in subdirs.items() if n != "train")
+        if others:
+            warnings.warn(TLWarning(
+                f"using the classes in {subdirs['train']} (validation split from it by hash); "
+                f"{', '.join(o + '/' for o in others)} not used: score on it with `tl evaluate {root / others[0]}`"),
+                stacklevel=2)
     else:
         split_roots = [(None, root)]
         layout = "folders"
