@@ -119,7 +119,7 @@ def test_check_refuses_to_replace_the_dataset(image_folder):
 def test_predict_and_export_do_not_overwrite_a_photo(trained, tmp_path):
     photo = sorted((trained / "red").glob("*.jpg"))[0]
     before = snapshot(trained)
-    refused(tl("predict", trained / "red", "-o", photo), "not a .csv/.tsv/.txt file")
+    refused(tl("predict", trained / "red", "-o", photo), "not a .csv/.txt file")
     refused(tl("predict", photo, "--format", "json", "-o", photo), "inside the data file")
     refused(tl("predict", photo, "-o", tmp_path), "is a folder")
     refused(tl("export", "-o", photo), "inside the data")
@@ -128,3 +128,28 @@ def test_predict_and_export_do_not_overwrite_a_photo(trained, tmp_path):
     elsewhere.write_bytes(photo.read_bytes())
     refused(tl("export", "-o", elsewhere), "not a .onnx file")
     assert elsewhere.read_bytes() == photo.read_bytes()
+
+
+def test_export_keeps_a_users_file_where_its_description_would_go(trained, tmp_path):
+    mine = tmp_path / "m.onnx.json"
+    mine.write_text('{"mine": true}')
+    refused(tl("export", "-o", tmp_path / "m.onnx"), "not a tl export description")
+    assert mine.read_text() == '{"mine": true}' and not (tmp_path / "m.onnx").exists()
+    (tmp_path / "d.onnx.json").mkdir()
+    refused(tl("export", "-o", tmp_path / "d.onnx"), "is a folder")
+    refused(tl("export", "--format", "torchscript", "-o", tmp_path / "x.onnx"), "named as onnx but --format is torchscript")
+    for _ in range(2):  # an earlier export and its description are replaced
+        r = tl("export", "-o", tmp_path / "ok.onnx")
+        assert r.exit_code == 0, r.output
+
+
+def test_predict_writes_the_format_its_output_is_named_for(trained, tmp_path):
+    folder = trained / "red"
+    for _ in range(2):  # the second run replaces the first one's file
+        r = tl("predict", folder, "-o", tmp_path / "p.json")
+        assert r.exit_code == 0, r.output
+    assert len(json.loads((tmp_path / "p.json").read_text())) == 12
+    r = tl("predict", folder, "-o", tmp_path / "p.tsv")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "p.tsv").read_text().splitlines()[0] == "path\tlabel1\tprob1\terror"
+    refused(tl("predict", folder, "--format", "json", "-o", tmp_path / "p.csv"), "named as csv but --format is json")

@@ -17,7 +17,22 @@ from tl_cli.cli.options import BatchSizeOpt, DeviceOpt, FormatOpt, ModelOpt, Out
 
 FORMATS = ("table", "json", "csv")
 # What `-o` may overwrite, by format: a results file of that kind, never an image or anything else.
-OUTPUT_SUFFIXES = {"csv": (".csv", ".tsv", ".txt"), "json": (".json", ".jsonl", ".txt")}
+OUTPUT_SUFFIXES = {"csv": (".csv", ".txt"), "tsv": (".tsv", ".txt"), "json": (".json", ".jsonl", ".txt")}
+FORMAT_OF_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "json"}
+
+
+def output_format(output: Path, fmt: str) -> str:
+    """The format of the `-o` file: --format's, or the name's when --format is the terminal table
+    (`-o preds.json` writes JSON). A name that says another format than --format is an error."""
+    named = FORMAT_OF_SUFFIX.get(output.suffix.lower())
+    if fmt == "table":
+        return named or "csv"
+    if named is not None and named.replace("tsv", "csv") != fmt:
+        from tl_cli.errors import ConfigError
+
+        raise ConfigError(f"--output {output} is named as {named} but --format is {fmt}",
+                          hint=f"name it {output.with_suffix('.' + fmt).name}, or leave --format out")
+    return named if named == "tsv" else fmt
 
 
 @command("predict", epilog="Examples:  tl predict cat.jpg   tl predict photos/ --topk 3 --format csv   "
@@ -42,8 +57,8 @@ def predict_cmd(
 
     check_format(fmt, FORMATS)
     if output is not None:
-        check_output_file(output, OUTPUT_SUFFIXES["csv" if fmt == "table" else fmt],
-                          [p for p in paths if p != "-" and Path(p).is_file()])
+        out_fmt = output_format(output, fmt)
+        check_output_file(output, OUTPUT_SUFFIXES[out_fmt], [p for p in paths if p != "-" and Path(p).is_file()])
     files, missing = expand_inputs(paths)
     if not files and not missing:
         from tl_cli.errors import DataError
@@ -55,7 +70,7 @@ def predict_cmd(
         err.print(f"[yellow]note:[/] {escape(note)}")
     preds = missing + (predictor.predict(files, topk, batch_size, workers, RichReporter(err)) if files else [])
     if output:
-        write_text(output, format_predictions(preds, "csv" if fmt == "table" else fmt))
+        write_text(output, format_predictions(preds, out_fmt))
         err.print(f"wrote {len(preds)} predictions to {output}", markup=False, highlight=False)
     elif fmt == "table":
         _print_table(preds)
@@ -70,12 +85,12 @@ def predict_cmd(
 
 
 def format_predictions(preds, fmt: str) -> str:
-    """json: a list of {path, labels, probs[, error]}; csv: path, label1, prob1, ..., error."""
+    """json: a list of {path, labels, probs[, error]}; csv (tsv): path, label1, prob1, ..., error."""
     if fmt == "json":
         return json.dumps([p.to_dict() for p in preds], indent=2) + "\n"
     buf = io.StringIO()
     k = max((len(p.labels) for p in preds), default=1)
-    w = csv.writer(buf)
+    w = csv.writer(buf, delimiter="\t" if fmt == "tsv" else ",")
     w.writerow(["path"] + [f"{c}{i}" for i in range(1, k + 1) for c in ("label", "prob")] + ["error"])
     for p in preds:
         row = [p.path]

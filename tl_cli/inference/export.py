@@ -13,6 +13,7 @@ they differ beyond float32 tolerance the export fails and nothing is left at the
 from __future__ import annotations
 
 import io
+import json
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -133,6 +134,32 @@ def _write_torchscript(net, example, path: Path, cfg: ExportConfig) -> None:
     path.write_bytes(buf.getbuffer())
 
 
+MODEL_SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript", ".torchscript": "torchscript"}
+
+
+def _check_format_suffix(output: Path, fmt: str) -> None:
+    """A TorchScript file named .onnx (or the reverse) would fail later, wherever it is loaded."""
+    named = MODEL_SUFFIXES.get(output.suffix.lower())
+    if named is not None and named != fmt:
+        raise ConfigError(f"--output {output} is named as {named} but --format is {fmt}",
+                          hint=f"name it {output.with_suffix(FORMATS[fmt]).name}, or pass --format {named}")
+
+
+def _check_sidecar(sidecar: Path) -> None:
+    """The description goes beside the model: it may replace an earlier one, never the user's file."""
+    if sidecar.is_dir():
+        raise ConfigError(f"{sidecar} is a folder; the export's description goes there",
+                          hint="choose another --output name")
+    if sidecar.exists():
+        try:
+            doc = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            doc = None
+        if not (isinstance(doc, dict) and {"format", "classes", "preprocess"} <= set(doc)):
+            raise ConfigError(f"{sidecar} exists and is not a tl export description; the export's would replace it",
+                              hint="choose another --output name, or remove that file yourself")
+
+
 def run_exported(path: Path, fmt: str, x) -> np.ndarray:
     """Logits of an exported file on input `x` (float32 NCHW tensor)."""
     import torch
@@ -171,6 +198,8 @@ def export_run(run: Run, cfg: ExportConfig = ExportConfig(), output: str | Path 
         raise ConfigError(f"{output}: the export's own JSON is written beside it; choose another name")
     # Only an earlier export may be overwritten, never a photo, and nothing goes into the run's data.
     check_output_file(output, (suffix,), [run.meta.dataset.root] if run.meta.dataset.root else [])
+    _check_format_suffix(output, cfg.format)
+    _check_sidecar(sidecar_path(output))
     pre = run.preprocess
     net = build_from_run(run).cpu().float().eval()
     x, source = sample_inputs(run, pre, cfg.n_samples, sample_paths)
