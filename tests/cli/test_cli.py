@@ -137,3 +137,16 @@ def test_version():
 
     r = tl("--version")
     assert r.exit_code == 0 and r.stdout.strip() == f"tl {__version__}"
+
+
+def test_a_file_where_the_workspace_keeps_a_folder_is_one_line(image_folder, isolated_workspace):
+    isolated_workspace.mkdir()
+    (isolated_workspace / "runs").write_text("not a folder")
+    r = tl("extract", image_folder, *LENET)
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith("error: Not a directory:") and "internal error" not in r.output
+    (isolated_workspace / "runs").unlink()
+    (isolated_workspace / "state.json").unlink(missing_ok=True)
+    (isolated_workspace / "state.json").mkdir()
+    r = tl("extract", image_folder, *LENET)
+    assert r.exit_code == 2 and "Is a directory:" in r.output and "state.json" in r.output, r.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import warnings
@@ -61,6 +62,10 @@ def debug() -> bool:
     return env_flag("TL_DEBUG")
 
 
+# errnos that mean a path of the wrong kind is in the way, not a bug in tl.
+_PATH_IN_THE_WAY = frozenset({errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ELOOP, errno.ENAMETOOLONG})
+
+
 def report_error(exc: BaseException) -> int:
     """Print one line (plus a hint) for an exception and return the exit code."""
     from rich.markup import escape
@@ -78,6 +83,13 @@ def report_error(exc: BaseException) -> int:
     if isinstance(exc, KeyboardInterrupt):
         err.print("[yellow]interrupted[/]: finished work was kept; run the command again to continue")
         return 130
+    if isinstance(exc, OSError) and exc.errno in _PATH_IN_THE_WAY and exc.filename:
+        # A file where tl keeps a folder (runs, checks, caches) or the reverse: the user's to fix.
+        path = exc.filename2 if exc.errno == errno.EISDIR and exc.filename2 else exc.filename
+        err.print(f"[bold red]{where}error:[/] {escape(str(exc.strerror))}: {escape(str(path))}", highlight=False)
+        err.print("[dim]hint:[/] move the file or folder that is in the way, or choose another workspace "
+                  "(--workspace / TL_WORKSPACE) or --output")
+        return 2
     err.print(f"[bold red]{where}internal error:[/] {type(exc).__name__}: {escape(str(exc))}")
     if where:  # a rank waiting for one that died gets a connection error: the other's is the cause
         err.print("[dim]hint:[/] if another rank reported an error, that is the cause; else run again with "
