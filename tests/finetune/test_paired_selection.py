@@ -109,3 +109,13 @@ def test_an_unreadable_validation_image_turns_the_vector_off(image_folder):
     v = validate(model, val, torch.device("cpu"))
     assert v.correct is None  # positions after it would not line up
     assert v.accuracy is not None and 0 <= v.accuracy <= 1  # the numbers are still measured
+
+
+def test_a_non_finite_training_loss_ends_the_run_and_keeps_the_best_before_it():
+    # Weights that went NaN never come back; the run used to go on to its last epoch, "all epochs done".
+    cfg = FinetuneConfig(backbone="lenet5", pretrained=False, freeze=1, epochs=10, patience=0)
+    state = TrainState()
+    good, _ = _vectors(690, 25, 16)
+    assert state.record(_row(0, good), cfg, N)
+    state.record({**_row(1, good), "train_loss": float("nan"), "val_loss": float("nan")}, cfg, N)
+    assert state.finished and state.stop_reason == "diverged" and state.best["epoch"] == 0

@@ -170,7 +170,9 @@ def render(res) -> None:
                   f"{h['seconds']:.1f}", style="bold" if best else None)
     out.print(t)
     reasons = {"epochs": "all epochs done", "early_stopping": "early stopping (--patience)",
-               "time_budget": "time budget reached (tl finetune --resume --time-budget S continues)"}
+               "time_budget": "time budget reached (tl finetune --resume --time-budget S continues)",
+               "diverged": "training diverged (the loss became NaN or infinite); the best epoch before it is "
+                           "kept: try a lower --lr and --head-lr, or a larger --batch-size"}
     s = Table(show_header=False, title_justify="left")
     s.add_column(style="bold")
     s.add_column()

@@ -37,7 +37,8 @@ class TrainState:
         bad_epochs: fine-tuning epochs since training last made progress (early stopping counts
             these; see `made_progress`: the probe, epoch 0, is not a fine-tuning epoch).
         history: one row per epoch (history.HISTORY_FIELDS).
-        finished: nothing left to train; stop_reason: "epochs", "early_stopping" or "time_budget".
+        finished: nothing left to train; stop_reason: "epochs", "early_stopping", "time_budget" or
+            "diverged" (a non-finite training loss).
     """
 
     epoch: int = 0
@@ -81,7 +82,11 @@ class TrainState:
                 self.best["val_correct"] = pack_correct(correct)
         if row["epoch"] > 0:  # the probe is a starting point, not a step of training
             self.bad_epochs = 0 if made_progress(row, self._progress(before=row["epoch"])) else self.bad_epochs + 1
-        if cfg.patience and n_val and self.bad_epochs >= cfg.patience:
+        if row["epoch"] > 0 and not math.isfinite(row["train_loss"]):
+            # NaN or inf weights never come back: more epochs only spend the budget. The kept
+            # model is the best epoch before it (the probe at worst).
+            self.finished, self.stop_reason = True, "diverged"
+        elif cfg.patience and n_val and self.bad_epochs >= cfg.patience:
             self.finished, self.stop_reason = True, "early_stopping"
         elif self.epoch >= cfg.epochs:
             self.finished, self.stop_reason = True, "epochs"

@@ -63,7 +63,7 @@ class FinetuneResult:
     history: list[dict]
     best_epoch: int | None
     best: dict
-    stop_reason: str  # "epochs", "early_stopping", "time_budget"
+    stop_reason: str  # "epochs", "early_stopping", "time_budget", "diverged"
     classes: list[str] = field(default_factory=list)
     resumed_from: int = 0
     already_finished: bool = False
