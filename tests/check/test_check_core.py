@@ -84,6 +84,16 @@ def test_confident_joint_by_hand():
     assert issues[0].margin < issues[1].margin  # the surer disagreement first
 
 
+def test_the_only_image_of_a_class_is_not_called_a_label_error():
+    # Held out from every head that scored it, it gets probability 0 for its own class.
+    x, y = _blobs()
+    y = y.copy()
+    y[0] = 3  # a fourth class of one image, lying inside class 0's blob
+    probs = out_of_fold_probs(x, y, 4, folds=5)
+    assert probs[0, 3] < 0.01
+    assert 0 not in [i.index for i in find_label_issues(y, probs)]
+
+
 def test_label_issues_find_planted_swaps_and_spare_clean_data():
     x, y = _blobs()
     clean = find_label_issues(y, out_of_fold_probs(x, y, 3, folds=5))

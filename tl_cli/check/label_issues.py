@@ -95,6 +95,9 @@ def find_label_issues(labels: np.ndarray, probs: np.ndarray) -> list[LabelIssue]
             margin = probs[idx, j] - probs[idx, i]
             flagged[idx[np.argsort(-margin, kind="stable")[:num]]] = True
     flagged &= pred != labels  # the model agrees with the given label: not an issue
+    # The one image of a class was held out from every head that scored it: it gets probability 0
+    # for its own label whatever it shows, which is no evidence that the label is wrong.
+    flagged &= np.bincount(labels, minlength=k)[labels] >= 2
     out = []
     for i in np.flatnonzero(flagged):
         other = probs[i].copy()
