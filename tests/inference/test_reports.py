@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.helpers.images import COLOURS, write_image
+from tests.helpers.images import COLOURS, make_folder, write_image
 from tests.helpers.paths import SAMPLE_DATA
 from tests.helpers.tiny_run import full_run, head_run, tiny_run
 from tl_cli.cli import app
@@ -382,3 +382,12 @@ def test_full_network_runs_export_and_predict(tmp_path):
     # without images (the run records no dataset here) the check runs on noise, and says so
     res = export_run(run, ExportConfig("torchscript"))
     assert res.sample_source.startswith("random inputs") and res.max_abs_diff < 1e-4
+
+
+def test_a_split_of_another_folder_is_said_to_be_not_the_runs(run, tmp_path):
+    other = make_folder(tmp_path / "other", 6)
+    r = tl("evaluate", other, "--split", "val", "--format", "json")
+    assert r.exit_code == 0, r.output
+    assert "which is not the run's val split" in " ".join(r.output.split())
+    r = tl("evaluate", tmp_path / "data", "--split", "val", "--format", "json")  # the run's own data: no note
+    assert r.exit_code == 0 and "not the run's" not in r.output, r.output

@@ -12,13 +12,14 @@ and the misclassified files, written as an evaluation folder a user can open and
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tl_cli.data.scan import scan_dataset
-from tl_cli.errors import ConfigError, DataError
+from tl_cli.errors import ConfigError, DataError, TLWarning
 from tl_cli.inference.base import BasePredictor
 from tl_cli.runtime.progress import Reporter
 
@@ -117,6 +118,11 @@ def evaluate(predictor: BasePredictor, data_dir: str | os.PathLike, split: str =
             f"classes in {ds.root} that the model does not know: {', '.join(unknown)}",
             hint=f"the model knows: {', '.join(predictor.classes)}",
         )
+    trained_on = predictor.trained.dataset.root
+    if split != "all" and trained_on and Path(trained_on).resolve() != ds.root:
+        # The same rule on other data gives a split, but not the run's: its score is no check of the run.
+        warnings.warn(TLWarning(f"the run was trained on {trained_on}, not {ds.root}: --split {split} splits "
+                                f"this folder by the run's rule, which is not the run's {split} split"), stacklevel=2)
     samples = ds.samples if split == "all" else ds.split(split)
     if not samples:
         raise DataError(f"no images in the {split!r} split of {ds.root}")
