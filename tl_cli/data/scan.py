@@ -276,11 +276,10 @@ def _find_images(root: Path, class_dirs: list[tuple[str | None, Path]], val_frac
     for split, cdir in class_dirs:
         for f in _walk_files(cdir, stop_at=root):
             rel = f.relative_to(root).as_posix()
-            if special_file(f):  # not even opened: reading a FIFO would wait forever
-                skipped.append((rel, NOT_REGULAR))
-                continue
-            if sniff_image(f) is None:
-                if f.suffix.lower() in IMAGE_SUFFIXES:
+            if sniff_image(f) is None:  # never opens a FIFO or device (reading one could wait forever)
+                if special_file(f):
+                    skipped.append((rel, NOT_REGULAR))
+                elif f.suffix.lower() in IMAGE_SUFFIXES:
                     reason = "empty file" if _size(f) == 0 else "not an image (unknown content)"
                     skipped.append((rel, reason))
                 continue  # non-image files (notes, .json) are ignored silently

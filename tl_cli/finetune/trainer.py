@@ -183,7 +183,8 @@ def _prepare_resume(ws: Workspace, run_dir, overrides: dict | None, data_dir, he
     if ds.classes != source["classes"]:
         raise DataError(f"the classes in {ds.root} changed since the run started "
                         f"({', '.join(source['classes'])} -> {', '.join(ds.classes)})", hint="start a new run")
-    if source.get("split_digest", ds.split_digest()) != ds.split_digest():  # runs before the digest: not known
+    digest = ds.split_digest()
+    if source.get("split_digest", digest) != digest:  # runs saved before the digest: not known
         warnings.warn(TLWarning(
             f"the images in {ds.root} changed since the run started ({source.get('n_train')} train / "
             f"{source.get('n_val')} val then, {len(ds.split('train'))} / {len(ds.split('val'))} now): the resumed "

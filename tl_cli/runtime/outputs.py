@@ -13,8 +13,7 @@ from collections.abc import Collection, Iterable
 from pathlib import Path
 
 from tl_cli.errors import ConfigError
-
-TMP_PREFIX = ".tmp-"  # leftovers of a killed write (runtime/atomic.py); never the user's
+from tl_cli.runtime.atomic import TMP_PREFIX  # leftovers of a killed write: tl's, never the user's
 
 
 def _inside(path: Path, folder: Path) -> bool:
