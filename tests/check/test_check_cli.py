@@ -101,3 +101,24 @@ def test_check_bad_input_is_one_line(tmp_path):
     assert r.exit_code == 2 and "unknown --format" in r.output
     r = tl("extract", tmp_path / "d", *LENET, "--group-pattern", "(")
     assert r.exit_code == 2 and "not a regular expression" in r.output
+
+
+def test_printed_commands_can_be_pasted_with_spaces_and_quotes_in_paths(tmp_path, isolated_workspace):
+    """The commands `tl check` and `tl extract` print are shell-quoted: pasted as printed, they run."""
+    import re
+    import shlex
+
+    root, _ = planted(tmp_path / "my 'own' photos")
+    r = tl("check", root, *LENET)
+    assert r.exit_code == 0, r.output
+    line = next(x for x in r.output.splitlines() if "to keep copies on one side of the split:" in x)
+    argv = shlex.split(line.split(": ", 1)[1])
+    assert argv[:2] == ["tl", "extract"] and argv[2] == str(root) and Path(argv[4]).is_file(), argv
+    r = tl(*argv[1:], *LENET)  # the printed command, as a shell would split it
+    assert r.exit_code == 0, r.output
+    assert "have a copy or near-copy in training" not in r.output
+
+    r = tl("extract", root, *LENET)  # without the groups: the leak note names `tl check DATA`
+    assert r.exit_code == 0 and "have a copy or near-copy in training" in r.output
+    quoted = re.search(r"run `tl check (.+?)` to see them", " ".join(r.output.split()))
+    assert quoted and shlex.split(quoted.group(1)) == [str(root)], r.output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 import warnings
 
 import pytest
@@ -89,6 +91,12 @@ def test_train_and_test_folders_are_splits_not_classes(tmp_path):
         ds = scan_dataset(tmp_path / "d")
     assert ds.classes == ["blue", "red"] and ds.layout == "train/ folders"
     assert all(s.relpath.startswith("train/") for s in ds.samples) and len(ds.samples) == 12
+    make_folder(tmp_path / "my d" / "train", 6, classes=("red", "blue"))  # the command pastes as printed
+    make_folder(tmp_path / "my d" / "test", 2, classes=("red", "blue"))
+    with pytest.warns(TLWarning) as caught:
+        scan_dataset(tmp_path / "my d")
+    printed = re.search(r"`tl evaluate (.+)`", str(caught[0].message)).group(1)
+    assert shlex.split(printed) == [str((tmp_path / "my d" / "test").resolve())]
     make_folder(tmp_path / "only" / "train", 6, classes=("red", "blue"))  # train/ alone: no note
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -86,3 +86,13 @@ def test_leaderboard_under_torchrun_matches_one_process(tmp_path, image_folder):
     assert [(e["backbone"], e["val_accuracy"]) for e in two] == [(e["backbone"], e["val_accuracy"]) for e in one]
     for a, b in zip(two, one):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4, abs=1e-6)
+
+
+def test_a_folder_name_with_brackets_is_printed_not_parsed_as_markup(image_folder, tmp_path):
+    import shutil
+
+    data = tmp_path / "a[/b] [bold]c"
+    shutil.copytree(image_folder, data)
+    r = tl("extract", data, "--backbone", "lenet5,timm/test_resnet.r160_in1k", *FAST)
+    assert r.exit_code == 0, r.output
+    assert "a[/b] [bold]c" in r.stdout and "backbones, best first" in r.stdout

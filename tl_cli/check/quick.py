@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from tl_cli.check import NEAR_THRESHOLD
 from tl_cli.check.neighbours import normalize
 
 BLOCK = 2048
+# The folder is shell-quoted so the command can be pasted as printed (spaces, quotes in paths).
 FIX = ("run `tl check {root}` to see them; train with --groups <its groups.json> (or --group-pattern REGEX) "
        "to keep copies on one side")
 
@@ -60,7 +62,7 @@ def quick_check(features: np.ndarray, splits: np.ndarray, labels: np.ndarray, ro
         parts.append(f"{dups} image(s) are exact duplicates of others")
     if not parts:
         return None
-    return "; ".join(parts) + ": " + FIX.format(root=root)
+    return "; ".join(parts) + ": " + FIX.format(root=shlex.quote(str(root)))
 
 
 def _cached_features(ws, root: Path, relpaths: list[str]) -> np.ndarray | None:
@@ -110,4 +112,4 @@ def run_leak_note(ws, run_dir: Path) -> str | None:
     if not leaked or not n_val:
         return None
     return (f"the validation split leaks: {leaked} of {n_val} validation images ({leaked / n_val:.0%}) have a copy "
-            f"in training, so the validation accuracy is optimistic; " + FIX.format(root=ds.root))
+            f"in training, so the validation accuracy is optimistic; " + FIX.format(root=shlex.quote(str(ds.root))))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from typing import Annotated
 
 import typer
@@ -81,7 +82,8 @@ def check_cmd(
         render(res)
     err.print(f"files: {folder}  (report.html, check.json, CSVs, groups.json)", markup=False)
     if res.leaked:
-        err.print(f"to keep copies on one side of the split: tl extract {res.root} --groups {folder / 'groups.json'}",
+        err.print("to keep copies on one side of the split: "
+                  f"tl extract {shlex.quote(str(res.root))} --groups {shlex.quote(str(folder / 'groups.json'))}",
                   markup=False)
 
 

@@ -89,10 +89,11 @@ def extract_cmd(
 
 def render_leaderboard(board) -> None:
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=f"tl extract: {board.data_dir}: {len(board.entries)} backbones, best first", title_justify="left",
-              box=box.SIMPLE_HEAD, pad_edge=False)
+    title = f"tl extract: {escape(str(board.data_dir))}: {len(board.entries)} backbones, best first"
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("#", "backbone", "val acc", "val loss", "dim", "params", "img/s"):
         t.add_column(col, justify="left" if col == "backbone" else "right", no_wrap=col == "backbone")
     for i, e in enumerate(board.entries, 1):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import stat
 import warnings
 from dataclasses import dataclass, field
@@ -329,9 +330,10 @@ def scan_dataset(root: str | os.PathLike, val_fraction: float = 0.2, min_classes
         layout = "train/ folders"
         others = sorted(p.name for n, p in subdirs.items() if n != "train")
         if others:
+            pasteable = shlex.quote(str(root / others[0]))
             warnings.warn(TLWarning(
                 f"using the classes in {subdirs['train']} (validation split from it by hash); "
-                f"{', '.join(o + '/' for o in others)} not used: score on it with `tl evaluate {root / others[0]}`"),
+                f"{', '.join(o + '/' for o in others)} not used: score on it with `tl evaluate {pasteable}`"),
                 stacklevel=2)
     else:
         split_roots = [(None, root)]
