@@ -197,6 +197,18 @@ def test_predict_csv_lists_errors_and_output_file_is_written(run, tmp_path):
     assert sum(float(b[f"prob{i}"]) for i in (1, 2, 3)) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_predict_rows_follow_the_inputs_order_misses_in_place(run, tmp_path):
+    """One row per input, in the order given: a script can line the rows up with its own list."""
+    data = tmp_path / "data"
+    a, b = data / "blue" / "blue_001.jpg", data / "red" / "red_002.jpg"
+    given = [b, tmp_path / "nope.jpg", a, str(data / "zzz*.jpg"), b, data / "green"]
+    r = tl("predict", *given, "--format", "json")
+    assert r.exit_code == 1
+    names = [Path(x["path"]).name for x in json.loads(r.stdout)]
+    greens = sorted(p.name for p in (data / "green").iterdir())
+    assert names == ["red_002.jpg", "nope.jpg", "blue_001.jpg", "zzz*.jpg", *greens], names  # b once
+
+
 def test_onnx_export_matches_pytorch_on_real_images(tmp_path):
     """The default backbone with its real weights, exported whole, on real photos."""
     pytest.importorskip("onnxruntime")

@@ -49,7 +49,7 @@ def predict_cmd(
     ws_path: WorkspaceOpt = None,
 ) -> None:
     """Classify images with the latest run (or --model). Exit status 1 if any image failed."""
-    from tl_cli.inference.inputs import expand_inputs
+    from tl_cli.inference.inputs import expand_inputs_in_order
     from tl_cli.inference.predict import load_predictor
     from tl_cli.runtime.atomic import write_text
     from tl_cli.runtime.outputs import check_output_file
@@ -59,8 +59,9 @@ def predict_cmd(
     if output is not None:
         out_fmt = output_format(output, fmt)
         check_output_file(output, OUTPUT_SUFFIXES[out_fmt], [p for p in paths if p != "-" and Path(p).is_file()])
-    files, missing = expand_inputs(paths)
-    if not files and not missing:
+    entries = expand_inputs_in_order(paths)
+    files = [e for e in entries if isinstance(e, Path)]
+    if not entries:
         from tl_cli.errors import DataError
 
         raise DataError("no images in the given inputs", hint="pass image files, folders of images, or globs")
@@ -68,7 +69,8 @@ def predict_cmd(
     err.print(f"[dim]model: {escape(str(predictor.source))}[/]")
     for note in predictor.notes:
         err.print(f"[yellow]note:[/] {escape(note)}")
-    preds = missing + (predictor.predict(files, topk, batch_size, workers, RichReporter(err)) if files else [])
+    done = iter(predictor.predict(files, topk, batch_size, workers, RichReporter(err)) if files else [])
+    preds = [next(done) if isinstance(e, Path) else e for e in entries]  # the inputs' order, misses in place
     if output:
         write_text(output, format_predictions(preds, out_fmt))
         err.print(f"wrote {len(preds)} predictions to {output}", markup=False, highlight=False)

@@ -29,8 +29,15 @@ def expand_inputs(items: list[str], stdin=None) -> tuple[list[Path], list[Predic
     input that matched nothing. A FIFO or device is returned too: reading it fails at once, with
     the reason "not a regular file" (`preprocess.open_rgb`), without opening it.
     """
-    paths: list[Path] = []
-    missing: list[Prediction] = []
+    entries = expand_inputs_in_order(items, stdin)
+    return [e for e in entries if isinstance(e, Path)], [e for e in entries if isinstance(e, Prediction)]
+
+
+def expand_inputs_in_order(items: list[str], stdin=None) -> list[Path | Prediction]:
+    """`expand_inputs` as one list in input order: each image path (the first time it is named) and,
+    where an input matched nothing, its Prediction with `error`. Results printed in this order line
+    up with what the user gave, misses included."""
+    entries: list[Path | Prediction] = []
     queue: list[str] = []
     for item in items:
         if item == "-":
@@ -42,20 +49,17 @@ def expand_inputs(items: list[str], stdin=None) -> tuple[list[Path], list[Predic
         if p.is_dir():
             # Images by content; files named like images but unreadable are kept so they are
             # reported as failures instead of vanishing silently.
-            paths.extend(f for f in _walk_files(p) if sniff_image(f) or f.suffix.lower() in IMAGE_SUFFIXES)
+            entries.extend(f for f in _walk_files(p) if sniff_image(f) or f.suffix.lower() in IMAGE_SUFFIXES)
         elif p.exists():
-            paths.append(p)  # named explicitly: tried even if it does not look like an image
+            entries.append(p)  # named explicitly: tried even if it does not look like an image
         elif glob.has_magic(item):
             hits = sorted(Path(h) for h in glob_no_symlink_dirs(os.path.expanduser(item)))
             files = [h for h in hits if h.exists() and not h.is_dir()]  # a FIFO too: reported, not dropped
-            if not files:
-                missing.append(Prediction(item, error="no files match this pattern"))
-            paths.extend(files)
+            entries.extend(files or [Prediction(item, error="no files match this pattern")])
         else:
-            missing.append(Prediction(item, error="no such file"))
+            entries.append(Prediction(item, error="no such file"))
     seen: set[Path] = set()
-    unique = [p for p in paths if not (p in seen or seen.add(p))]
-    return unique, missing
+    return [e for e in entries if not isinstance(e, Path) or not (e in seen or seen.add(e))]
 
 
 def glob_no_symlink_dirs(pattern: str) -> list[str]:
