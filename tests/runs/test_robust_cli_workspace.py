@@ -135,3 +135,29 @@ def test_info_and_runs_json_stay_standard_for_runs_saved_with_nan():
         assert r.exit_code == 0, r.output
         json.loads(r.stdout, parse_constant=pytest.fail)  # NaN, Infinity: not JSON
     assert json.loads(tl("info", a, "--no-layers", "--format", "json").stdout)["metrics"]["val_loss"] is None
+
+
+def test_a_copied_or_moved_workspace_names_its_own_runs(tmp_path):
+    """state.json keeps the runs relative to the workspace: a copy predicts with its own runs, not the
+    original's (which still exist), and a moved one finds its latest run without a note."""
+    ws = Workspace.open(tmp_path / "one" / ".tl")
+    a, _ = two_runs(ws)  # the older one is the latest: the newest-run fallback would pick the other
+    ws.remember(latest_run=a, training_run=a, last_dataset=tmp_path / "data")
+    saved = json.loads(ws.state_file.read_text())
+    assert saved == {"latest_run": f"runs/{a.name}", "training_run": f"runs/{a.name}",
+                     "last_dataset": str(tmp_path / "data")}
+    assert ws.state()["latest_run"] == str(a)
+    copy = Workspace.open(tmp_path / "two" / ".tl")
+    shutil.copytree(ws.root, copy.root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert copy.latest_run() == copy.runs / a.name
+    r = tl("predict", write_image(tmp_path / "x.jpg", (220, 40, 40)), "--workspace", copy.root)
+    assert r.exit_code == 0 and "note:" not in r.output, r.output
+    assert f"model: {copy.runs / a.name}" in one_line(r.output)
+    moved = Workspace.open(tmp_path / "three" / ".tl")
+    shutil.move(ws.root, moved.root)
+    assert moved.latest_run() == moved.runs / a.name
+    ws.root.mkdir(parents=True)  # state.json written before this change (absolute paths) still reads
+    (ws.root / "state.json").write_text(json.dumps({"latest_run": str(moved.runs / a.name)}))
+    assert ws.state() == {"latest_run": str(moved.runs / a.name)}

@@ -78,10 +78,21 @@ class Workspace:
             return {}, f"{self.state_file} is damaged (not a JSON object)"
         # Every value tl writes is a path, as text; another type would fail wherever it is used.
         bad = sorted(k for k, v in state.items() if not isinstance(v, str))
+        state = {k: self._from_disk(v) for k, v in state.items() if k not in bad}
         if bad:
-            state = {k: v for k, v in state.items() if k not in bad}
             return state, f"{self.state_file} is damaged ({', '.join(bad)}: not a path)"
         return state, None
+
+    # Paths inside the workspace (its runs) are kept relative to it, so a workspace that is copied
+    # or moved names its own runs, not those of the folder it came from (which may still exist).
+    def _to_disk(self, value: str) -> str:
+        p = Path(value)
+        if p.is_absolute() and p.is_relative_to(self.root):
+            return p.relative_to(self.root).as_posix()
+        return value
+
+    def _from_disk(self, value: str) -> str:
+        return value if not value or Path(value).is_absolute() else str(self.root / value)
 
     def remember(self, **values) -> None:
         """Update keys of state.json (a value None removes its key). Serialised by a lock beside
@@ -93,7 +104,7 @@ class Workspace:
             state.update({k: str(v) for k, v in values.items() if v is not None})
             for k in (k for k, v in values.items() if v is None):
                 state.pop(k, None)
-            write_json(self.state_file, state)
+            write_json(self.state_file, {k: self._to_disk(v) for k, v in state.items()})
 
     def last_dataset(self) -> Path:
         state, problem = self._read_state()
