@@ -403,3 +403,26 @@ def test_a_split_of_another_folder_is_said_to_be_not_the_runs(run, tmp_path):
     assert "which is not the run's val split" in " ".join(r.output.split())
     r = tl("evaluate", tmp_path / "data", "--split", "val", "--format", "json")  # the run's own data: no note
     assert r.exit_code == 0 and "not the run's" not in r.output, r.output
+
+
+def test_a_split_that_changed_since_training_is_said_to_be_not_the_runs(tmp_path, isolated_workspace):
+    """A groups file edited after training (or images added) moves images between the splits:
+    `--split val` then scores another set than the run's validation split, and says so."""
+    from tl_cli.data.scan import scan_dataset
+
+    data = make_folder(tmp_path / "data", 10)
+    names = [s.relpath for s in scan_dataset(data, 0.35).samples]
+    val = [s.relpath for s in scan_dataset(data, 0.35).split("val")]
+    train = [n for n in names if n not in val]
+    groups = tmp_path / "groups.json"
+    groups.write_text(json.dumps({"groups": [[train[0], val[0]]]}))  # pulls val[0] into training
+    r = tl("extract", data, "-b", "lenet5", "--no-pretrained", "--workers", "0", "--val-fraction", "0.35",
+           "--groups", groups)
+    assert r.exit_code == 0, r.output
+    note = "changed since the run was trained"
+    r = tl("evaluate", data, "--split", "val", "--format", "json")
+    assert r.exit_code == 0 and note not in r.output, r.output
+    groups.write_text(json.dumps({"groups": []}))  # val[0] goes back to validation: the model trained on it
+    r = tl("evaluate", data, "--split", "val", "--format", "json")
+    assert r.exit_code == 0 and note in " ".join(r.output.split()), r.output
+    assert json.loads(r.stdout)["n"] == len(val)

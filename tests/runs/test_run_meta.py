@@ -112,6 +112,9 @@ def test_written_meta_has_a_schema_and_reads_back_the_same(image_folder):
     meta = load_run(res.run_dir).meta
     assert meta == RunMeta.from_dict(raw) and meta.to_dict() == raw
     assert meta.val_fraction == 0.3 and meta.dataset.n_train + meta.dataset.n_val == 36
+    assert meta.dataset.split_digest and len(meta.dataset.split_digest) == 16
+    raw["dataset"]["from_a_later_tl"] = 1  # the dataset section only grows: a key not known here is left out
+    assert RunMeta.from_dict(raw) == meta
 
 
 def test_run_meta_is_validated():

@@ -381,7 +381,7 @@ def _save_final(tr: Training, state: TrainState) -> None:
         weights=WeightsRef(choice.identity, cfg.weights, cfg.pretrained),
         preprocess=spec.preprocess,
         dataset=DatasetRef(root=str(ds.root), layout=ds.layout, n_train=loaders.n_train, n_val=loaders.n_val,
-                           counts=ds.counts()),
+                           counts=ds.counts(), split_digest=ds.split_digest()),
         val_fraction=cfg.val_fraction,
         config={"finetune": cfg.to_dict()},
         metrics={k: best[k] for k in ("val_accuracy", "val_loss", "train_accuracy", "train_loss")},

@@ -70,7 +70,7 @@ def train_small_data(
         preprocess=ex.preprocess,
         dataset=DatasetRef(root=str(ex.dataset.root), layout=ex.dataset.layout, n_train=int(tr.sum()),
                            n_val=int(va.sum()), counts=ex.dataset.counts(), fingerprint=ex.fingerprint,
-                           cache_key=ex.cache_key),
+                           cache_key=ex.cache_key, split_digest=ex.dataset.split_digest()),
         val_fraction=cfg.val_fraction,
         config={"extract": cfg.to_dict(), "head": head_cfg.to_dict()},
         metrics={

@@ -123,6 +123,12 @@ def evaluate(predictor: BasePredictor, data_dir: str | os.PathLike, split: str =
         # The same rule on other data gives a split, but not the run's: its score is no check of the run.
         warnings.warn(TLWarning(f"the run was trained on {trained_on}, not {ds.root}: --split {split} splits "
                                 f"this folder by the run's rule, which is not the run's {split} split"), stacklevel=2)
+    elif split != "all" and predictor.trained.dataset.split_digest not in (None, ds.split_digest()):
+        then = predictor.trained.dataset
+        warnings.warn(TLWarning(
+            f"the images or groups of {ds.root} changed since the run was trained ({then.n_train} train / "
+            f"{then.n_val} val then, {len(ds.split('train'))} / {len(ds.split('val'))} now): --split {split} is "
+            f"not exactly the run's {split} split"), stacklevel=2)
     samples = ds.samples if split == "all" else ds.split(split)
     if not samples:
         raise DataError(f"no images in the {split!r} split of {ds.root}")

@@ -49,6 +49,9 @@ class DatasetRef:
     counts: dict[str, int] = field(default_factory=dict)
     fingerprint: str | None = None  # tl extract: the exact files (cache.dataset_fingerprint)
     cache_key: str | None = None  # tl extract: the feature cache used
+    # Which image was in which class and split (Dataset.split_digest): `tl evaluate --split` says
+    # when the folder's split is no longer the run's (images added or moved, groups file changed).
+    split_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,8 @@ def _decode(key: str, v: Any) -> Any:
     if key == "weights":
         return WeightsRef(**v) if isinstance(v, dict) else v
     if key == "dataset":
-        return DatasetRef(**v) if isinstance(v, dict) else v
+        # Keys of a later tl (this section only grows) are left out, not fatal.
+        return DatasetRef(**{f.name: v[f.name] for f in fields(DatasetRef) if f.name in v}) if isinstance(v, dict) else v
     if key == "preprocess":
         return Preprocess.from_dict(v) if isinstance(v, dict) else v
     return v
