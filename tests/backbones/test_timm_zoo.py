@@ -219,3 +219,33 @@ def test_retrain_then_evaluate_reproduces_the_runs_validation_accuracy(hub, imag
     assert r.exit_code == 0, r.output
     metrics = json.loads(r.stdout)
     assert metrics["accuracy"] == pytest.approx(run.meta.metrics["val_accuracy"], abs=1e-9)
+
+
+def test_an_unreachable_hub_is_one_note_and_one_error_line(image_folder, tmp_path, monkeypatch, capfd):
+    """huggingface_hub retries a refused connection five times, logging two lines each time: tl says
+    it once. (Its back-off sleeps are skipped here; they take ~25 s for real.)"""
+    import time
+
+    from huggingface_hub.utils import _http
+
+    from tests.helpers.torchrun import free_port
+
+    class NoSleep:
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        @staticmethod
+        def sleep(_seconds):
+            pass
+
+    for var in ("HF_HUB_OFFLINE", "TL_OFFLINE", "HF_HUB_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setattr(_http, "time", NoSleep())
+    r = tl("extract", image_folder, "--backbone", RESNET, *FAST)
+    assert r.exit_code == 2, r.output
+    said = " ".join((r.output + capfd.readouterr().err).split())
+    assert said.count("the Hugging Face Hub did not answer for timm/test_resnet.r160_in1k") == 1, said
+    assert "Retrying in" not in said and "thrown while requesting" not in said and "Traceback" not in said
+    assert "the Hub is unreachable" in said

@@ -96,3 +96,13 @@ def test_a_folder_name_with_brackets_is_printed_not_parsed_as_markup(image_folde
     r = tl("extract", data, "--backbone", "lenet5,timm/test_resnet.r160_in1k", *FAST)
     assert r.exit_code == 0, r.output
     assert "a[/b] [bold]c" in r.stdout and "backbones, best first" in r.stdout
+
+
+def test_missing_weights_of_a_later_backbone_fail_before_any_extraction(image_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("TL_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))  # resnet18's weights are nowhere
+    r = tl("extract", image_folder, "--backbone", "lenet5,resnet18", "--workers", "0")
+    assert r.exit_code == 2, r.output
+    assert "resnet18" in r.output and "Traceback" not in r.output
+    ws = Workspace.open()
+    assert not (ws.runs.exists() and any(ws.runs.iterdir())) and not (ws.caches.exists() and any(ws.caches.iterdir()))

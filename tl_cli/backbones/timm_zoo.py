@@ -16,10 +16,13 @@ repository file.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import logging
 import math
 import os
 import re
+import warnings
 from functools import cache, lru_cache
 from pathlib import Path
 
@@ -30,7 +33,7 @@ from tl_cli.backbones.registry import BackboneSpec
 from tl_cli.backbones.weights import offline as tl_offline
 from tl_cli.backbones.wrapper import Backbone
 from tl_cli.data.preprocess import Preprocess
-from tl_cli.errors import ConfigError, UnknownBackbone, WeightsNotFound
+from tl_cli.errors import ConfigError, TLWarning, UnknownBackbone, WeightsNotFound
 from tl_cli.runtime.env import env_flag
 
 PREFIX = "timm/"
@@ -148,6 +151,37 @@ def _load(net: TimmBackbone, state: dict) -> None:
         net.load_original_state_dict(filter_fn(state, net.net))
 
 
+class _RetryNote(logging.Filter):
+    """huggingface_hub logs two lines per retry of an unreachable Hub (five retries, ~25 s): they
+    become one tl note, the first time, and the rest are dropped. Other records pass."""
+
+    def __init__(self, model: str):
+        super().__init__()
+        self.model, self.said = model, False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "thrown while requesting" not in text and not text.startswith("Retrying in"):
+            return True
+        if not self.said and "thrown while requesting" in text:
+            self.said = True
+            why = text.split("' thrown while", 1)[0].lstrip("'")
+            warnings.warn(TLWarning(f"the Hugging Face Hub did not answer for timm/{self.model} ({why}): "
+                                    "retrying for up to ~25 s (huggingface_hub's retries)"), stacklevel=2)
+        return False
+
+
+@contextlib.contextmanager
+def _one_note_for_retries(model: str):
+    log = logging.getLogger("huggingface_hub.utils._http")  # the module that logs the retries
+    note = _RetryNote(model)
+    log.addFilter(note)
+    try:
+        yield
+    finally:
+        log.removeFilter(note)
+
+
 def fetch_timm_weights(repo_id: str, model: str) -> Path:
     """The model's weights file in the Hub cache, downloaded on first use (huggingface_hub's progress).
 
@@ -162,8 +196,9 @@ def fetch_timm_weights(repo_id: str, model: str) -> Path:
     last: Exception | None = None
     for filename in _WEIGHT_FILES:
         try:
-            return Path(hf_hub_download(repo_id, filename, cache_dir=_hub_cache_dir(), endpoint=endpoint,
-                                        local_files_only=offline))
+            with _one_note_for_retries(model):
+                return Path(hf_hub_download(repo_id, filename, cache_dir=_hub_cache_dir(), endpoint=endpoint,
+                                            local_files_only=offline))
         except LocalEntryNotFoundError as exc:  # (a subclass of EntryNotFoundError: caught first)
             last = exc
             if not offline:  # the Hub was unreachable (huggingface_hub says so in the same type)

@@ -77,6 +77,16 @@ def backbone_params(name: str) -> int:
     return sum(p.numel() for p in net.parameters() if id(p) not in head)
 
 
+def _weights_first(backbones: list[str], pretrained: bool) -> None:
+    """Find (download on first use) every backbone's weights before extracting any: missing weights
+    of the last backbone fail in seconds, not after the others' extractions. Each extraction's own
+    lookup then finds the file on disk."""
+    from tl_cli.backbones import get_spec, resolve_weights
+
+    for name in backbones:
+        resolve_weights(get_spec(name), None, pretrained)
+
+
 def run_leaderboard(
     data_dir: str | os.PathLike,
     backbones: list[str],
@@ -101,6 +111,7 @@ def run_leaderboard(
     if len(backbones) > 1 and cfg.weights:
         raise ConfigError("--weights names one backbone's file; it cannot go with several --backbone names")
     ws = workspace or Workspace.open()
+    _weights_first(backbones, cfg.pretrained)
     entries = []
     for i, name in enumerate(backbones):
         if reporter is not None and distributed.is_main():
