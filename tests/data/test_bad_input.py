@@ -20,6 +20,7 @@ from tl_cli.data.preprocess import load_tensor, open_rgb
 from tl_cli.data.scan import scan_dataset
 from tl_cli.errors import DataError, ImageError
 from tl_cli.features.extract import ExtractConfig, extract_features
+from tl_cli.runs.workspace import Workspace
 
 LENET = ExtractConfig(backbone="lenet5", pretrained=False, workers=0, batch_size=8)
 LENET_ARGS = ["--backbone", "lenet5", "--no-pretrained", "--workers", "0"]
@@ -173,7 +174,7 @@ def test_empty_class_folder_is_skipped_and_named(data, untouched):
     r = tl("extract", data, *LENET_ARGS)
     assert r.exit_code == 0, r.output
     assert "purple/: class folder with no images" in flat(r.output)
-    run_dir = json.loads((data.parent / "ws" / "state.json").read_text())["latest_run"]
+    run_dir = Workspace.open(data.parent / "ws").state()["latest_run"]
     meta = json.loads(open(os.path.join(run_dir, "meta.json")).read())
     assert meta["classes"] == ["blue", "green", "red"]
     r = tl("extract", data, *LENET_ARGS, "--strict")

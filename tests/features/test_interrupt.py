@@ -214,9 +214,10 @@ def test_concurrent_state_updates_keep_every_key(isolated_workspace, monkeypatch
         real_write(path, obj)
 
     monkeypatch.setattr(workspace_module, "write_json", slow_write)
-    threads = [threading.Thread(target=ws.remember, kwargs={key: key}) for key in ("latest_run", "last_dataset")]
+    values = {"latest_run": str(ws.runs / "r1"), "last_dataset": str(isolated_workspace.parent / "data")}
+    threads = [threading.Thread(target=ws.remember, kwargs={k: v}) for k, v in values.items()]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert ws.state() == {"latest_run": "latest_run", "last_dataset": "last_dataset"}
+    assert ws.state() == values

@@ -74,7 +74,7 @@ def test_resume_still_takes_resource_settings_and_checks_them(tmp_path):
 @pytest.mark.parametrize("text, why", [
     ("[]", "not a JSON object (got list)"),
     ("{}", "missing settings: route, backbone, freeze, epochs"),
-    ('{"route": "finetune", "backbone": "lenet5", "freeze": 2, "epochs": "ten"}', "a value of the wrong type"),
+    ('{"route": "finetune", "backbone": "lenet5", "freeze": 2, "epochs": "ten"}', "FinetuneConfig.epochs must be int, got 'ten'"),
     ('{"route": "finetune", "backbone": "lenet5", "freeze": 2, "epochs": 0}', "--epochs must be >= 1"),
 ])
 def test_damaged_config_json_is_one_line(tmp_path, text, why):

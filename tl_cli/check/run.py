@@ -23,6 +23,7 @@ from tl_cli.check.thumbhash import MIN_CONTRAST, MIN_FEATURE_SIM, rotated_pairs
 from tl_cli.errors import ConfigError
 from tl_cli.features.extract import ExtractConfig, ExtractResult, extract_features
 from tl_cli.runs.workspace import Workspace
+from tl_cli.runtime.fields import check_field_types
 from tl_cli.runtime.progress import Reporter
 
 WEAK_HEAD = 0.9  # out-of-fold accuracy under which label issues come with a caveat
@@ -45,6 +46,7 @@ class CheckConfig:
     neighbours: int = 5
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if not 0.0 < self.near_threshold <= 1.0:
             raise ConfigError(f"--near-threshold must be in (0, 1], got {self.near_threshold}")
         if self.folds < 2:

@@ -68,7 +68,7 @@ class FeatureCache:
     """One cache folder. Use as a context manager to hold its lock while writing.
 
     Example:
-        >>> with FeatureCache(ws / "caches", info) as cache:
+        >>> with FeatureCache(ws.caches, info) as cache:
         ...     hits = cache.lookup(stats)
         ...     cache.write_chunk(new_stats, new_features)
         ...     cache.consolidate(stats)

@@ -29,6 +29,7 @@ from tl_cli.errors import ConfigError, DataError, ImageError
 from tl_cli.features.cache import FeatureCache, FileStat, dataset_fingerprint, stat_files
 from tl_cli.runs.workspace import Workspace
 from tl_cli.runtime import cache_dirs, distributed
+from tl_cli.runtime.fields import check_field_types
 from tl_cli.runtime.oom import HalvingForward
 from tl_cli.runtime.progress import Reporter
 
@@ -70,11 +71,10 @@ class ExtractConfig:
         from tl_cli.backbones.registry import absolute_weights_path
         from tl_cli.features.engines import ENGINES
 
+        check_field_types(self)
         object.__setattr__(self, "weights", absolute_weights_path(self.weights))
-
         if self.decoder not in DECODERS:
             raise ConfigError(f"unknown --decoder {self.decoder!r}", hint=f"use one of {', '.join(DECODERS)}")
-
         if self.engine not in ENGINES:
             raise ConfigError(f"unknown --engine {self.engine!r}", hint=f"use one of {', '.join(ENGINES)}")
         if self.batch_size < 1:

@@ -10,6 +10,7 @@ execute anything. Random states are converted to tensors and plain lists for the
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
@@ -56,6 +57,23 @@ def set_rng_state(state: dict[str, Any], loader_generator: torch.Generator | Non
         torch.cuda.set_rng_state(state["cuda"][0])  # the current device's (see rng_state)
     if loader_generator is not None and "loader" in state:
         loader_generator.set_state(state["loader"])
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+@contextlib.contextmanager
+def random_state_kept():
+    """Training seeds and draws from the global torch, numpy and `random` streams (so a checkpoint
+    can restore them); a library caller gets its own streams back when training ends."""
+    saved = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(saved)
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from tl_cli.backbones import DEFAULT_BACKBONE
 from tl_cli.errors import ConfigError, RunError
 from tl_cli.runs.store import write_run_json
+from tl_cli.runtime.fields import check_field_types
 
 CONFIG_FILE = "config.json"
 ROUTES = ("finetune", "retrain")
@@ -144,6 +145,7 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         from tl_cli.backbones.registry import absolute_weights_path
 
+        check_field_types(self)
         object.__setattr__(self, "weights", absolute_weights_path(self.weights))
         if self.warmup_epochs is None:
             object.__setattr__(self, "warmup_epochs", min(1.0, self.epochs / 5))
@@ -263,6 +265,8 @@ class FinetuneConfig:
         try:
             return cls.from_dict(json.loads(path.read_text()))
         except FileNotFoundError as exc:
+            if not Path(run_dir).exists():
+                raise RunError(f"run folder not found: {run_dir}", hint="`tl runs` lists this workspace's runs") from exc
             raise RunError(f"{run_dir} has no {CONFIG_FILE}: not a fine-tuning run") from exc
         except ValueError as exc:
             raise RunError(f"{path}: not valid JSON ({exc})") from exc
@@ -278,6 +282,10 @@ class FinetuneConfig:
         """
         # Compared before anything is validated: a value that only fails against the saved ones
         # (--epochs 1 with the saved warm-up of 1 epoch) is still a change, and named as one.
+        unknown = sorted(set(overrides) - {f.name for f in fields(self)})
+        if unknown:
+            raise ConfigError(f"unknown setting(s) to resume with: {', '.join(unknown)}",
+                              hint=f"only {', '.join(sorted(RESOURCE_FIELDS))} may change on --resume")
         given = {k: _as_saved(k, v) for k, v in overrides.items()}
         changed = {k: v for k, v in given.items() if v != getattr(self, k)}
         bad = sorted(k for k in changed if k not in RESOURCE_FIELDS)

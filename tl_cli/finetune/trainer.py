@@ -16,13 +16,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -33,7 +31,15 @@ from tl_cli.data.image_size import at_side
 from tl_cli.data.scan import Dataset, scan_dataset
 from tl_cli.errors import ConfigError, DataError, InterruptedBeforeCheckpoint, RunError, TLWarning
 from tl_cli.finetune import budget, ddp
-from tl_cli.finetune.checkpoint import BEST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from tl_cli.finetune.checkpoint import (
+    BEST,
+    load_checkpoint,
+    random_state_kept,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 from tl_cli.finetune.config import CONFIG_FILE, FinetuneConfig
 from tl_cli.finetune.data import make_loaders, with_image_size
 from tl_cli.finetune.ema import weight_average
@@ -115,7 +121,8 @@ def start(data_dir: str | os.PathLike, cfg: FinetuneConfig, workspace: Workspace
             prepared = (run_dir, ds, cfg)
         run_dir, ds, cfg = distributed.broadcast_object(prepared)
         try:
-            return _train(run_dir, cfg, ds, ws, reporter or Reporter(), None, t0)
+            with random_state_kept():
+                return _train(run_dir, cfg, ds, ws, reporter or Reporter(), None, t0)
         except BaseException as exc:  # stopped before the first checkpoint: nothing to resume, nothing to keep
             if info.is_main and discard_unstarted(run_dir, ws, previous) and isinstance(exc, KeyboardInterrupt):
                 raise InterruptedBeforeCheckpoint() from exc
@@ -154,7 +161,8 @@ def resume(run_dir: str | os.PathLike | None = None, overrides: dict | None = No
             distributed.shutdown()
             return prepared
         run_dir, cfg, ds, ckpt = prepared
-        return _train(run_dir, cfg, ds, ws, reporter or Reporter(), ckpt, t0)
+        with random_state_kept():
+            return _train(run_dir, cfg, ds, ws, reporter or Reporter(), ckpt, t0)
 
 
 def _prepare_resume(ws: Workspace, run_dir, overrides: dict | None, data_dir, held: contextlib.ExitStack):
@@ -197,12 +205,6 @@ def _prepare_resume(ws: Workspace, run_dir, overrides: dict | None, data_dir, he
 def _finished_result(run_dir: Path, cfg: FinetuneConfig, ckpt: dict) -> FinetuneResult:
     return FinetuneResult(run_dir, cfg, list(ckpt["history"]), ckpt["best"].get("epoch"), best_numbers(ckpt["best"]),
                           ckpt.get("stop_reason", "epochs"), resumed_from=int(ckpt["epoch"]), already_finished=True)
-
-
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
 
 
 def _train(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, ws: Workspace, reporter: Reporter,
@@ -249,7 +251,7 @@ def _setup(run_dir: Path, cfg: FinetuneConfig, ds: Dataset, reporter: Reporter) 
         reporter = Reporter()  # one progress bar and one log: rank 0's
     spec = get_spec(cfg.backbone)
     spec = replace(spec, preprocess=at_side(spec.preprocess, cfg.image_size or spec.preprocess.input_size))
-    _seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     backbone, choice = create_backbone(cfg.backbone, cfg.weights, cfg.pretrained)
     model = FinetuneModel(backbone, len(ds.classes), cfg.freeze, spec.preprocess.input_size, cfg.dropout, cfg.bn)
     if cfg.sync_bn and info.enabled:
@@ -275,7 +277,7 @@ def _restore(tr: Training, ckpt: dict | None) -> TrainState:
     """Weights, optimizer, progress and random streams from the checkpoint; a fresh state without one."""
     if ckpt is None:
         if tr.info.enabled:
-            _seed_everything(tr.cfg.seed + 7919 * tr.info.rank)  # same initial weights, different dropout per rank
+            seed_everything(tr.cfg.seed + 7919 * tr.info.rank)  # same initial weights, different dropout per rank
         return TrainState()
     try:
         tr.model.net.load_state_dict(ckpt["model"])

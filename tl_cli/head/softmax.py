@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from tl_cli.errors import ConfigError
+from tl_cli.runtime.fields import check_field_types
 
 DEFAULT_L2_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
@@ -40,10 +41,12 @@ class HeadConfig:
     balanced: bool = False
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if not self.l2_grid or any(v < 0 for v in self.l2_grid):
             raise ConfigError("l2_grid must hold non-negative values")
-        if self.max_iter < 1:
-            raise ConfigError("max_iter must be >= 1")
+        for name, least in (("max_iter", 1), ("check_every", 1), ("patience", 0), ("grid_patience", 0)):
+            if getattr(self, name) < least:
+                raise ConfigError(f"{name} must be >= {least}, got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -33,6 +33,11 @@ class Prediction:
         return d
 
 
+def _as_list(paths) -> list:
+    """One path (str or PathLike) is a list of one: iterating a string would classify its characters."""
+    return [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+
+
 class BasePredictor:
     """Batching, top-k and per-file errors over a `model`; subclasses set the attributes below."""
 
@@ -49,6 +54,8 @@ class BasePredictor:
 
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+        if workers is not None and workers < 0:
+            raise ConfigError(f"--workers must be >= 0 (0: decode in the calling thread), got {workers}")
         if workers is None:  # decoding threads pay off only beyond one batch
             workers = default_threads() if len(paths) > batch_size else 0
         reporter = reporter or Reporter()
@@ -63,7 +70,7 @@ class BasePredictor:
         finally:
             reporter.stop()
 
-    def predict_batches(self, paths: list[str | Path], topk: int = 1, batch_size: int = 32,
+    def predict_batches(self, paths: list[str | Path] | str | Path, topk: int = 1, batch_size: int = 32,
                         workers: int | None = 0, reporter: Reporter | None = None) -> Iterator[Prediction]:
         """Classify files batch by batch, yielding one Prediction per file in input order.
 
@@ -73,7 +80,7 @@ class BasePredictor:
         if topk < 1:
             raise ConfigError(f"--topk must be >= 1, got {topk}")
         k = min(topk, len(self.classes))
-        paths = [str(p) for p in paths]
+        paths = [str(p) for p in _as_list(paths)]
         for probs, idx, bad in self._batches(paths, batch_size, workers, reporter):
             done: dict[int, Prediction] = {i: Prediction(paths[i], error=err) for i, err in bad}
             if probs is not None:
@@ -83,7 +90,7 @@ class BasePredictor:
                                          [float(probs[row, j]) for j in top[row]])
             yield from (done[i] for i in sorted(done))
 
-    def predict(self, paths: list[str | Path], topk: int = 1, batch_size: int = 32, workers: int | None = 0,
+    def predict(self, paths: list[str | Path] | str | Path, topk: int = 1, batch_size: int = 32, workers: int | None = 0,
                 reporter: Reporter | None = None) -> list[Prediction]:
         """Classify files; see `predict_batches`.
 
@@ -97,7 +104,7 @@ class BasePredictor:
                       reporter: Reporter | None = None):
         """(N, C) numpy probabilities of the readable files, their indices, and [(index, error)] of the others."""
         probs, kept, failed = [], [], []
-        for p, idx, bad in self._batches(list(paths), batch_size, workers, reporter):
+        for p, idx, bad in self._batches(_as_list(paths), batch_size, workers, reporter):
             failed.extend(bad)
             if p is not None:
                 probs.append(p)

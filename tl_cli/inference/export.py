@@ -26,6 +26,7 @@ from tl_cli.errors import ConfigError, ExportError
 from tl_cli.inference.onnx_model import INPUT, OUTPUT, sidecar_path
 from tl_cli.runs.store import Run, versions
 from tl_cli.runtime.atomic import atomic_path, write_json
+from tl_cli.runtime.fields import check_field_types
 from tl_cli.runtime.onnx import OPSET, export_onnx, ort_session
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -50,10 +51,15 @@ class ExportConfig:
     n_samples: int = 3
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.format not in FORMATS:
             raise ConfigError(f"unknown export format {self.format!r}", hint=f"use one of {', '.join(FORMATS)}")
         if self.n_samples < 1:
             raise ConfigError("n_samples must be >= 1")
+        if not (isinstance(self.opset, int) and self.opset >= OPSET):  # the exporter's first opset
+            raise ConfigError(f"opset must be an integer >= {OPSET}, got {self.opset!r}")
+        if not (self.atol >= 0 and self.rtol >= 0):
+            raise ConfigError(f"atol and rtol must be >= 0, got {self.atol!r} and {self.rtol!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 from tl_cli.backbones import create_backbone
@@ -29,14 +30,21 @@ def build_from_run(run: Run, weights: str | None = None) -> nn.Module:
                 f"this model was trained with ({w.id})",
                 hint="pass the original weights with --weights FILE",
             )
-        net = attach_head(net, n_classes)
+        net = _with_new_head(net, n_classes)
         net.classifier[1].weight.data.copy_(tensors["head.weight"])
         net.classifier[1].bias.data.copy_(tensors["head.bias"])
         return net.eval()
     net, _ = create_backbone(meta.backbone, pretrained=False)
-    net = attach_head(net, n_classes, 0.0)
+    net = _with_new_head(net, n_classes)
     missing, unexpected = net.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise RunError(f"{run.dir}: weights do not match {meta.backbone} "
                        f"({len(missing)} missing, {len(unexpected)} unexpected)")
     return net.eval()
+
+
+def _with_new_head(net: nn.Module, n_classes: int) -> nn.Module:
+    # The head's random initialisation is overwritten at once: drawn from a forked generator, so
+    # loading a run never moves the caller's torch random stream.
+    with torch.random.fork_rng(devices=[]):
+        return attach_head(net, n_classes, 0.0)

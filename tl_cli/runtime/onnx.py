@@ -40,9 +40,23 @@ def export_onnx(module, input_shape: tuple[int, ...], path: Path, input_name: st
         torch.onnx.export(module, (x,), str(tmp), input_names=[input_name], output_names=[output_name],
                           opset_version=opset, dynamo=True, dynamic_shapes=({0: batch},), external_data=False,
                           verbose=False)
+        _check_opset(Path(tmp), opset)
         if check is not None:
             check(Path(tmp))
     return path
+
+
+def _check_opset(path: Path, opset: int) -> None:
+    """The exporter writes opset 18 when it cannot honour the one asked for (below 18, or newer than
+    it knows) without saying so; the file's own opset must be the one requested and recorded."""
+    import onnx
+
+    from tl_cli.errors import ConfigError
+
+    wrote = [o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx")]
+    if wrote != [opset]:
+        raise ConfigError(f"the ONNX exporter cannot write opset {opset} (it wrote {', '.join(map(str, wrote))})",
+                          hint=f"use an opset from {OPSET} up to what this torch supports (the default is {OPSET})")
 
 
 def session_options(threads: int | None = None):
