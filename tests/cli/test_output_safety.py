@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.helpers.images import make_folder
 from tl_cli.cli import app
 from tl_cli.errors import ConfigError
 from tl_cli.runtime.outputs import check_output_dir, check_output_file
@@ -119,7 +120,7 @@ def test_check_refuses_to_replace_the_dataset(image_folder):
 def test_predict_and_export_do_not_overwrite_a_photo(trained, tmp_path):
     photo = sorted((trained / "red").glob("*.jpg"))[0]
     before = snapshot(trained)
-    refused(tl("predict", trained / "red", "-o", photo), "not a .csv/.txt file")
+    refused(tl("predict", trained / "red", "-o", photo), "inside the data folder")
     refused(tl("predict", photo, "--format", "json", "-o", photo), "inside the data file")
     refused(tl("predict", photo, "-o", tmp_path), "is a folder")
     refused(tl("export", "-o", photo), "inside the data")
@@ -153,3 +154,21 @@ def test_predict_writes_the_format_its_output_is_named_for(trained, tmp_path):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "p.tsv").read_text().splitlines()[0] == "path\tlabel1\tprob1\terror"
     refused(tl("predict", folder, "--format", "json", "-o", tmp_path / "p.csv"), "named as csv but --format is json")
+    for extra in ([], ["--format", "json"]):  # .jsonl is JSON Lines: one object a line
+        r = tl("predict", folder, *extra, "-o", tmp_path / "p.jsonl")
+        assert r.exit_code == 0, r.output
+        lines = (tmp_path / "p.jsonl").read_text().splitlines()
+        assert len(lines) == 12 and all(json.loads(x)["labels"] == ["red"] for x in lines)
+
+
+def test_outputs_never_land_in_the_folder_the_model_was_trained_on(trained, tmp_path):
+    """Reading another folder does not open the training data to writes: an evaluation or check
+    folder there would be a new class the next time it is trained on."""
+    other = make_folder(tmp_path / "other", 2)
+    before = snapshot(trained)
+    refused(tl("evaluate", other, "-o", trained / "evalout"), "inside the data folder", str(trained))
+    refused(tl("check", other, *LENET, "-o", trained / "checkout"), "inside the data folder")
+    refused(tl("predict", other, "-o", trained / "preds.csv"), "inside the data folder")
+    assert snapshot(trained) == before and not (trained / "evalout").exists()
+    r = tl("evaluate", other, "-o", tmp_path / "evalout")  # elsewhere: fine
+    assert r.exit_code == 0, r.output

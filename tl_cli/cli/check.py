@@ -73,7 +73,7 @@ def check_cmd(
                          group_pattern=group_pattern, groups=str(groups.expanduser().absolute()) if groups else None)
     cfg = CheckConfig(extract=ecfg, near_threshold=near_threshold, folds=folds)
     if output is not None:  # before the work, not after it: a bad --output fails at once
-        check_output_dir(output, CHECK_FILES, [data])
+        check_output_dir(output, CHECK_FILES, [data, *ws.known_datasets()])
     res = check_dataset(data, cfg, ws, RichReporter(err))
     folder = write_check(res, output or default_check_dir(ws.root / "checks", res.root))
     if fmt == "json":

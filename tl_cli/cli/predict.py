@@ -17,8 +17,10 @@ from tl_cli.cli.options import BatchSizeOpt, DeviceOpt, FormatOpt, ModelOpt, Out
 
 FORMATS = ("table", "json", "csv")
 # What `-o` may overwrite, by format: a results file of that kind, never an image or anything else.
-OUTPUT_SUFFIXES = {"csv": (".csv", ".txt"), "tsv": (".tsv", ".txt"), "json": (".json", ".jsonl", ".txt")}
-FORMAT_OF_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "json"}
+OUTPUT_SUFFIXES = {"csv": (".csv", ".txt"), "tsv": (".tsv", ".txt"), "json": (".json", ".jsonl", ".txt"),
+                   "jsonl": (".json", ".jsonl", ".txt")}
+FORMAT_OF_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl"}
+SAME_FORMAT = {"tsv": "csv", "jsonl": "json"}  # variants a --format name allows
 
 
 def output_format(output: Path, fmt: str) -> str:
@@ -27,12 +29,12 @@ def output_format(output: Path, fmt: str) -> str:
     named = FORMAT_OF_SUFFIX.get(output.suffix.lower())
     if fmt == "table":
         return named or "csv"
-    if named is not None and named.replace("tsv", "csv") != fmt:
+    if named is not None and SAME_FORMAT.get(named, named) != fmt:
         from tl_cli.errors import ConfigError
 
         raise ConfigError(f"--output {output} is named as {named} but --format is {fmt}",
                           hint=f"name it {output.with_suffix('.' + fmt).name}, or leave --format out")
-    return named if named == "tsv" else fmt
+    return named if named in SAME_FORMAT else fmt
 
 
 @command("predict", epilog="Examples:  tl predict cat.jpg   tl predict photos/ --topk 3 --format csv   "
@@ -56,16 +58,18 @@ def predict_cmd(
     from tl_cli.runtime.progress import RichReporter
 
     check_format(fmt, FORMATS)
-    if output is not None:
-        out_fmt = output_format(output, fmt)
-        check_output_file(output, OUTPUT_SUFFIXES[out_fmt], [p for p in paths if p != "-" and Path(p).is_file()])
+    out_fmt = output_format(output, fmt) if output is not None else fmt
     entries = expand_inputs_in_order(paths)
     files = [e for e in entries if isinstance(e, Path)]
     if not entries:
         from tl_cli.errors import DataError
 
         raise DataError("no images in the given inputs", hint="pass image files, folders of images, or globs")
-    predictor = load_predictor(model, workspace(ws_path), device=device)
+    ws = workspace(ws_path)
+    predictor = load_predictor(model, ws, device=device)
+    if output is not None:  # before the work: a bad --output fails at once
+        check_output_file(output, OUTPUT_SUFFIXES[out_fmt],
+                          [*(p for p in paths if p != "-" and Path(p).is_file()), *_training_data(predictor, ws)])
     err.print(f"[dim]model: {escape(str(predictor.source))}[/]")
     for note in predictor.notes:
         err.print(f"[yellow]note:[/] {escape(note)}")
@@ -86,10 +90,20 @@ def predict_cmd(
         raise typer.Exit(1)
 
 
+def _training_data(predictor, ws) -> list[Path]:
+    """The folders tl has trained on here (the model's, the workspace's last): an --output must not
+    land in them (a report folder there would become a class of the next training)."""
+    trained = predictor.trained.dataset.root
+    return [*([Path(trained)] if trained else []), *ws.known_datasets()]
+
+
 def format_predictions(preds, fmt: str) -> str:
-    """json: a list of {path, labels, probs[, error]}; csv (tsv): path, label1, prob1, ..., error."""
+    """json: a list of {path, labels, probs[, error]}; jsonl: one such object a line (JSON Lines);
+    csv (tsv): path, label1, prob1, ..., error."""
     if fmt == "json":
         return json.dumps([p.to_dict() for p in preds], indent=2) + "\n"
+    if fmt == "jsonl":
+        return "".join(json.dumps(p.to_dict()) + "\n" for p in preds)
     buf = io.StringIO()
     k = max((len(p.labels) for p in preds), default=1)
     w = csv.writer(buf, delimiter="\t" if fmt == "tsv" else ",")
@@ -143,9 +157,10 @@ def evaluate_cmd(
     from tl_cli.runtime.progress import RichReporter
 
     check_format(fmt, FORMATS)
+    ws = workspace(ws_path)
+    predictor = load_predictor(model, ws, device=device)
     if output is not None:  # before the work, not after it: a bad --output fails at once
-        check_output_dir(output, EVALUATION_FILES, [data_dir])
-    predictor = load_predictor(model, workspace(ws_path), device=device)
+        check_output_dir(output, EVALUATION_FILES, [data_dir, *_training_data(predictor, ws)])
     err.print(f"[dim]model: {escape(str(predictor.source))}[/]")
     ev = evaluate(predictor, data_dir, split, predictor.trained.val_fraction, batch_size, workers,
                   RichReporter(err), predictor.trained.grouping if split != "all" else None)

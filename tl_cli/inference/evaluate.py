@@ -76,6 +76,7 @@ class Evaluation:
     y_true: np.ndarray  # model class indices
     probs: np.ndarray  # (N, C)
     failed: list[tuple[str, str]]  # (relpath, reason)
+    trained_on: Path | None = None  # the model's training folder: its report is never written there either
 
     @property
     def classes(self) -> list[str]:
@@ -140,7 +141,8 @@ def evaluate(predictor: BasePredictor, data_dir: str | os.PathLike, split: str =
     metrics = classification_metrics(y_true, probs.argmax(1) if len(probs) else y_true, predictor.classes)
     failed = list(ds.skipped) + [(samples[i].relpath, err) for i, err in bad]
     metrics.update({"data_dir": str(ds.root), "split": split, "model": predictor.source, "n_failed": len(failed)})
-    return Evaluation(metrics, ds.root, split, [samples[i].relpath for i in kept], y_true, probs, failed)
+    return Evaluation(metrics, ds.root, split, [samples[i].relpath for i in kept], y_true, probs, failed,
+                      Path(trained_on) if trained_on else None)
 
 
 def default_output_dir(predictor: BasePredictor, ev: Evaluation) -> Path:

@@ -164,7 +164,7 @@ def write_evaluation(ev: Evaluation, out_dir: str | os.PathLike) -> Path:
     from tl_cli.runtime.atomic import atomic_dir
     from tl_cli.runtime.outputs import check_output_dir
 
-    out_dir = check_output_dir(out_dir, EVALUATION_FILES, [ev.root])
+    out_dir = check_output_dir(out_dir, EVALUATION_FILES, [ev.root, *([ev.trained_on] if ev.trained_on else [])])
     wrong = ev.misclassified()
     png = confusion_png(ev.classes, np.array(ev.metrics["confusion"]), title=_title(ev))
     files = {

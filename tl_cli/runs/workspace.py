@@ -106,6 +106,12 @@ class Workspace:
                 state.pop(k, None)
             write_json(self.state_file, {k: self._to_disk(v) for k, v in state.items()})
 
+    def known_datasets(self) -> list[Path]:
+        """Data folders this workspace trained on that still exist (the last one): an --output must
+        not land in them, even when another folder is the one being read."""
+        last = self.state().get("last_dataset")
+        return [Path(last)] if last and Path(last).is_dir() else []
+
     def last_dataset(self) -> Path:
         state, problem = self._read_state()
         d = state.get("last_dataset")
