@@ -249,3 +249,24 @@ def test_an_unreachable_hub_is_one_note_and_one_error_line(image_folder, tmp_pat
     assert said.count("the Hugging Face Hub did not answer for timm/test_resnet.r160_in1k") == 1, said
     assert "Retrying in" not in said and "thrown while requesting" not in said and "Traceback" not in said
     assert "the Hub is unreachable" in said
+
+
+def test_a_headless_model_counts_its_new_head_last_like_the_others():
+    """DINOv2-style weights have no classifier (num_classes=0): the layer table still ends with the
+    head tl adds, so `tl layers`, `--freeze N` and the fine-tuned model agree with other backbones."""
+    import timm
+
+    from tl_cli.backbones.layers import enumerate_layers
+    from tl_cli.backbones.timm_zoo import TimmBackbone
+    from tl_cli.backbones.wrapper import attach_head
+
+    with_head = TimmBackbone(timm.create_model("test_vit", pretrained=False), "head")
+    headless = TimmBackbone(timm.create_model("test_vit", pretrained=False, num_classes=0), "head")
+    table = enumerate_layers(headless, 160)
+    assert [x.name for x in table] == [x.name for x in enumerate_layers(with_head, 160)]
+    assert table[-1].name == "classifier" and table[-2].name == "net.blocks.5.mlp.fc2"
+    state = timm.create_model("test_vit", pretrained=False, num_classes=0).state_dict()  # no head.* keys
+    headless.load_original_state_dict(state)
+    assert all(torch.equal(headless.net.state_dict()[k], v) for k, v in state.items())
+    tuned = attach_head(headless, 3)
+    assert len(enumerate_layers(tuned, 160)) == len(table)  # the new head takes the placeholder's place

@@ -112,18 +112,28 @@ def preprocess_from_cfg(cfg) -> Preprocess:
 class TimmBackbone(Backbone):
     """A timm model split like `Backbone`: features = pooled pre-logits, `classifier` = its head Linear.
 
-    Models whose pretrained head has no classes (DINOv2's `num_classes=0`) get an Identity
-    classifier; tl replaces it by its own head anyway.
+    Models whose pretrained head has no classes (DINOv2's `num_classes=0`) get a placeholder
+    Linear(features, 1) as classifier, which their weights do not hold: the layer numbering then
+    counts the head last as for every other backbone (`tl layers`, `--freeze N`), and tl replaces
+    it by its own head anyway.
     """
 
     def __init__(self, net: nn.Module, classifier_path: str):
         head = net.get_submodule(classifier_path) if classifier_path else None
+        width = int(getattr(net, "head_hidden_size", None) or net.num_features)
         if isinstance(head, nn.Linear):
             super().__init__(net, classifier_path)
         else:
             nn.Module.__init__(self)
-            self.net, self.classifier, self.classifier_path, self.ignore_prefixes = net, nn.Identity(), classifier_path, ()
-        self.feature_dim = int(getattr(net, "head_hidden_size", None) or net.num_features)
+            self.net, self.classifier, self.classifier_path, self.ignore_prefixes = net, nn.Linear(width, 1), classifier_path, ()
+        self.headless = not isinstance(head, nn.Linear)
+        self.feature_dim = width
+
+    def load_original_state_dict(self, state: dict) -> None:
+        if self.headless and "classifier.weight" not in state:  # the placeholder is not in the weights
+            wrapped = state if any(k.startswith("net.") for k in state) else {f"net.{k}": v for k, v in state.items()}
+            state = {**wrapped, **{f"classifier.{k}": v for k, v in self.classifier.state_dict().items()}}
+        super().load_original_state_dict(state)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
