@@ -130,6 +130,7 @@ def test_offline_with_nothing_cached_is_one_line_naming_the_file(hub, image_fold
     assert r.exit_code != 0
     assert "Traceback" not in r.output
     assert "timm/test_resnet.r160_in1k/model.safetensors" in r.output and f"{var}=1" in r.output
+    assert f"unset {var})" in " ".join(r.output.split())
     assert hub == []  # never touched the network
 
 
@@ -248,7 +249,7 @@ def test_an_unreachable_hub_is_one_note_and_one_error_line(image_folder, tmp_pat
     said = " ".join((r.output + capfd.readouterr().err).split())
     assert said.count("the Hugging Face Hub did not answer for timm/test_resnet.r160_in1k") == 1, said
     assert "Retrying in" not in said and "thrown while requesting" not in said and "Traceback" not in said
-    assert "the Hub is unreachable" in said
+    assert "the Hub is unreachable" in said and "check the network (or HF_ENDPOINT)" in said and "unset" not in said
 
 
 def test_a_headless_model_counts_its_new_head_last_like_the_others():

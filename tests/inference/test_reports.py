@@ -259,6 +259,9 @@ def test_torchscript_export_matches_pytorch(run, tmp_path):
         got = torch.jit.load(str(res.path))(x)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     assert json.loads((tmp_path / "clf.pt.json").read_text())["format"] == "torchscript"
+    img = next((tmp_path / "data" / "red").iterdir())
+    r = tl("predict", img, "--model", tmp_path / "clf.pt")  # not loaded by tl (it would run its code)
+    assert r.exit_code == 2 and "is a file: tl predicts with a run folder or an .onnx export" in r.output, r.output
 
 
 def test_onnx_export_cli_and_predict_on_it(run, tmp_path):

@@ -228,10 +228,12 @@ def fetch_timm_weights(repo_id: str, model: str) -> Path:
             hint="check HF_ENDPOINT (a mirror must serve the Hub's /<repo>/resolve/<revision>/<file> paths)",
         ) from last
     where = "TL_OFFLINE=1" if tl_offline() else "HF_HUB_OFFLINE=1" if offline else "the Hub is unreachable"
+    cache = _hub_cache_dir() or "~/.cache/huggingface/hub"
     raise WeightsNotFound(
         f"weights of timm/{model} are not in the Hugging Face cache ({where}): missing {repo_id}/{_WEIGHT_FILES[0]} "
-        f"under {_hub_cache_dir() or '~/.cache/huggingface/hub'}",
-        hint="run once with the network (unset TL_OFFLINE/HF_HUB_OFFLINE), or copy that cache folder here",
+        f"under {cache}",
+        hint=(f"run once with the network (unset {where.split('=')[0]}), or copy {cache} from a machine that has it"
+              if offline else f"check the network (or HF_ENDPOINT), or copy {cache} from a machine that has it"),
     ) from last
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tl_cli.errors import ConfigError
+from tl_cli.errors import ConfigError, RunError
 from tl_cli.head.softmax import softmax
 from tl_cli.inference.base import BasePredictor
 from tl_cli.runs.store import WEIGHTS, Run, load_arrays, load_run
@@ -131,4 +131,9 @@ def load_predictor(model: str | os.PathLike | None = None, workspace: Workspace 
         from tl_cli.inference.onnx_model import OnnxPredictor
 
         return OnnxPredictor(Path(model))
+    if model is not None and Path(model).is_file():
+        # A TorchScript export (or a weights file) would run code or lack the classes and preprocessing.
+        raise RunError(f"--model {model} is a file: tl predicts with a run folder or an .onnx export",
+                       hint="pass the run folder (`tl runs` lists them), or its model.onnx from `tl export`; "
+                            "TorchScript exports are for running outside tl")
     return Predictor.from_workspace(model, workspace, device=device)
