@@ -302,3 +302,15 @@ def test_finetune_names_skipped_files_and_empty_classes_too(data, untouched):
     assert r.exit_code == 0, r.output
     out = flat(r.output)
     assert "skipped purple/: class folder with no images" in out and "skipped red/zero [1].jpg: empty file" in out
+
+
+def test_class_counts_are_of_the_images_the_model_learns_from(data, untouched):
+    """Unreadable files are listed as skipped, and not counted in their class (summary, meta.json)."""
+    bf.truncated_jpeg(data / "red" / "cut.jpg")
+    bf.zero_byte_jpg(data / "red" / "zero.jpg")
+    untouched(data)
+    r = tl("extract", data, *LENET_ARGS)
+    assert r.exit_code == 0, r.output
+    assert "3: blue (6), green (6), red (6)" in flat(r.output) and "2 skipped" in flat(r.output)
+    meta = json.loads((Path(Workspace.open(data.parent / "ws").state()["latest_run"]) / "meta.json").read_text())
+    assert meta["dataset"]["counts"] == {"blue": 6, "green": 6, "red": 6}

@@ -108,6 +108,8 @@ def render_summary(res) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from tl_cli.head.small_data import readable_counts
+
     ex = res.extract
     ds = ex.dataset
     # Class names and paths are the user's text: "[x]" in a folder name is not rich markup.
@@ -116,7 +118,8 @@ def render_summary(res) -> None:
     t.add_column()
     n_train = int((ex.splits == "train").sum())
     n_val = int((ex.splits == "val").sum())
-    t.add_row("classes", f"{len(ds.classes)}: " + escape(", ".join(f"{c} ({n})" for c, n in ds.counts().items())))
+    counts = readable_counts(ex).items()  # the images the model learns from, not the unreadable ones
+    t.add_row("classes", f"{len(ds.classes)}: " + escape(", ".join(f"{c} ({n})" for c, n in counts)))
     bad_files = [f for f in ex.failed if not f[0].endswith("/")]  # "name/" entries are class folders
     t.add_row("images", f"{len(ex.relpaths) + len(bad_files)} found, {len(bad_files)} skipped, "
                         f"{ex.n_extracted} extracted, {ex.n_cached} from cache")

@@ -7,6 +7,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from tl_cli.data.scan import training_split_problem
 from tl_cli.features.extract import ExtractConfig, ExtractResult, extract_features
 from tl_cli.head.softmax import HeadConfig, HeadResult, train_head
@@ -22,6 +24,12 @@ class SmallDataResult:
     extract: ExtractResult | None  # None on ranks other than 0 under torchrun
     head: HeadResult | None
     run_dir: Path | None
+
+
+def readable_counts(ex: ExtractResult) -> dict[str, int]:
+    """Images per class that have features (the model's data): unreadable files are not counted."""
+    n = np.bincount(ex.labels, minlength=len(ex.dataset.classes)) if len(ex.labels) else [0] * len(ex.dataset.classes)
+    return {c: int(k) for c, k in zip(ex.dataset.classes, n, strict=True)}
 
 
 def train_small_data(
@@ -69,7 +77,7 @@ def train_small_data(
         weights=WeightsRef(ex.weights_id, cfg.weights, cfg.pretrained),
         preprocess=ex.preprocess,
         dataset=DatasetRef(root=str(ex.dataset.root), layout=ex.dataset.layout, n_train=int(tr.sum()),
-                           n_val=int(va.sum()), counts=ex.dataset.counts(), fingerprint=ex.fingerprint,
+                           n_val=int(va.sum()), counts=readable_counts(ex), fingerprint=ex.fingerprint,
                            cache_key=ex.cache_key, split_digest=ex.dataset.split_digest()),
         val_fraction=cfg.val_fraction,
         config={"extract": cfg.to_dict(), "head": head_cfg.to_dict()},
