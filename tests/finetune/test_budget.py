@@ -56,3 +56,16 @@ def test_a_slowed_run_is_replanned_and_its_schedule_ends_at_zero(image_folder, t
     assert res.stop_reason == "epochs" and len(res.history) == 4  # the probe and 3 epochs: not cut by the budget
     assert res.history[-1]["lr"] < 0.05 * res.config.head_lr  # the last epoch ran down to zero ...
     assert lr_factor(3, 1.0, 3) == 0.0  # ... where the new plan ends
+
+
+def test_a_budget_with_no_room_for_another_epoch_says_so_instead_of_a_plan(tmp_path):
+    """After the first epoch with less than an epoch's time left the loop stops: the line says that,
+    not 'planned 2 epochs ... decays to zero at epoch 2' (a plan the run would not keep)."""
+    notes, state = Notes(), TrainState()
+    state.epoch, state.history = 1, [{"val_accuracy": 0.5}]
+    tr = SimpleNamespace(cfg=_cfg(epochs=30, time_budget=6.0, plan_epochs=True, warmup_epochs=1.0, mix=0.0),
+                         reporter=notes, run_dir=tmp_path)
+    budget.plan(tr, state, 1.2, time.perf_counter() + 1.0)
+    assert len(notes.lines) == 1 and "no further epoch fits, so the run ends here" in notes.lines[0], notes.lines
+    cfg, lines = _replan(tmp_path, epochs=5, done=2, epoch_s=10.0, left=3.0)  # nor is such a plan "re-planned"
+    assert cfg.epochs == 5 and lines == []

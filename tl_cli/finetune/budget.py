@@ -42,8 +42,13 @@ def plan(tr: Training, state: TrainState, epoch_s: float, deadline: float) -> Fi
     left, epoch_s = _clock(epoch_s, deadline)
     cap = tr.cfg.plan_cap(probe)
     n = planned_epochs(state.epoch, epoch_s, left, cap)
-    tr.reporter.log(f"planned {n} epochs: epoch {state.epoch} took {epoch_s:.0f} s and {left:.0f} s of the time budget "
-                    f"are left, so the learning rate decays to zero at epoch {n}" + (" (the most planned)" if n == cap else ""))
+    if _no_epoch_fits(epoch_s, left):  # the loop stops before the next epoch: say that, not a plan it won't keep
+        tr.reporter.log(f"epoch {state.epoch} took {epoch_s:.0f} s and {left:.0f} s of the time budget are left: "
+                        f"no further epoch fits, so the run ends here (a larger --time-budget trains longer)")
+    else:
+        tr.reporter.log(f"planned {n} epochs: epoch {state.epoch} took {epoch_s:.0f} s and {left:.0f} s of the time "
+                        f"budget are left, so the learning rate decays to zero at epoch {n}"
+                        + (" (the most planned)" if n == cap else ""))
     return _saved(tr, settle_mix(replace(tr.cfg, epochs=n, plan_epochs=False), probe, tr.reporter))
 
 
@@ -53,11 +58,16 @@ def replan(tr: Training, state: TrainState, epoch_s: float, deadline: float) -> 
     learning rate steps down once, instead of the budget stopping the run halfway down the curve."""
     left, epoch_s = _clock(epoch_s, deadline)
     n = planned_epochs(state.epoch, epoch_s, left, tr.cfg.epochs)
-    if n >= tr.cfg.epochs:
+    if n >= tr.cfg.epochs or _no_epoch_fits(epoch_s, left):  # the loop itself stops before the next epoch
         return tr.cfg
     tr.reporter.log(f"re-planned {n} epochs (was {tr.cfg.epochs}): the slowest epoch took {epoch_s:.0f} s and "
                     f"{left:.0f} s of the time budget are left, so the learning rate now decays to zero at epoch {n}")
     return _saved(tr, replace(tr.cfg, epochs=n))
+
+
+def _no_epoch_fits(epoch_s: float, left_s: float) -> bool:
+    """The training loop's own rule (trainer._epochs): the next epoch starts only if it fits."""
+    return epoch_s > left_s
 
 
 def warn_if_short(reporter: Reporter, cfg: FinetuneConfig, done: int, epoch_s: float, deadline: float) -> None:
