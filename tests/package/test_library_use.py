@@ -102,3 +102,20 @@ def test_the_readmes_python_example_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), {"print": lambda *a: printed.append(a)})
     assert len(printed) == 4 and printed[2][0] == "new.jpg" and printed[2][3] is None, printed
     assert 0 <= printed[3][0] <= 1
+
+
+def test_folders_are_accepted_where_a_workspace_or_run_object_is(image_folder, tmp_path):
+    """The CLI takes paths; so does the library: a workspace folder for `workspace=`, a run folder for export."""
+    from tl_cli.features.extract import extract_features
+    from tl_cli.head.small_data import train_small_data
+    from tl_cli.inference.export import export_run
+    from tl_cli.runs.workspace import Workspace
+
+    cfg = ExtractConfig(backbone="lenet5", pretrained=False, workers=0)
+    res = train_small_data(image_folder, cfg, workspace=str(tmp_path / "ws"))
+    assert res.run_dir.parent == tmp_path / "ws" / "runs"
+    assert extract_features(image_folder, cfg, tmp_path / "ws").n_cached == 36  # the same cache, by folder
+    ws = Workspace.open(tmp_path / "ws")
+    assert Workspace.open(ws) is ws
+    out = export_run(str(res.run_dir), output=tmp_path / "m.onnx")
+    assert out.path.is_file() and out.max_abs_diff < 1e-4

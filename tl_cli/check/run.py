@@ -176,7 +176,7 @@ def check_dataset(data_dir: str | os.PathLike, cfg: CheckConfig = CheckConfig(),
         >>> [g.members[0].path for g in r.groups if g.leakage]
         ['cats/cat.12.jpg']
     """
-    ws = workspace or Workspace.open()
+    ws = Workspace.open(workspace)
     reporter = reporter or Reporter()
     t0 = time.perf_counter()
     ex = extract_features(data_dir, cfg.extract, ws, reporter)

@@ -333,7 +333,7 @@ def extract_features(
 
     decoder = choose_decoder(cfg, device_type(device))
     reporter = (reporter or Reporter()) if info.is_main else Reporter()
-    ws = workspace or Workspace.open()
+    ws = Workspace.open(workspace)
     spec = get_spec(cfg.backbone)
     choice = resolve_weights(spec, cfg.weights, cfg.pretrained)
     ds = scan_dataset(data_dir, cfg.val_fraction, grouping=make_grouping(cfg.group_pattern, cfg.groups),

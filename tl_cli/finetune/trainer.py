@@ -98,7 +98,7 @@ def start(data_dir: str | os.PathLike, cfg: FinetuneConfig, workspace: Workspace
         (3, 0.97)
     """
     t0 = time.perf_counter()
-    ws = workspace or Workspace.open()
+    ws = Workspace.open(workspace)
     ddp.check_sync_bn(cfg.sync_bn, distributed.rank_device(cfg.device))
     ddp.local_batch_size(cfg.batch_size)  # a global batch that does not split fails before a run folder exists
     info = distributed.init(cfg.device)
@@ -150,7 +150,7 @@ def resume(run_dir: str | os.PathLike | None = None, overrides: dict | None = No
         ConfigError: a non-resource setting differs (named), or another dataset was given.
     """
     t0 = time.perf_counter()
-    ws = workspace or Workspace.open()
+    ws = Workspace.open(workspace)
     info = distributed.init((overrides or {}).get("device") or saved_device(ws, run_dir))
     prepared = None
     with contextlib.ExitStack() as held:

@@ -110,7 +110,7 @@ def run_leaderboard(
     """
     if len(backbones) > 1 and cfg.weights:
         raise ConfigError("--weights names one backbone's file; it cannot go with several --backbone names")
-    ws = workspace or Workspace.open()
+    ws = Workspace.open(workspace)
     _weights_first(backbones, cfg.pretrained)
     entries = []
     for i, name in enumerate(backbones):

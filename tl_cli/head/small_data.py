@@ -50,7 +50,7 @@ def train_small_data(
     `end_group=False` keeps the process group for another call (the leaderboard): gloo cannot
     be set up twice in one torchrun launch reliably.
     """
-    ws = workspace or Workspace.open()
+    ws = Workspace.open(workspace)
     ex = extract_features(data_dir, cfg, ws, reporter, require_train=train)
     if ex is None:
         if end_group:

@@ -24,7 +24,7 @@ import numpy as np
 from tl_cli.data.preprocess import Preprocess
 from tl_cli.errors import ConfigError, ExportError
 from tl_cli.inference.onnx_model import INPUT, OUTPUT, sidecar_path
-from tl_cli.runs.store import Run, versions
+from tl_cli.runs.store import Run, load_run, versions
 from tl_cli.runtime.atomic import atomic_path, write_json
 from tl_cli.runtime.fields import check_field_types
 from tl_cli.runtime.onnx import OPSET, export_onnx, ort_session
@@ -176,11 +176,12 @@ def run_exported(path: Path, fmt: str, x) -> np.ndarray:
         return torch.jit.load(str(path), map_location="cpu")(x).numpy()
 
 
-def export_run(run: Run, cfg: ExportConfig = ExportConfig(), output: str | Path | None = None,
+def export_run(run: Run | str | Path, cfg: ExportConfig = ExportConfig(), output: str | Path | None = None,
                sample_paths: list[Path] | None = None) -> ExportResult:
     """Export a run's classifier and check it against eager PyTorch.
 
     Args:
+        run: the run, or its folder.
         output: file to write (default `<run>/model.onnx` or `<run>/model.pt`); its JSON goes beside it.
         sample_paths: images to check on (default: images of the run's dataset, else noise).
 
@@ -197,6 +198,7 @@ def export_run(run: Run, cfg: ExportConfig = ExportConfig(), output: str | Path 
     from tl_cli.inference.load import build_from_run
     from tl_cli.runtime.outputs import check_output_file
 
+    run = run if isinstance(run, Run) else load_run(run)
     t0 = time.perf_counter()
     suffix = FORMATS[cfg.format]
     output = Path(output) if output else run.dir / f"model{suffix}"

@@ -114,7 +114,7 @@ class Predictor(BasePredictor):
 
     @classmethod
     def from_workspace(cls, model: str | None = None, workspace: Workspace | None = None, **kw) -> Predictor:
-        ws = workspace or Workspace.open()
+        ws = Workspace.open(workspace)
         kw.setdefault("engines_dir", cache_dirs.engines_dir())
         return cls(load_run(model or ws.latest_run()), **kw)
 

@@ -198,7 +198,7 @@ def run_info(run: str | os.PathLike | None = None, workspace: Workspace | None =
         >>> info.summary.route, info.metrics.get("val_accuracy")
         ('extract', 0.95)
     """
-    ws = workspace or Workspace.open()
+    ws = Workspace.open(workspace)
     r = load_run(resolve_run(run, ws))
     meta = r.meta
     summary = summarize(r, ws.state().get("latest_run"))

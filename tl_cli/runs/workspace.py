@@ -26,7 +26,10 @@ class Workspace:
     root: Path
 
     @classmethod
-    def open(cls, root: str | os.PathLike | None = None) -> Workspace:
+    def open(cls, root: str | os.PathLike | Workspace | None = None) -> Workspace:
+        """The workspace at `root` (a folder, or a Workspace as it is), or the default one for None."""
+        if isinstance(root, Workspace):
+            return root
         return cls(Path(root).expanduser().absolute() if root else default_workspace().absolute())
 
     @property
