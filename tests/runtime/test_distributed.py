@@ -353,3 +353,27 @@ def test_every_epoch_reshuffles(ddp_data, monkeypatch):
     start(ddp_data, FinetuneConfig(backbone="lenet5", pretrained=False, freeze=2, epochs=3, workers=0, patience=0),
           Workspace.open())
     assert seen == [0, 1, 2]
+
+
+@pytest.mark.parametrize("args, code", [(["--version"], 0), (["extract", "/no/such/folder"], 2)])
+def test_a_process_that_joined_a_group_leaves_without_finalization(monkeypatch, capsys, args, code):
+    """Under torchrun `tl` ends with os._exit (after flushing), so no gloo worker thread can need the
+    GIL while Python finalizes (SIGABRT on a finished rank); the exit status is the command's."""
+    from tl_cli.cli import main
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(status):
+        raise Exited(status)
+
+    monkeypatch.setattr(sys, "argv", ["tl", *args])
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    monkeypatch.setattr(distributed, "_joined", True)
+    with pytest.raises(Exited) as got:
+        main()
+    assert got.value.args == (code,)
+    monkeypatch.setattr(distributed, "_joined", False)  # a single process exits as Python does
+    with pytest.raises(SystemExit) as plain:
+        main()
+    assert plain.value.code == code
