@@ -217,13 +217,16 @@ def measured_probe(ds, backbone: str, workspace) -> ProbeEvidence | None:
     (no such features, no pretrained weights here, or no validation split). Fits a head: seconds."""
     from tl_cli.backbones import get_spec
     from tl_cli.backbones.registry import resolve_weights
+    from tl_cli.backbones.weights import no_downloads
     from tl_cli.errors import TLError
     from tl_cli.finetune.probe import cached_features
     from tl_cli.head.softmax import train_head
 
     spec = get_spec(backbone)
     try:
-        splits = cached_features(workspace, ds, spec, resolve_weights(spec).identity)
+        with no_downloads():  # features can only have been cached where the weights are
+            identity = resolve_weights(spec).identity
+        splits = cached_features(workspace, ds, spec, identity)
     except TLError:
         return None
     if splits is None or len(splits[1][1]) == 0:

@@ -122,3 +122,18 @@ def test_cli_defaults_to_the_last_dataset(image_folder):
 def test_real_catsdogs(shared_data):
     s = suggest(shared_data / "catsdogs")
     assert (s.route, s.freeze, s.n_layers) == ("finetune", 36, 50)
+
+
+def test_suggest_never_downloads_weights_to_look_for_cached_features(image_folder, tmp_path, monkeypatch):
+    """Features can only be cached where the weights are: with none here, `tl suggest -b resnet18`
+    counts images and asks no server for 45 MB of weights (nor waits on one)."""
+    from tests.helpers.weights_server import weights_server
+
+    monkeypatch.delenv("TL_OFFLINE", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))
+    with weights_server() as srv:
+        monkeypatch.setenv("TL_WEIGHTS_MIRROR", srv.url + "/mirror")
+        r = CliRunner().invoke(app, ["suggest", str(image_folder), "--backbone", "resnet18"])
+        assert r.exit_code == 0, r.output
+        assert srv.requests == [], srv.requests
+    assert "resnet18" in r.output

@@ -38,9 +38,24 @@ _HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,64})\.")  # as torch.hub's HASH_REGEX,
 _CHUNK = 1 << 16
 
 
+_NO_DOWNLOADS = False  # set by `no_downloads()`
+
+
 def offline() -> bool:
-    """True when TL_OFFLINE asks tl never to use the network."""
-    return env_flag("TL_OFFLINE")
+    """True when TL_OFFLINE asks tl never to use the network (or inside `no_downloads()`)."""
+    return _NO_DOWNLOADS or env_flag("TL_OFFLINE")
+
+
+@contextlib.contextmanager
+def no_downloads():
+    """Weights are looked up on this machine only, as under TL_OFFLINE=1: for callers that can do
+    without them (`tl suggest` reading cached features) and must not download 100 MB to find out."""
+    global _NO_DOWNLOADS
+    before, _NO_DOWNLOADS = _NO_DOWNLOADS, True
+    try:
+        yield
+    finally:
+        _NO_DOWNLOADS = before
 
 
 def download_timeout() -> float:
