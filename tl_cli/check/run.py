@@ -22,7 +22,7 @@ from tl_cli.check.outliers import Outlier, class_balance, find_outliers
 from tl_cli.check.thumbhash import MIN_CONTRAST, MIN_FEATURE_SIM, rotated_pairs
 from tl_cli.errors import ConfigError
 from tl_cli.features.extract import ExtractConfig, ExtractResult, extract_features
-from tl_cli.runs.workspace import Workspace
+from tl_cli.runs.workspace import Workspace, WorkspaceLike
 from tl_cli.runtime.fields import check_field_types
 from tl_cli.runtime.progress import Reporter
 
@@ -161,7 +161,7 @@ def analyse(ex: ExtractResult, stats: list[ImageStats], cfg: CheckConfig) -> Che
                        outliers, balance, warning, cfg, seconds, list(ex.failed))
 
 
-def check_dataset(data_dir: str | os.PathLike, cfg: CheckConfig = CheckConfig(), workspace: Workspace | None = None,
+def check_dataset(data_dir: str | os.PathLike, cfg: CheckConfig = CheckConfig(), workspace: WorkspaceLike = None,
                   reporter: Reporter | None = None) -> CheckResult:
     """Check the dataset at `data_dir` for duplicates, leakage, label errors, outliers and imbalance.
 

@@ -27,7 +27,7 @@ from tl_cli.data.preprocess import Preprocess
 from tl_cli.data.scan import Dataset, scan_dataset, warn_untrained
 from tl_cli.errors import ConfigError, DataError, ImageError
 from tl_cli.features.cache import FeatureCache, FileStat, dataset_fingerprint, stat_files
-from tl_cli.runs.workspace import Workspace
+from tl_cli.runs.workspace import Workspace, WorkspaceLike
 from tl_cli.runtime import cache_dirs, distributed
 from tl_cli.runtime.fields import check_field_types
 from tl_cli.runtime.oom import HalvingForward
@@ -302,7 +302,7 @@ def _fill(cache: FeatureCache | None, root: Path, todo: list[FileStat], spec, ch
 def extract_features(
     data_dir: str | os.PathLike,
     cfg: ExtractConfig = ExtractConfig(),
-    workspace: Workspace | None = None,
+    workspace: WorkspaceLike = None,
     reporter: Reporter | None = None,
     require_train: bool = False,
 ) -> ExtractResult | None:

@@ -53,7 +53,7 @@ from tl_cli.finetune.step import Amp
 from tl_cli.runs.lock import run_lock
 from tl_cli.runs.meta import DatasetRef, RunMeta, WeightsRef
 from tl_cli.runs.store import META, load_tensors, new_run_dir, save_run, save_tensors, write_run_json
-from tl_cli.runs.workspace import Workspace
+from tl_cli.runs.workspace import Workspace, WorkspaceLike
 from tl_cli.runtime import distributed
 from tl_cli.runtime.memory import keep_freed_memory
 from tl_cli.runtime.oom import HalvingStep
@@ -85,7 +85,7 @@ class FinetuneResult:
 # ----------------------------------------------------------------------------- runs
 
 
-def start(data_dir: str | os.PathLike, cfg: FinetuneConfig, workspace: Workspace | None = None,
+def start(data_dir: str | os.PathLike, cfg: FinetuneConfig, workspace: WorkspaceLike = None,
           reporter: Reporter | None = None) -> FinetuneResult:
     """Fine-tune (or retrain) on a folder of class sub-folders and save a run.
 
@@ -139,7 +139,7 @@ def _check_freeze(cfg: FinetuneConfig) -> None:
 
 
 def resume(run_dir: str | os.PathLike | None = None, overrides: dict | None = None, data_dir: str | os.PathLike | None = None,
-           workspace: Workspace | None = None, reporter: Reporter | None = None) -> FinetuneResult:
+           workspace: WorkspaceLike = None, reporter: Reporter | None = None) -> FinetuneResult:
     """Continue an interrupted run from its last checkpoint (default: the workspace's last one).
 
     Ends with the weights an uninterrupted run would have (CPU, same settings). `overrides` may

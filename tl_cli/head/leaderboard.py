@@ -16,7 +16,7 @@ from tl_cli.errors import ConfigError
 from tl_cli.features.extract import ExtractConfig
 from tl_cli.head.small_data import train_small_data
 from tl_cli.head.softmax import HeadConfig
-from tl_cli.runs.workspace import Workspace
+from tl_cli.runs.workspace import Workspace, WorkspaceLike
 from tl_cli.runtime import distributed
 from tl_cli.runtime.atomic import write_json
 from tl_cli.runtime.progress import Reporter
@@ -92,7 +92,7 @@ def run_leaderboard(
     backbones: list[str],
     cfg: ExtractConfig = ExtractConfig(),
     head_cfg: HeadConfig = HeadConfig(),
-    workspace: Workspace | None = None,
+    workspace: WorkspaceLike = None,
     reporter: Reporter | None = None,
 ) -> Leaderboard | None:
     """Extract and fit a head for each backbone; rank them; keep the best as the latest run.

@@ -14,7 +14,7 @@ from tl_cli.features.extract import ExtractConfig, ExtractResult, extract_featur
 from tl_cli.head.softmax import HeadConfig, HeadResult, train_head
 from tl_cli.runs.meta import DatasetRef, RunMeta, WeightsRef
 from tl_cli.runs.store import new_run_dir, save_run
-from tl_cli.runs.workspace import Workspace
+from tl_cli.runs.workspace import Workspace, WorkspaceLike
 from tl_cli.runtime import distributed
 from tl_cli.runtime.progress import Reporter
 
@@ -36,7 +36,7 @@ def train_small_data(
     data_dir: str | os.PathLike,
     cfg: ExtractConfig = ExtractConfig(),
     head_cfg: HeadConfig = HeadConfig(),
-    workspace: Workspace | None = None,
+    workspace: WorkspaceLike = None,
     reporter: Reporter | None = None,
     train: bool = True,
     end_group: bool = True,

@@ -16,7 +16,7 @@ from tl_cli.errors import ConfigError, RunError
 from tl_cli.head.softmax import softmax
 from tl_cli.inference.base import BasePredictor
 from tl_cli.runs.store import WEIGHTS, Run, load_arrays, load_run
-from tl_cli.runs.workspace import Workspace
+from tl_cli.runs.workspace import Workspace, WorkspaceLike
 from tl_cli.runtime import cache_dirs
 
 
@@ -113,13 +113,13 @@ class Predictor(BasePredictor):
             self.model = TorchModel(run, resolve_device(device), weights)
 
     @classmethod
-    def from_workspace(cls, model: str | None = None, workspace: Workspace | None = None, **kw) -> Predictor:
+    def from_workspace(cls, model: str | None = None, workspace: WorkspaceLike = None, **kw) -> Predictor:
         ws = Workspace.open(workspace)
         kw.setdefault("engines_dir", cache_dirs.engines_dir())
         return cls(load_run(model or ws.latest_run()), **kw)
 
 
-def load_predictor(model: str | os.PathLike | None = None, workspace: Workspace | None = None,
+def load_predictor(model: str | os.PathLike | None = None, workspace: WorkspaceLike = None,
                    device: str = "auto") -> BasePredictor:
     """The predictor for `--model`: a run folder (default: the workspace's latest run) or an .onnx file.
 

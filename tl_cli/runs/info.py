@@ -15,7 +15,7 @@ from typing import Any
 from tl_cli.errors import RunError
 from tl_cli.runs.lock import LOCK
 from tl_cli.runs.store import DamagedRun, Run, load_run, scan_runs
-from tl_cli.runs.workspace import Workspace
+from tl_cli.runs.workspace import Workspace, WorkspaceLike
 from tl_cli.runtime.atomic import TMP_PREFIX
 
 
@@ -187,7 +187,7 @@ def _files(run_dir: Path) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
-def run_info(run: str | os.PathLike | None = None, workspace: Workspace | None = None, layers: bool = True) -> RunInfo:
+def run_info(run: str | os.PathLike | None = None, workspace: WorkspaceLike = None, layers: bool = True) -> RunInfo:
     """Summarise a run folder (default: the workspace's latest run).
 
     Raises:

@@ -150,3 +150,8 @@ class Workspace:
             f"no trained model in workspace {self.root}" + (f" ({problem})" if problem else ""),
             hint="train one with `tl extract DATA_DIR` (or `tl finetune`), or pass --model RUN_DIR",
         )
+
+
+# What `workspace=` accepts across the library: a Workspace, its folder, or None for the default
+# (`.tl/` here, or TL_WORKSPACE). Resolved by `Workspace.open`.
+WorkspaceLike = Workspace | str | os.PathLike | None
