@@ -377,3 +377,20 @@ def test_a_process_that_joined_a_group_leaves_without_finalization(monkeypatch, 
     with pytest.raises(SystemExit) as plain:
         main()
     assert plain.value.code == code
+
+
+def test_a_rank_whose_peer_left_says_so_in_one_line(monkeypatch, capsys):
+    """A rank waiting in a collective for one that failed gets gloo's 'Connection closed by peer': it
+    says the other rank's error is the cause, not 'internal error' with gloo's text."""
+    from tl_cli.cli.app import report_error
+
+    gloo = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+                        "[127.0.0.1]:10896. This is typically caused by a remote worker crashing. GLHF!")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert report_error(gloo) == 1
+    said = " ".join(capsys.readouterr().err.split())
+    assert "rank 1: stopped: another process of this torchrun job ended" in said and "internal error" not in said
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: such an error is unexpected, and said as one
+    assert report_error(gloo) == 1
+    assert "internal error: RuntimeError" in " ".join(capsys.readouterr().err.split())

@@ -66,6 +66,15 @@ def debug() -> bool:
 _PATH_IN_THE_WAY = frozenset({errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ELOOP, errno.ENAMETOOLONG})
 
 
+# What gloo says on a rank whose peer exited (after its own error, or killed) mid-collective.
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "remote worker crashing")
+
+
+def _peer_gone(exc: BaseException) -> bool:
+    return (os.environ.get("WORLD_SIZE", "1") not in ("", "1") and isinstance(exc, RuntimeError)
+            and any(s in str(exc) for s in _PEER_GONE))
+
+
 def report_error(exc: BaseException) -> int:
     """Print one line (plus a hint) for an exception and return the exit code."""
     from rich.markup import escape
@@ -90,6 +99,10 @@ def report_error(exc: BaseException) -> int:
         err.print("[dim]hint:[/] move the file or folder that is in the way, or choose another workspace "
                   "(--workspace / TL_WORKSPACE) or --output")
         return 2
+    if _peer_gone(exc):  # this rank waited in a collective for one that failed and left
+        err.print(f"[bold red]{where}stopped:[/] another process of this torchrun job ended; its own error "
+                  "(printed by that rank) is the cause", highlight=False)
+        return 1
     err.print(f"[bold red]{where}internal error:[/] {type(exc).__name__}: {escape(str(exc))}")
     if where:  # a rank waiting for one that died gets a connection error: the other's is the cause
         err.print("[dim]hint:[/] if another rank reported an error, that is the cause; else run again with "
