@@ -172,3 +172,17 @@ def test_outputs_never_land_in_the_folder_the_model_was_trained_on(trained, tmp_
     assert snapshot(trained) == before and not (trained / "evalout").exists()
     r = tl("evaluate", other, "-o", tmp_path / "evalout")  # elsewhere: fine
     assert r.exit_code == 0, r.output
+
+
+def test_predict_never_writes_into_a_folder_it_reads_nor_onto_an_image_it_found(trained, tmp_path):
+    """An image named scan.csv is an input (images are found by content): -o must not turn it into CSV."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    photo = sorted((trained / "red").glob("*.jpg"))[0]
+    (inbox / "a.jpg").write_bytes(photo.read_bytes())
+    (inbox / "scan.csv").write_bytes(photo.read_bytes())
+    before = snapshot(inbox)
+    refused(tl("predict", inbox, "-o", inbox / "scan.csv"), "inside the data folder")
+    refused(tl("predict", inbox, "-o", inbox / "preds.csv"), "inside the data folder")
+    refused(tl("predict", str(inbox / "*.csv"), "-o", inbox / "scan.csv"), "inside the data file")
+    assert snapshot(inbox) == before

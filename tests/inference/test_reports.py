@@ -429,3 +429,16 @@ def test_a_split_that_changed_since_training_is_said_to_be_not_the_runs(tmp_path
     r = tl("evaluate", data, "--split", "val", "--format", "json")
     assert r.exit_code == 0 and note in " ".join(r.output.split()), r.output
     assert json.loads(r.stdout)["n"] == len(val)
+
+
+def test_two_evaluations_in_the_same_second_get_two_folders(run, tmp_path):
+    """The default folder's name is taken by creating it: two `tl evaluate` at once both keep their report."""
+    from tl_cli.inference.evaluate import default_output_dir, evaluate
+    from tl_cli.inference.report import write_evaluation
+
+    predictor = load_predictor()
+    ev = evaluate(predictor, tmp_path / "data")
+    a, b = default_output_dir(predictor, ev), default_output_dir(predictor, ev)  # both before either writes
+    assert a != b and a.is_dir() and b.is_dir()
+    for folder in (a, b):
+        assert write_evaluation(ev, folder) == folder and (folder / "metrics.json").is_file()

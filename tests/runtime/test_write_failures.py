@@ -209,3 +209,21 @@ def test_disk_full_while_exporting_torchscript(image_folder, isolated_workspace,
     assert r.exit_code == 2, r.output
     assert "disk full while writing" in r.output
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_disk_full_as_safetensors_reports_it_is_one_line(image_folder, isolated_workspace, monkeypatch):
+    """safetensors raises its own error type with the OS error as text (found by filling a 600 KiB
+    tmpfs): still 'disk full', not an internal error."""
+    import safetensors
+    import safetensors.numpy
+    import safetensors.torch
+
+    def full(tensors, filename, *a, **k):
+        Path(filename).write_bytes(b"\x00" * 100)
+        raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    for module in (safetensors.torch, safetensors.numpy):
+        monkeypatch.setattr(module, "save_file", full)
+    r = runner.invoke(app, ["extract", str(image_folder), *LENET_ARGS])
+    assert r.exit_code == 2 and "disk full while writing" in r.output and "internal error" not in r.output, r.output
+    assert not temporaries(isolated_workspace)

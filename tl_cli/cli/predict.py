@@ -68,8 +68,9 @@ def predict_cmd(
     ws = workspace(ws_path)
     predictor = load_predictor(model, ws, device=device)
     if output is not None:  # before the work: a bad --output fails at once
-        check_output_file(output, OUTPUT_SUFFIXES[out_fmt],
-                          [*(p for p in paths if p != "-" and Path(p).is_file()), *_training_data(predictor, ws)])
+        # Never inside a folder being read, nor onto any image found (a glob's, or one in a folder).
+        given = [Path(p) for p in paths if p != "-" and Path(p).exists()]
+        check_output_file(output, OUTPUT_SUFFIXES[out_fmt], [*given, *files, *_training_data(predictor, ws)])
     err.print(f"[dim]model: {escape(str(predictor.source))}[/]")
     for note in predictor.notes:
         err.print(f"[yellow]note:[/] {escape(note)}")

@@ -100,7 +100,8 @@ class FeatureCache:
             fh.close()
             raise CacheError(
                 f"the feature cache {self.dir} is in use by {holder}",
-                hint="wait for the other `tl extract` to finish, or use another --workspace",
+                hint="wait for the other tl command using it (extract, check, finetune or suggest) to finish, "
+                     "or use another --workspace",
             ) from None
         fh.seek(0)
         fh.truncate()

@@ -153,7 +153,11 @@ def default_output_dir(predictor: BasePredictor, ev: Evaluation) -> Path:
 
     stamp, slug = stamp_and_slug(ev.root.name)
     path, n = base / "evaluations" / f"{stamp}-{slug}-{ev.split}", 1
-    while path.exists():
-        n += 1
-        path = path.with_name(f"{stamp}-{slug}-{ev.split}-{n}")
-    return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:  # the name is taken by creating the folder: two evaluations in the same second get two
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+            path = path.with_name(f"{stamp}-{slug}-{ev.split}-{n}")

@@ -11,6 +11,7 @@ Loading never executes code: safetensors and JSON only.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import math
 import os
@@ -68,14 +69,19 @@ def save_tensors(path: Path, tensors: dict) -> None:
     import numpy as np
 
     with atomic_path(path, suffix=".safetensors") as tmp:
-        if all(isinstance(v, np.ndarray) for v in tensors.values()):
-            from safetensors.numpy import save_file as save_np
+        try:
+            if all(isinstance(v, np.ndarray) for v in tensors.values()):
+                from safetensors.numpy import save_file as save_np
 
-            save_np({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
-            return
-        from safetensors.torch import save_file
+                save_np({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
+                return
+            from safetensors.torch import save_file
 
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        except Exception as exc:  # safetensors' own error type carries the OS error only as text
+            if "No space left on device" not in str(exc) and "os error 28" not in str(exc):
+                raise
+            raise_write_error(OSError(errno.ENOSPC, "No space left on device"), path)
 
 
 def load_tensors(path: Path) -> dict:
