@@ -75,3 +75,14 @@ def test_damaged_state_falls_back_to_the_newest_readable_run():
     with pytest.raises(RunError, match="no trained model.*damaged run"), warnings.catch_warnings():
         warnings.simplefilter("error")
         ws.latest_run()
+
+
+def test_an_unfinished_fine_tuning_run_points_to_resume(tmp_path):
+    from tl_cli.runs.store import load_run
+
+    run = tmp_path / "runs" / "20260101-100000-finetune-data"
+    run.mkdir(parents=True)
+    (run / "checkpoint.pt").write_bytes(b"")  # killed after an epoch: a checkpoint, no meta.json
+    with pytest.raises(RunError, match="unfinished fine-tuning run") as got:
+        load_run(run)
+    assert "tl finetune --resume --run" in got.value.hint

@@ -199,6 +199,10 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     run_dir = Path(run_dir)
     meta_path = run_dir / META
     if not meta_path.is_file():
+        if (run_dir / "checkpoint.pt").is_file():  # a fine-tuning run stopped before its end (finetune/checkpoint.py)
+            raise RunError(f"{run_dir} is an unfinished fine-tuning run (it has a checkpoint, no {META} yet)",
+                           hint=f"finish it with `tl finetune --resume --run {run_dir}` (tl retrain for a retrain run), "
+                                "or pass a finished run")
         raise RunError(f"{run_dir} is not a complete tl run (no {META})", hint="pass a folder from .tl/runs")
     try:
         meta = read_meta(meta_path)
