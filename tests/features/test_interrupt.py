@@ -221,3 +221,11 @@ def test_concurrent_state_updates_keep_every_key(isolated_workspace, monkeypatch
     for t in threads:
         t.join()
     assert ws.state() == values
+
+
+def test_tl_check_says_too_that_a_garbage_cache_was_rebuilt(image_folder):
+    first = extract_features(image_folder, LENET)
+    (first.cache_dir / "features.h5").write_bytes(os.urandom(4096))
+    r = runner.invoke(app, ["check", str(image_folder), "--backbone", "lenet5", "--no-pretrained", "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    assert "note: features.h5 was unreadable" in " ".join(r.output.split()), r.output

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from tl_cli.check.label_issues import LabelIssue, find_label_issues, out_of_fold
 from tl_cli.check.neighbours import normalize, search
 from tl_cli.check.outliers import Outlier, class_balance, find_outliers
 from tl_cli.check.thumbhash import MIN_CONTRAST, MIN_FEATURE_SIM, rotated_pairs
-from tl_cli.errors import ConfigError
+from tl_cli.errors import ConfigError, TLWarning
 from tl_cli.features.extract import ExtractConfig, ExtractResult, extract_features
 from tl_cli.runs.workspace import Workspace, WorkspaceLike
 from tl_cli.runtime.fields import check_field_types
@@ -180,6 +181,8 @@ def check_dataset(data_dir: str | os.PathLike, cfg: CheckConfig = CheckConfig(),
     reporter = reporter or Reporter()
     t0 = time.perf_counter()
     ex = extract_features(data_dir, cfg.extract, ws, reporter)
+    for note in ex.notes:  # e.g. a damaged cache discarded and rebuilt: said, as `tl extract` says it
+        warnings.warn(TLWarning(note), stacklevel=2)
     t1 = time.perf_counter()
     reporter.start("reading images", len(ex.relpaths))
     try:
