@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.images import make_folder
-from tl_cli.inference.inputs import expand_inputs, glob_no_symlink_dirs
+from tl_cli.inference.inputs import expand_inputs as expand_in_order
+from tl_cli.inference.inputs import glob_no_symlink_dirs
+
+
+def expand_inputs(items: list[str]) -> tuple[list[Path], list]:
+    """(image paths, misses) of `expand_in_order`."""
+    entries = expand_in_order(items)
+    return [e for e in entries if isinstance(e, Path)], [e for e in entries if not isinstance(e, Path)]
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ def predict_cmd(
     ws_path: WorkspaceOpt = None,
 ) -> None:
     """Classify images with the latest run (or --model). Exit status 1 if any image failed."""
-    from tl_cli.inference.inputs import expand_inputs_in_order
+    from tl_cli.inference.inputs import expand_inputs
     from tl_cli.inference.predict import load_predictor
     from tl_cli.runtime.atomic import write_text
     from tl_cli.runtime.outputs import check_output_file
@@ -59,7 +59,7 @@ def predict_cmd(
 
     check_format(fmt, FORMATS)
     out_fmt = output_format(output, fmt) if output is not None else fmt
-    entries = expand_inputs_in_order(paths)
+    entries = expand_inputs(paths)
     files = [e for e in entries if isinstance(e, Path)]
     if not entries:
         from tl_cli.errors import DataError

@@ -56,7 +56,7 @@ class ExportConfig:
             raise ConfigError(f"unknown export format {self.format!r}", hint=f"use one of {', '.join(FORMATS)}")
         if self.n_samples < 1:
             raise ConfigError("n_samples must be >= 1")
-        if not (isinstance(self.opset, int) and self.opset >= OPSET):  # the exporter's first opset
+        if self.opset < OPSET:  # the exporter's first opset (the type is checked above)
             raise ConfigError(f"opset must be an integer >= {OPSET}, got {self.opset!r}")
         if not (self.atol >= 0 and self.rtol >= 0):
             raise ConfigError(f"atol and rtol must be >= 0, got {self.atol!r} and {self.rtol!r}")

@@ -21,22 +21,15 @@ _SEPS = os.sep + (os.altsep or "")
 _RECURSIVE = re.compile(rf"(?:^|(?<=[{re.escape(_SEPS)}]))\*\*(?=[{re.escape(_SEPS)}]|$)")  # `**` as a whole part
 
 
-def expand_inputs(items: list[str], stdin=None) -> tuple[list[Path], list[Prediction]]:
-    """Files, folders (recursive, images by content) and globs -> image paths, plus misses.
+def expand_inputs(items: list[str], stdin=None) -> list[Path | Prediction]:
+    """Files, folders (recursive, images by content) and globs -> image paths and misses, in input order.
 
-    `-` reads one path (file, folder or glob) per line from `stdin` (default sys.stdin).
-    Returns the unique image paths in input order, and a Prediction with `error` for each
-    input that matched nothing. A FIFO or device is returned too: reading it fails at once, with
-    the reason "not a regular file" (`preprocess.open_rgb`), without opening it.
+    `-` reads one path (file, folder or glob) per line from `stdin` (default sys.stdin). Each image
+    path appears the first time it is named; an input that matched nothing is a Prediction with
+    `error` in its place, so results printed in this order line up with what the user gave. A FIFO
+    or device is returned too: reading it fails at once, with the reason "not a regular file"
+    (`preprocess.open_rgb`), without opening it.
     """
-    entries = expand_inputs_in_order(items, stdin)
-    return [e for e in entries if isinstance(e, Path)], [e for e in entries if isinstance(e, Prediction)]
-
-
-def expand_inputs_in_order(items: list[str], stdin=None) -> list[Path | Prediction]:
-    """`expand_inputs` as one list in input order: each image path (the first time it is named) and,
-    where an input matched nothing, its Prediction with `error`. Results printed in this order line
-    up with what the user gave, misses included."""
     entries: list[Path | Prediction] = []
     queue: list[str] = []
     for item in items:
